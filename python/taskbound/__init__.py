@@ -1,0 +1,34 @@
+"""taskbound: a bounded asyncio TaskGroup, with limiters shared across groups.
+
+The C core (``taskbound._taskbound``) is used unless the environment sets
+``TASKBOUND_PURE_PYTHON=1``, which selects the pure-Python reference
+(``taskbound._pycore``). ``taskbound.implementation`` says which one is active.
+"""
+
+import os as _os
+
+from ._common import (
+    DeadlockError,
+    GroupStatistics,
+    LimiterStatistics,
+    WouldBlock,
+)
+
+if _os.environ.get("TASKBOUND_PURE_PYTHON", "") not in ("", "0"):
+    from ._pycore import BoundedTaskGroup, Limiter
+    implementation = "python"
+else:
+    from ._taskbound import BoundedTaskGroup, Limiter
+    implementation = "c"
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BoundedTaskGroup",
+    "DeadlockError",
+    "GroupStatistics",
+    "Limiter",
+    "LimiterStatistics",
+    "WouldBlock",
+    "implementation",
+]

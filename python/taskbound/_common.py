@@ -1,0 +1,62 @@
+"""What both implementations share: exceptions, statistics records, checks."""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import NamedTuple
+
+
+class DeadlockError(RuntimeError):
+    """A wait on a limiter that can never end: every holder of its tokens waits too."""
+
+
+class WouldBlock(Exception):
+    """``acquire_nowait()`` found no free token (or others queued ahead)."""
+
+
+class LimiterStatistics(NamedTuple):
+    total_tokens: int | float
+    borrowed_tokens: int
+    waiting: int
+
+
+class GroupStatistics(NamedTuple):
+    spawned: int
+    running: int
+    waiting: int
+    done: int
+    failed: int
+
+
+def check_total_tokens(value: object) -> int | float:
+    """Return a valid ``total_tokens`` (an int >= 0 or math.inf), or raise."""
+    if isinstance(value, float):
+        if value == math.inf:
+            return value
+        raise TypeError(
+            f"total_tokens must be an int or math.inf, not {value!r}")
+    if isinstance(value, bool):
+        raise TypeError(f"total_tokens must be an int or math.inf, not {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError("total_tokens must be an int or math.inf, "
+                        f"not {type(value).__name__}") from None
+    if number < 0:
+        raise ValueError(f"total_tokens must be >= 0, not {number}")
+    return number
+
+
+def check_limit(value: object) -> int:
+    """Return a valid group ``limit`` (an int >= 1), or raise."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise TypeError(f"limit must be an int or None, not {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"limit must be an int or None, not {type(value).__name__}") from None
+    if number < 1:
+        raise ValueError(f"limit must be >= 1, not {number}")
+    return number

@@ -1,0 +1,705 @@
+"""The pure-Python reference implementation of Limiter and BoundedTaskGroup.
+
+It is the readable statement of the semantics and the oracle the C core is
+tested against; ``TASKBOUND_PURE_PYTHON=1`` makes ``import taskbound`` use it.
+Its structure follows the C core on purpose (a claim of tokens, a child
+coroutine that returns them in its task's last step) so that both schedule
+the same work in the same loop iterations.
+"""
+
+from __future__ import annotations
+
+import collections
+import collections.abc
+import inspect
+import itertools
+import math
+import sys
+import types
+from asyncio import CancelledError, current_task, get_running_loop, sleep
+from asyncio.events import _get_running_loop
+
+from ._common import (
+    GroupStatistics,
+    LimiterStatistics,
+    WouldBlock,
+    check_limit,
+    check_total_tokens,
+)
+
+__all__ = ["Limiter", "BoundedTaskGroup"]
+
+# Every limiter gets a rank when it is created; a task takes its tokens in
+# rank order, so two groups naming the same limiters in any order cannot each
+# hold one token while waiting for the other's.
+_ranks = itertools.count()
+
+_PY313 = sys.version_info >= (3, 13)
+
+
+class Limiter:
+    """A FIFO counting limiter, shareable by any number of groups on one loop."""
+
+    def __init__(self, total_tokens: int | float) -> None:
+        self._total = check_total_tokens(total_tokens)
+        self._borrowed = 0
+        # Futures of the tasks waiting for a token, in arrival order. A token
+        # is handed to the first live one (result True) and counts as
+        # borrowed from that moment, so nobody can barge in between.
+        self._waiters: collections.deque = collections.deque()
+        self._loop = None
+        self._rank = next(_ranks)
+
+    def __repr__(self) -> str:
+        return (f"<Limiter total_tokens={self._total} "
+                f"borrowed={self._borrowed} waiting={self._waiting()}>")
+
+    @property
+    def total_tokens(self) -> int | float:
+        return self._total
+
+    @total_tokens.setter
+    def total_tokens(self, value: int | float) -> None:
+        self._total = check_total_tokens(value)
+        self._wake()
+
+    @property
+    def borrowed_tokens(self) -> int:
+        return self._borrowed
+
+    @property
+    def available_tokens(self) -> int | float:
+        if self._total == math.inf:
+            return math.inf
+        return max(0, self._total - self._borrowed)
+
+    def statistics(self) -> LimiterStatistics:
+        return LimiterStatistics(self._total, self._borrowed, self._waiting())
+
+    def locked(self) -> bool:
+        """True when an acquire would have to wait."""
+        self._prune()
+        return self._borrowed >= self._total or bool(self._waiters)
+
+    async def acquire(self) -> None:
+        claim = _Claim((self,))
+        loop = get_running_loop()
+        if not claim.try_take(loop):
+            await _wait_for_claim(claim, loop)
+
+    def acquire_nowait(self) -> None:
+        self._bind(get_running_loop())
+        self._prune()
+        if self._waiters or self._borrowed >= self._total:
+            raise WouldBlock(f"no token of {self!r} is free")
+        self._borrowed += 1
+
+    def release(self) -> None:
+        if self._borrowed <= 0:
+            raise RuntimeError(
+                f"release() called on {self!r}, which has no borrowed tokens")
+        self._borrowed -= 1
+        self._wake()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+    # -- the protocol a claim uses --
+
+    def _bind(self, loop) -> None:
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError(f"{self!r} is bound to a different event loop")
+
+    def _try_take(self, loop) -> bool:
+        """Take a token if one is free and nobody is queued ahead."""
+        self._bind(loop)
+        self._prune()
+        if self._waiters or self._borrowed >= self._total:
+            return False
+        self._borrowed += 1
+        return True
+
+    def _enqueue(self, loop):
+        future = loop.create_future()
+        self._waiters.append(future)
+        return future
+
+    def _withdraw(self, future) -> None:
+        """The owner of ``future`` gives up: pass its token on if it has one."""
+        if future.done():
+            if not future.cancelled() and future.result():
+                self.release()
+            return
+        try:
+            self._waiters.remove(future)
+        except ValueError:
+            pass
+        future.cancel()
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters and self._borrowed < self._total:
+            future = waiters.popleft()
+            if not future.done():
+                self._borrowed += 1
+                future.set_result(True)
+
+    def _prune(self) -> None:
+        # Waiters cancelled from outside stay queued until their task runs;
+        # they must not make a free limiter look busy.
+        waiters = self._waiters
+        while waiters and waiters[0].done():
+            waiters.popleft()
+
+    def _waiting(self) -> int:
+        return sum(1 for future in self._waiters if not future.done())
+
+
+class _Claim:
+    """One token of each of several limiters, taken in rank order.
+
+    ``try_take`` takes what is free and, at the first limiter that is busy,
+    queues a waiter future at once (so the claim keeps its place in line
+    from the moment it is made). ``resume`` continues after that future is
+    done; ``abandon`` gives everything back.
+    """
+
+    __slots__ = ("limiters", "held", "waiter", "abort_error")
+
+    def __init__(self, limiters) -> None:
+        self.limiters = limiters
+        self.held = 0
+        self.waiter = None
+        self.abort_error = None
+
+    def try_take(self, loop) -> bool:
+        limiters = self.limiters
+        try:
+            while self.held < len(limiters):
+                limiter = limiters[self.held]
+                if not limiter._try_take(loop):
+                    self.waiter = limiter._enqueue(loop)
+                    return False
+                self.held += 1
+        except BaseException:
+            self.release()
+            raise
+        return True
+
+    def resume(self, loop) -> bool:
+        """The waiter is done: count its token and go on; True when all held."""
+        future = self.waiter
+        self.waiter = None
+        if future.result():
+            self.held += 1
+        if self.abort_error is not None:
+            self.release()
+            raise self.abort_error
+        return self.try_take(loop)
+
+    def abort(self, error: BaseException) -> None:
+        """Make a waiting claim fail with ``error`` when its owner next runs."""
+        self.abort_error = error
+        future = self.waiter
+        if future is not None and not future.done():
+            self.limiters[self.held]._waiters.remove(future)
+            future.set_result(False)
+
+    def abandon(self) -> None:
+        future = self.waiter
+        if future is not None:
+            self.waiter = None
+            self.limiters[self.held]._withdraw(future)
+        self.release()
+
+    def release(self) -> None:
+        held, self.held = self.held, 0
+        for limiter in reversed(self.limiters[:held]):
+            limiter.release()
+
+
+async def _wait_for_claim(claim: _Claim, loop) -> None:
+    try:
+        while True:
+            await claim.waiter
+            if claim.resume(loop):
+                return
+    except BaseException:
+        claim.abandon()
+        raise
+
+
+def _iterator_of(awaitable):
+    """What a child drives: a coroutine itself, or what ``__await__`` gives."""
+    if isinstance(awaitable, collections.abc.Coroutine):
+        return awaitable
+    if inspect.isawaitable(awaitable):
+        if isinstance(awaitable, types.GeneratorType):
+            return awaitable  # a generator-based coroutine
+        return awaitable.__await__()
+    raise TypeError(f"an awaitable was expected, got {awaitable!r}")
+
+
+def _close(iterator) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
+def _is_base_error(exc: BaseException) -> bool:
+    return isinstance(exc, (SystemExit, KeyboardInterrupt))
+
+
+class _Child(collections.abc.Coroutine):
+    """The coroutine a group's Task runs: it waits for the tokens if it has
+    to, drives the user's awaitable, and returns the tokens inside the
+    task's own last step, however the task ends.
+
+    It passes the user coroutine's name, code and frame through, so the
+    task's repr and stack look as if it ran the user's coroutine itself.
+    """
+
+    __slots__ = ("_group", "_target", "_iterator", "_claim", "_waiting",
+                 "_task", "_finished")
+
+    def __init__(self, group, target, iterator, claim, waiting) -> None:
+        self._group = group
+        self._target = target
+        self._iterator = iterator
+        self._claim = claim
+        self._waiting = waiting
+        self._task = None
+        self._finished = False
+
+    def send(self, value):
+        return self._step(value, None)
+
+    def throw(self, typ, val=None, tb=None):
+        if isinstance(typ, BaseException):
+            exc = typ
+        else:
+            exc = typ() if val is None else typ(val)
+        if tb is not None:
+            exc = exc.with_traceback(tb)
+        return self._step(None, exc)
+
+    def close(self) -> None:
+        if self._finished:
+            return
+        if self._waiting:
+            self._claim.abandon()
+            _close(self._iterator)
+            self._group._child_finished(self, None)
+            return
+        try:
+            _close(self._iterator)
+        finally:
+            self._group._child_finished(self, None)
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._step(None, None)
+
+    def _step(self, value, exc):
+        if self._finished:
+            raise RuntimeError("cannot reuse already awaited coroutine")
+        if self._waiting:
+            try:
+                future = self._wait_for_tokens(exc)
+            except BaseException as error:
+                _close(self._iterator)
+                self._group._child_finished(self, error)
+                raise
+            if future is not None:
+                return future
+            value = exc = None
+        iterator = self._iterator
+        try:
+            if exc is not None:
+                return iterator.throw(exc)
+            if value is None and not hasattr(iterator, "send"):
+                return next(iterator)
+            return iterator.send(value)
+        except StopIteration:
+            self._group._child_finished(self, None)
+            raise
+        except BaseException as error:
+            self._group._child_finished(self, error)
+            raise
+
+    def _wait_for_tokens(self, exc):
+        """One step of waiting: the future to yield, or None once all are held."""
+        claim = self._claim
+        if exc is not None:
+            claim.abandon()
+            raise exc
+        loop = self._group._loop
+        try:
+            while True:
+                future = claim.waiter
+                if not future.done():
+                    future._asyncio_future_blocking = True
+                    return future
+                if claim.resume(loop):
+                    self._waiting = False
+                    self._group._running += 1
+                    return None
+        except BaseException:
+            claim.abandon()
+            raise
+
+    # What asyncio reads to describe a task's coroutine.
+    @property
+    def __name__(self):
+        return getattr(self._target, "__name__", type(self._target).__name__)
+
+    def __getattr__(self, name):
+        # A class body cannot hold a property named __qualname__.
+        if name == "__qualname__":
+            return getattr(self._target, "__qualname__", self.__name__)
+        raise AttributeError(name)
+
+    @property
+    def cr_code(self):
+        return getattr(self._target, "cr_code",
+                       getattr(self._target, "gi_code", None))
+
+    @property
+    def cr_frame(self):
+        return getattr(self._target, "cr_frame",
+                       getattr(self._target, "gi_frame", None))
+
+    @property
+    def cr_running(self):
+        return getattr(self._target, "cr_running", False)
+
+    @property
+    def cr_await(self):
+        return getattr(self._target, "cr_await", None)
+
+
+class BoundedTaskGroup:
+    """An asyncio.TaskGroup that runs at most ``limit`` tasks at once and
+    takes a token of each shared limiter before a task may start."""
+
+    def __init__(self, limit: int | None = None, *, limiter=None) -> None:
+        limiters = []
+        if limit is not None:
+            limit = check_limit(limit)
+            limiters.append(Limiter(limit))
+        if limiter is not None:
+            shared = [limiter] if isinstance(limiter, Limiter) else limiter
+            if not isinstance(shared, (list, tuple)):
+                raise TypeError("limiter must be a Limiter or a sequence of "
+                                f"Limiters, not {type(limiter).__name__}")
+            for item in shared:
+                if not isinstance(item, Limiter):
+                    raise TypeError("limiter must be a Limiter or a sequence "
+                                    "of Limiters, not a sequence holding "
+                                    f"{type(item).__name__}")
+                if not any(item is known for known in limiters):
+                    limiters.append(item)
+        self._limit = limit
+        self._limiters = tuple(sorted(limiters, key=lambda lim: lim._rank))
+        self._entered = False
+        self._exiting = False
+        self._aborting = False
+        self._cancel_on_enter = False
+        self._loop = None
+        self._parent_task = None
+        self._parent_cancel_requested = False
+        self._children: dict = {}   # _Child -> None, in creation order
+        self._pending: dict = {}    # _Claim of each spawn() still waiting
+        self._errors: list | None = []
+        self._base_error = None
+        self._on_completed_fut = None
+        self._spawned = 0
+        self._running = 0
+        self._done = 0
+        self._failed = 0
+
+    def __repr__(self) -> str:
+        info = [""]
+        if self._limit is not None:
+            info.append(f"limit={self._limit}")
+        if self._children:
+            info.append(f"tasks={len(self._children)}")
+        if self._errors:
+            info.append(f"errors={len(self._errors)}")
+        if self._aborting:
+            info.append("cancelling")
+        elif self._entered:
+            info.append("entered")
+        return f"<BoundedTaskGroup{' '.join(info)}>"
+
+    @property
+    def limit(self) -> int | None:
+        return self._limit
+
+    @property
+    def limiters(self) -> tuple:
+        return self._limiters
+
+    def statistics(self) -> GroupStatistics:
+        waiting = len(self._pending) + sum(
+            1 for child in self._children if child._waiting)
+        return GroupStatistics(self._spawned, self._running, waiting,
+                               self._done, self._failed)
+
+    async def __aenter__(self):
+        if self._entered:
+            raise RuntimeError(
+                f"TaskGroup {self!r} has already been entered")
+        if self._loop is None:
+            self._loop = get_running_loop()
+        self._parent_task = current_task(self._loop)
+        if self._parent_task is None:
+            raise RuntimeError(
+                f"TaskGroup {self!r} cannot determine the parent task")
+        self._entered = True
+        if self._cancel_on_enter:
+            self.cancel()
+        return self
+
+    async def __aexit__(self, et, exc, tb):
+        self._exiting = True
+        if exc is not None and _is_base_error(exc) and self._base_error is None:
+            self._base_error = exc
+        if _PY313:
+            propagate_cancellation_error = (
+                exc if et is not None and issubclass(et, CancelledError)
+                else None)
+        else:
+            propagate_cancellation_error = (
+                exc if et is CancelledError else None)
+            if self._parent_cancel_requested:
+                if self._parent_task.uncancel() == 0:
+                    propagate_cancellation_error = None
+        if et is not None and not self._aborting:
+            self._abort()
+
+        if (et is None and self._parent_cancel_requested
+                and not self._children and not self._pending):
+            # cancel() was called from the body, which then ended without
+            # awaiting: its cancellation is still pending. Take it here.
+            try:
+                await sleep(0)
+            except CancelledError:
+                pass
+
+        # The parent may be cancelled again while it waits, so loop.
+        while self._children or self._pending:
+            if self._on_completed_fut is None:
+                self._on_completed_fut = self._loop.create_future()
+            try:
+                await self._on_completed_fut
+            except CancelledError as ex:
+                if not self._aborting:
+                    propagate_cancellation_error = ex
+                    self._abort()
+            self._on_completed_fut = None
+
+        if self._base_error is not None:
+            raise self._base_error
+
+        if _PY313 and self._parent_cancel_requested:
+            if self._parent_task.uncancel() == 0:
+                propagate_cancellation_error = None
+
+        if _PY313:
+            if propagate_cancellation_error is not None and not self._errors:
+                raise propagate_cancellation_error
+        elif propagate_cancellation_error and not self._errors:
+            raise propagate_cancellation_error
+
+        if et is not None and not issubclass(et, CancelledError):
+            self._errors.append(exc)
+
+        if not self._errors:
+            # The body's CancelledError came from cancel(): swallow it.
+            return (et is not None and issubclass(et, CancelledError)
+                    and propagate_cancellation_error is None)
+        if self._errors:
+            if _PY313 and self._parent_task.cancelling():
+                self._parent_task.uncancel()
+                self._parent_task.cancel()
+            try:
+                raise BaseExceptionGroup(
+                    "unhandled errors in a TaskGroup", self._errors) from None
+            finally:
+                self._errors = None
+
+    async def spawn(self, coro, *, name=None, context=None):
+        """Wait for the tokens, then start ``coro`` in a task of the group."""
+        iterator = _iterator_of(coro)
+        self._check_can_create(coro)
+        loop = self._loop
+        if _get_running_loop() is not loop:
+            _close(coro)
+            raise RuntimeError(
+                f"TaskGroup {self!r} is bound to a different event loop")
+        claim = _Claim(self._limiters)
+        try:
+            if not claim.try_take(loop):
+                self._pending[claim] = None
+                try:
+                    await _wait_for_claim(claim, loop)
+                finally:
+                    del self._pending[claim]
+        except BaseException:
+            _close(coro)
+            self._wake_exit()
+            raise
+        return self._start(coro, iterator, claim, False, name, context)
+
+    def create_task(self, coro, *, name=None, context=None):
+        """Return a task at once; its coroutine starts when it has the tokens."""
+        iterator = _iterator_of(coro)
+        self._check_can_create(coro)
+        claim = _Claim(self._limiters)
+        try:
+            if _get_running_loop() is not self._loop:
+                raise RuntimeError(
+                    f"TaskGroup {self!r} is bound to a different event loop")
+            held = claim.try_take(self._loop)
+        except BaseException:
+            _close(coro)
+            raise
+        return self._start(coro, iterator, claim, not held, name, context)
+
+    def cancel(self) -> None:
+        """Cancel every task and the body; the group then exits without error."""
+        if not self._entered:
+            self._cancel_on_enter = True
+            return
+        if self._exiting and not self._children and not self._pending:
+            return
+        if not self._aborting:
+            self._abort()
+        if not self._parent_cancel_requested:
+            self._parent_cancel_requested = True
+            self._parent_task.cancel()
+
+    # -- internals --
+
+    def _check_can_create(self, coro) -> None:
+        if not self._entered:
+            problem = "has not been entered"
+        elif self._exiting and not self._children and not self._pending:
+            problem = "is finished"
+        elif self._aborting:
+            problem = "is shutting down"
+        else:
+            return
+        _close(coro)
+        raise RuntimeError(f"TaskGroup {self!r} {problem}")
+
+    def _start(self, target, iterator, claim, waiting, name, context):
+        child = _Child(self, target, iterator, claim, waiting)
+        self._children[child] = None
+        if not waiting:
+            self._running += 1
+        try:
+            if context is None:
+                task = self._loop.create_task(child, name=name)
+            else:
+                task = self._loop.create_task(child, name=name,
+                                              context=context)
+        except BaseException:
+            # Nothing started: give the tokens back, close the coroutine.
+            child.close()
+            self._children.pop(child, None)
+            self._done -= 1
+            raise
+        self._spawned += 1
+        if child._finished:
+            # An eager task ran to its end inside create_task().
+            self._on_child_done(child, task)
+        else:
+            child._task = task
+        return task
+
+    def _child_finished(self, child, error) -> None:
+        """Runs in the child's last step: the tokens go back at once, unless
+        the child failed; then the group fails its own waiting spawns first,
+        so that it does not hand its tokens to work it is about to cancel."""
+        child._finished = True
+        if child._waiting:
+            child._waiting = False
+        else:
+            self._running -= 1
+        self._done += 1
+        failed = error is not None and not isinstance(error, CancelledError)
+        if failed:
+            self._failed += 1
+        else:
+            child._claim.release()
+        task = child._task
+        if task is None:
+            return  # still inside create_task(): _start() finishes the job
+        child._task = None
+        last = (len(self._children) == 1 and not self._pending
+                and self._on_completed_fut is not None)
+        if failed or last:
+            # Like asyncio's done callback: after the task has its outcome,
+            # behind the task's own done callbacks' turn.
+            self._loop.call_soon(self._on_child_done, child, task)
+        else:
+            del self._children[child]
+
+    def _on_child_done(self, child, task) -> None:
+        try:
+            self._after_child(child, task)
+        finally:
+            child._claim.release()
+
+    def _after_child(self, child, task) -> None:
+        self._children.pop(child, None)
+        self._wake_exit()
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        self._errors.append(exc)
+        if _is_base_error(exc) and self._base_error is None:
+            self._base_error = exc
+        if self._parent_task.done():
+            self._loop.call_exception_handler({
+                "message": f"Task {task!r} has errored out but its parent "
+                           f"task {self._parent_task} is already completed",
+                "exception": exc,
+                "task": task,
+            })
+            return
+        if not self._aborting and not self._parent_cancel_requested:
+            self._abort()
+            self._parent_cancel_requested = True
+            self._parent_task.cancel()
+
+    def _wake_exit(self) -> None:
+        future = self._on_completed_fut
+        if (future is not None and not future.done()
+                and not self._children and not self._pending):
+            future.set_result(True)
+
+    def _abort(self) -> None:
+        self._aborting = True
+        for child in list(self._children):
+            task = child._task
+            if task is not None and not task.done():
+                task.cancel()
+        if self._pending:
+            error = f"TaskGroup {self!r} is shutting down"
+            for claim in list(self._pending):
+                claim.abort(RuntimeError(error))
