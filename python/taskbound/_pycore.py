@@ -131,15 +131,18 @@ class Limiter:
 
     def _withdraw(self, future) -> None:
         """The owner of ``future`` gives up: pass its token on if it has one."""
-        if future.done():
-            if not future.cancelled() and future.result():
+        if future.done() and not future.cancelled():
+            if future.result():
                 self.release()
             return
+        self._dequeue(future)
+        future.cancel()
+
+    def _dequeue(self, future) -> None:
         try:
             self._waiters.remove(future)
         except ValueError:
             pass
-        future.cancel()
 
     def _wake(self) -> None:
         waiters = self._waiters
@@ -195,7 +198,14 @@ class _Claim:
         """The waiter is done: count its token and go on; True when all held."""
         future = self.waiter
         self.waiter = None
-        if future.result():
+        try:
+            handed = future.result()
+        except BaseException:
+            # Cancelled from outside: nothing was handed; leave the line.
+            self.limiters[self.held]._dequeue(future)
+            self.release()
+            raise
+        if handed:
             self.held += 1
         if self.abort_error is not None:
             self.release()
@@ -207,7 +217,7 @@ class _Claim:
         self.abort_error = error
         future = self.waiter
         if future is not None and not future.done():
-            self.limiters[self.held]._waiters.remove(future)
+            self.limiters[self.held]._dequeue(future)
             future.set_result(False)
 
     def abandon(self) -> None:

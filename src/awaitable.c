@@ -1,0 +1,192 @@
+/* The coroutine protocol of the C awaitables, built on one step function
+ * per type: send(), throw(), __next__ (for Python's Task and for
+ * `yield from`) and am_send (the fast path the C Task takes).
+ */
+#include "taskbound.h"
+
+PyObject *
+take_stop_iteration_value(void)
+{
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        return NULL;
+    }
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *value = Py_NewRef(((PyStopIterationObject *)exc)->value);
+    Py_DECREF(exc);
+    return value;
+}
+
+/* Turns a step's outcome into what send() and throw() return. */
+static PyObject *
+outcome_to_result(PySendResult status, PyObject *result)
+{
+    if (status == PYGEN_NEXT) {
+        return result;
+    }
+    if (status == PYGEN_RETURN) {
+        if (result == Py_None) {
+            PyErr_SetNone(PyExc_StopIteration);
+        }
+        else {
+            /* Made first, so that a tuple is not taken for arguments. */
+            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+            if (stop != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, stop);
+                Py_DECREF(stop);
+            }
+        }
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+PyObject *
+step_send_method(PyObject *self, PyObject *value, step_func step)
+{
+    PyObject *result = NULL;
+    PySendResult status = step(self, value, NULL, &result);
+    return outcome_to_result(status, result);
+}
+
+PyObject *
+step_iternext(PyObject *self, step_func step)
+{
+    PyObject *result = NULL;
+    PySendResult status = step(self, Py_None, NULL, &result);
+    if (status == PYGEN_RETURN && result == Py_None) {
+        Py_DECREF(result);
+        return NULL;   /* exhausted, no value */
+    }
+    return outcome_to_result(status, result);
+}
+
+PyObject *
+step_throw_method(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  step_func step)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError,
+                     "throw expected 1 to 3 arguments, got %zd", nargs);
+        return NULL;
+    }
+    PyObject *typ = args[0];
+    PyObject *val = nargs > 1 ? args[1] : Py_None;
+    PyObject *tb = nargs > 2 ? args[2] : Py_None;
+    PyObject *exc;
+    if (PyExceptionInstance_Check(typ)) {
+        if (val != Py_None) {
+            PyErr_SetString(PyExc_TypeError,
+                            "instance exception may not have a separate value");
+            return NULL;
+        }
+        exc = Py_NewRef(typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        if (PyObject_TypeCheck(val, (PyTypeObject *)typ)) {
+            exc = Py_NewRef(val);
+        }
+        else if (val == Py_None) {
+            exc = PyObject_CallNoArgs(typ);
+        }
+        else {
+            exc = PyObject_CallOneArg(typ, val);
+        }
+        if (exc == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError,
+                     "exceptions must be classes or instances deriving from "
+                     "BaseException, not %s", Py_TYPE(typ)->tp_name);
+        return NULL;
+    }
+    if (tb != Py_None && PyException_SetTraceback(exc, tb) < 0) {
+        Py_DECREF(exc);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    PySendResult status = step(self, NULL, exc, &result);
+    Py_DECREF(exc);
+    return outcome_to_result(status, result);
+}
+
+int
+mark_blocking(ModuleState *state, PyObject *future)
+{
+    return PyObject_SetAttr(future, state->str_asyncio_future_blocking,
+                            Py_True);
+}
+
+int
+is_cancelled_error(ModuleState *state, PyObject *exc)
+{
+    return exc != NULL
+           && PyObject_TypeCheck(exc, (PyTypeObject *)state->cancelled_error);
+}
+
+static int
+is_generator_coroutine(PyObject *obj)
+{
+    if (!PyGen_CheckExact(obj)) {
+        return 0;
+    }
+    PyObject *code = PyObject_GetAttrString(obj, "gi_code");
+    if (code == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int flagged = PyCode_Check(code)
+                  && (((PyCodeObject *)code)->co_flags & CO_ITERABLE_COROUTINE);
+    Py_DECREF(code);
+    return flagged;
+}
+
+PyObject *
+iterator_of(ModuleState *state, PyObject *awaitable)
+{
+    if (PyCoro_CheckExact(awaitable) || is_generator_coroutine(awaitable)) {
+        return Py_NewRef(awaitable);
+    }
+    int is_coro = PyObject_IsInstance(awaitable, state->coroutine_abc);
+    if (is_coro < 0) {
+        return NULL;
+    }
+    if (is_coro) {
+        return Py_NewRef(awaitable);
+    }
+    PyAsyncMethods *am = Py_TYPE(awaitable)->tp_as_async;
+    if (am != NULL && am->am_await != NULL) {
+        PyObject *it = am->am_await(awaitable);
+        if (it == NULL) {
+            return NULL;
+        }
+        if (!PyIter_Check(it) || PyCoro_CheckExact(it)) {
+            PyErr_Format(PyExc_TypeError,
+                         "__await__() returned a non-iterator of type '%.100s'",
+                         Py_TYPE(it)->tp_name);
+            Py_DECREF(it);
+            return NULL;
+        }
+        return it;
+    }
+    PyErr_Format(PyExc_TypeError, "an awaitable was expected, got %R",
+                 awaitable);
+    return NULL;
+}
+
+int
+close_awaitable(ModuleState *state, PyObject *obj)
+{
+    PyObject *close;
+    if (PyObject_GetOptionalAttr(obj, state->str_close, &close) < 0) {
+        return -1;
+    }
+    if (close == NULL) {
+        return 0;
+    }
+    PyObject *res = PyObject_CallNoArgs(close);
+    Py_DECREF(close);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 0;
+}

@@ -1,0 +1,381 @@
+/* Child: the coroutine a group's Task runs in place of the user's.
+ *
+ * It waits for the tokens if it was created without them (create_task()),
+ * drives the user's coroutine or awaitable, and returns the tokens inside
+ * the task's own last step, however the task ends: that saves the extra
+ * trip through the event loop that a done callback per task would cost.
+ * It passes the user coroutine's name, code and frame through, so that the
+ * task's repr and stack read as if it ran the user's coroutine itself.
+ */
+#include "taskbound.h"
+
+ChildObject *
+child_new(GroupObject *group, PyObject *target, PyObject *iterator,
+          Claim *claim, int waiting)
+{
+    ChildObject *self = PyObject_GC_New(ChildObject,
+                                        group->state->child_type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->group = (GroupObject *)Py_NewRef((PyObject *)group);
+    self->target = Py_NewRef(target);
+    self->iterator = Py_NewRef(iterator);
+    self->claim = *claim;                   /* moved in */
+    memset(claim, 0, sizeof(*claim));
+    self->task = NULL;
+    self->prev = self->next = NULL;
+    self->waiting = (char)waiting;
+    self->finished = 0;
+    self->linked = 0;
+    PyObject_GC_Track(self);
+    return self;
+}
+
+static ModuleState *
+child_state(ChildObject *self)
+{
+    return self->group->state;
+}
+
+/* Called with an error set: closes what never ran and tells the group,
+ * keeping the error. */
+static void
+child_fail(ChildObject *self)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    if (close_awaitable(child_state(self), self->iterator) < 0) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    group_child_finished(self->group, self, exc);
+    PyErr_SetRaisedException(exc);
+}
+
+/* One step while waiting for tokens: 1 with a future to yield in *result,
+ * 0 once every token is held, -1 on error (tokens given back). */
+static int
+child_wait_for_tokens(ChildObject *self, PyObject *exc, PyObject **result)
+{
+    Claim *claim = &self->claim;
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        goto fail;
+    }
+    for (;;) {
+        PyObject *future = claim->waiter;
+        int done = call_method_bool(future, child_state(self)->str_done);
+        if (done < 0) {
+            goto fail;
+        }
+        if (!done) {
+            if (mark_blocking(child_state(self), future) < 0) {
+                goto fail;
+            }
+            *result = Py_NewRef(future);
+            return 1;
+        }
+        int held = claim_resume(claim, self->group->loop);
+        if (held < 0) {
+            goto fail;
+        }
+        if (held) {
+            self->waiting = 0;
+            self->group->running++;
+            return 0;
+        }
+    }
+fail:
+    {
+        PyObject *error = PyErr_GetRaisedException();
+        if (claim_abandon(claim) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        PyErr_SetRaisedException(error);
+    }
+    return -1;
+}
+
+/* Sends into / throws into the user's iterator. */
+static PySendResult
+child_drive(ChildObject *self, PyObject *value, PyObject *exc,
+            PyObject **result)
+{
+    if (exc == NULL) {
+        return PyIter_Send(self->iterator, value, result);
+    }
+    PyObject *throw;
+    if (PyObject_GetOptionalAttr(self->iterator, child_state(self)->str_throw,
+                                 &throw) < 0) {
+        return PYGEN_ERROR;
+    }
+    if (throw == NULL) {
+        /* A plain iterator: the exception surfaces here, as in yield from. */
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        return PYGEN_ERROR;
+    }
+    *result = PyObject_CallOneArg(throw, exc);
+    Py_DECREF(throw);
+    if (*result != NULL) {
+        return PYGEN_NEXT;
+    }
+    *result = take_stop_iteration_value();
+    return *result != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+}
+
+static PySendResult
+child_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
+{
+    ChildObject *self = (ChildObject *)op;
+    if (self->finished) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot reuse already awaited coroutine");
+        return PYGEN_ERROR;
+    }
+    if (self->waiting) {
+        int status = child_wait_for_tokens(self, exc, result);
+        if (status != 0) {
+            if (status < 0) {
+                child_fail(self);
+                return PYGEN_ERROR;
+            }
+            return PYGEN_NEXT;
+        }
+        value = Py_None;
+        exc = NULL;
+    }
+    PySendResult status = child_drive(self, value, exc, result);
+    if (status == PYGEN_NEXT) {
+        return status;
+    }
+    if (status == PYGEN_RETURN) {
+        group_child_finished(self->group, self, NULL);
+    }
+    else {
+        PyObject *error = PyErr_GetRaisedException();
+        group_child_finished(self->group, self, error);
+        PyErr_SetRaisedException(error);
+    }
+    return status;
+}
+
+int
+child_close(ChildObject *self)
+{
+    if (self->finished) {
+        return 0;
+    }
+    if (self->waiting) {
+        int status = claim_abandon(&self->claim);
+        if (close_awaitable(child_state(self), self->iterator) < 0) {
+            status = -1;
+        }
+        PyObject *exc = PyErr_GetRaisedException();
+        group_child_finished(self->group, self, NULL);
+        PyErr_SetRaisedException(exc);
+        return status;
+    }
+    int status = close_awaitable(child_state(self), self->iterator);
+    PyObject *exc = PyErr_GetRaisedException();
+    group_child_finished(self->group, self, NULL);
+    PyErr_SetRaisedException(exc);
+    return status;
+}
+
+static PySendResult
+child_am_send(PyObject *self, PyObject *value, PyObject **result)
+{
+    return child_step(self, value, NULL, result);
+}
+
+static PyObject *
+child_send(PyObject *self, PyObject *value)
+{
+    return step_send_method(self, value, child_step);
+}
+
+static PyObject *
+child_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return step_throw_method(self, args, nargs, child_step);
+}
+
+static PyObject *
+child_iternext(PyObject *self)
+{
+    return step_iternext(self, child_step);
+}
+
+static PyObject *
+child_close_method(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (child_close((ChildObject *)self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* A task destroyed before its coroutine finished (its loop closed, say):
+ * the tokens still go back and the user's coroutine is closed. */
+static void
+child_finalize(PyObject *op)
+{
+    ChildObject *self = (ChildObject *)op;
+    if (self->finished || self->group == NULL) {
+        return;
+    }
+    PyObject *exc = PyErr_GetRaisedException();
+    if (child_close(self) < 0) {
+        PyErr_WriteUnraisable(op);
+    }
+    PyErr_SetRaisedException(exc);
+}
+
+static int
+child_traverse(ChildObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->group);
+    Py_VISIT(self->target);
+    Py_VISIT(self->iterator);
+    Py_VISIT(self->task);
+    return claim_traverse(&self->claim, visit, arg);
+}
+
+static int
+child_clear(ChildObject *self)
+{
+    claim_clear(&self->claim);
+    Py_CLEAR(self->task);
+    Py_CLEAR(self->target);
+    Py_CLEAR(self->iterator);
+    Py_CLEAR(self->group);
+    return 0;
+}
+
+static void
+child_dealloc(ChildObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return;  /* resurrected */
+    }
+    PyObject_GC_UnTrack(self);
+    (void)child_clear(self);
+    PyObject_GC_Del(self);
+    Py_DECREF(tp);
+}
+
+/* What asyncio reads to describe a task's coroutine. */
+static PyObject *
+forward(ChildObject *self, const char *name, const char *fallback)
+{
+    PyObject *value = PyObject_GetAttrString(self->target, name);
+    if (value != NULL || fallback == NULL
+            || !PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        return value;
+    }
+    PyErr_Clear();
+    return PyObject_GetAttrString(self->target, fallback);
+}
+
+static PyObject *
+child_get_name(ChildObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *name = forward(self, "__name__", NULL);
+    if (name == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return PyType_GetName(Py_TYPE(self->target));
+    }
+    return name;
+}
+
+static PyObject *
+child_get_qualname(ChildObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *name = forward(self, "__qualname__", NULL);
+    if (name == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return child_get_name(self, NULL);
+    }
+    return name;
+}
+
+static PyObject *
+or_none(PyObject *value)
+{
+    if (value == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return value;
+}
+
+static PyObject *
+child_get_code(ChildObject *self, void *Py_UNUSED(closure))
+{
+    return or_none(forward(self, "cr_code", "gi_code"));
+}
+
+static PyObject *
+child_get_frame(ChildObject *self, void *Py_UNUSED(closure))
+{
+    return or_none(forward(self, "cr_frame", "gi_frame"));
+}
+
+static PyObject *
+child_get_running(ChildObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *value = forward(self, "cr_running", "gi_running");
+    if (value == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    return value;
+}
+
+static PyObject *
+child_get_await(ChildObject *self, void *Py_UNUSED(closure))
+{
+    return or_none(forward(self, "cr_await", "gi_yieldfrom"));
+}
+
+static PyMethodDef child_methods[] = {
+    {"send", (PyCFunction)child_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))child_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)child_close_method, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef child_getset[] = {
+    {"__name__", (getter)child_get_name, NULL, NULL, NULL},
+    {"__qualname__", (getter)child_get_qualname, NULL, NULL, NULL},
+    {"cr_code", (getter)child_get_code, NULL, NULL, NULL},
+    {"cr_frame", (getter)child_get_frame, NULL, NULL, NULL},
+    {"cr_running", (getter)child_get_running, NULL, NULL, NULL},
+    {"cr_await", (getter)child_get_await, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot child_slots[] = {
+    {Py_tp_doc, "The coroutine a BoundedTaskGroup task runs: it holds the "
+                "task's tokens and drives the user's coroutine."},
+    {Py_tp_dealloc, child_dealloc},
+    {Py_tp_finalize, child_finalize},
+    {Py_tp_traverse, child_traverse},
+    {Py_tp_clear, child_clear},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, child_iternext},
+    {Py_tp_methods, child_methods},
+    {Py_tp_getset, child_getset},
+    {Py_am_await, PyObject_SelfIter},
+    {Py_am_send, child_am_send},
+    {0, NULL},
+};
+
+PyType_Spec child_spec = {
+    .name = "taskbound._taskbound.Child",
+    .basicsize = sizeof(ChildObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+             | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = child_slots,
+};

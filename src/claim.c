@@ -1,0 +1,164 @@
+/* A claim: one token of each of several limiters, taken in rank order.
+ *
+ * claim_try_take() takes what is free and, at the first busy limiter,
+ * queues a waiter future at once, so the claim keeps its place in line from
+ * the moment it is made. claim_resume() goes on once that future is done;
+ * claim_abandon() gives everything back, whatever state the claim is in.
+ */
+#include "taskbound.h"
+
+#define LIMITER_AT(claim, i) \
+    ((LimiterObject *)PyTuple_GET_ITEM((claim)->limiters, (i)))
+
+void
+claim_init(Claim *claim, PyObject *limiters)
+{
+    claim->limiters = Py_NewRef(limiters);
+    claim->held = 0;
+    claim->waiter = NULL;
+    claim->abort_error = NULL;
+}
+
+/* Returns 1 when every token is held, 0 when a waiter was queued, -1 on
+ * error (with nothing held). */
+int
+claim_try_take(Claim *claim, PyObject *loop)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(claim->limiters);
+    while (claim->held < n) {
+        LimiterObject *limiter = LIMITER_AT(claim, claim->held);
+        int taken = limiter_try_take(limiter, loop);
+        if (taken == 0) {
+            claim->waiter = limiter_enqueue(limiter, loop);
+            if (claim->waiter != NULL) {
+                return 0;
+            }
+            taken = -1;
+        }
+        if (taken < 0) {
+            PyObject *exc = PyErr_GetRaisedException();
+            if (claim_release(claim) < 0) {
+                PyErr_WriteUnraisable(NULL);
+            }
+            PyErr_SetRaisedException(exc);
+            return -1;
+        }
+        claim->held++;
+    }
+    return 1;
+}
+
+int
+claim_resume(Claim *claim, PyObject *loop)
+{
+    PyObject *future = claim->waiter;
+    claim->waiter = NULL;
+    LimiterObject *limiter = LIMITER_AT(claim, claim->held);
+    PyObject *handed = call_method0(future, limiter->state->str_result);
+    if (handed == NULL) {
+        /* Cancelled from outside: nothing was handed; leave the line. */
+        limiter_dequeue(limiter, future);
+        Py_DECREF(future);
+        if (claim_release(claim) < 0) {
+            PyErr_WriteUnraisable(NULL);
+        }
+        return -1;
+    }
+    if (handed == Py_True) {
+        claim->held++;
+    }
+    Py_DECREF(handed);
+    Py_DECREF(future);
+    if (claim->abort_error != NULL) {
+        PyObject *error = claim->abort_error;
+        claim->abort_error = NULL;
+        if (claim_release(claim) < 0) {
+            PyErr_WriteUnraisable(NULL);
+        }
+        PyErr_SetObject((PyObject *)Py_TYPE(error), error);
+        Py_DECREF(error);
+        return -1;
+    }
+    return claim_try_take(claim, loop);
+}
+
+int
+claim_abort(Claim *claim, PyObject *error)
+{
+    Py_XSETREF(claim->abort_error, Py_NewRef(error));
+    PyObject *future = claim->waiter;
+    if (future == NULL) {
+        return 0;
+    }
+    LimiterObject *limiter = LIMITER_AT(claim, claim->held);
+    int done = call_method_bool(future, limiter->state->str_done);
+    if (done != 0) {
+        return done;
+    }
+    limiter_dequeue(limiter, future);
+    PyObject *res = call_method1(future, limiter->state->str_set_result,
+                                 Py_False);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 0;
+}
+
+int
+claim_abandon(Claim *claim)
+{
+    int status = 0;
+    PyObject *future = claim->waiter;
+    if (future != NULL) {
+        claim->waiter = NULL;
+        status = limiter_withdraw(LIMITER_AT(claim, claim->held), future);
+        Py_DECREF(future);
+    }
+    Py_CLEAR(claim->abort_error);
+    if (claim_release(claim) < 0) {
+        status = -1;
+    }
+    return status;
+}
+
+/* Gives back every token held, last taken first. Keeps going after an
+ * error, and reports the first one. */
+int
+claim_release(Claim *claim)
+{
+    Py_ssize_t held = claim->held;
+    claim->held = 0;
+    int status = 0;
+    PyObject *first_error = NULL;
+    while (held > 0) {
+        held--;
+        if (limiter_give_back(LIMITER_AT(claim, held)) < 0) {
+            status = -1;
+            if (first_error == NULL) {
+                first_error = PyErr_GetRaisedException();
+            }
+            else {
+                PyErr_WriteUnraisable(NULL);
+            }
+        }
+    }
+    if (first_error != NULL) {
+        PyErr_SetRaisedException(first_error);
+    }
+    return status;
+}
+
+int
+claim_traverse(Claim *claim, visitproc visit, void *arg)
+{
+    Py_VISIT(claim->limiters);
+    Py_VISIT(claim->waiter);
+    Py_VISIT(claim->abort_error);
+    return 0;
+}
+
+void
+claim_clear(Claim *claim)
+{
+    Py_CLEAR(claim->waiter);
+    Py_CLEAR(claim->abort_error);
+    Py_CLEAR(claim->limiters);
+}

@@ -1,0 +1,163 @@
+/* taskbound._taskbound: the module, its state and its types.
+ *
+ * Multi-phase init; every Python object the C code needs is in the module
+ * state, reached from each type with PyType_GetModuleByDef.
+ */
+#include "taskbound.h"
+
+static ModuleState *
+get_state(PyObject *module)
+{
+    return (ModuleState *)PyModule_GetState(module);
+}
+
+static PyObject *
+import_attr(const char *module_name, const char *attr)
+{
+    PyObject *module = PyImport_ImportModule(module_name);
+    if (module == NULL) {
+        return NULL;
+    }
+    PyObject *value = PyObject_GetAttrString(module, attr);
+    Py_DECREF(module);
+    return value;
+}
+
+static int
+add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot,
+         int public)
+{
+    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, NULL);
+    if (*slot == NULL) {
+        return -1;
+    }
+    return public ? PyModule_AddType(module, *slot) : 0;
+}
+
+static int
+module_exec(PyObject *module)
+{
+    ModuleState *st = get_state(module);
+
+    if (add_type(module, &limiter_spec, &st->limiter_type, 1) < 0
+            || add_type(module, &group_spec, &st->group_type, 1) < 0
+            || add_type(module, &child_spec, &st->child_type, 0) < 0
+            || add_type(module, &acquisition_spec, &st->acquisition_type, 0) < 0
+            || add_type(module, &group_exit_spec, &st->group_exit_type, 0) < 0) {
+        return -1;
+    }
+
+#define IMPORT(field, mod, name)                                \
+    if ((st->field = import_attr(mod, name)) == NULL) {         \
+        return -1;                                              \
+    }
+    IMPORT(get_running_loop, "asyncio.events", "_get_running_loop");
+    IMPORT(current_task, "asyncio", "current_task");
+    IMPORT(cancelled_error, "asyncio", "CancelledError");
+    IMPORT(coroutine_abc, "collections.abc", "Coroutine");
+    IMPORT(would_block, "taskbound._common", "WouldBlock");
+    IMPORT(limiter_statistics, "taskbound._common", "LimiterStatistics");
+    IMPORT(group_statistics, "taskbound._common", "GroupStatistics");
+    IMPORT(check_total_tokens, "taskbound._common", "check_total_tokens");
+    IMPORT(check_limit, "taskbound._common", "check_limit");
+#undef IMPORT
+
+#define INTERN(field, text)                                     \
+    if ((st->field = PyUnicode_InternFromString(text)) == NULL) {  \
+        return -1;                                              \
+    }
+    INTERN(str_asyncio_future_blocking, "_asyncio_future_blocking");
+    INTERN(str_call_exception_handler, "call_exception_handler");
+    INTERN(str_call_soon, "call_soon");
+    INTERN(str_cancel, "cancel");
+    INTERN(str_cancelled, "cancelled");
+    INTERN(str_cancelling, "cancelling");
+    INTERN(str_close, "close");
+    INTERN(str_create_future, "create_future");
+    INTERN(str_create_task, "create_task");
+    INTERN(str_done, "done");
+    INTERN(str_exception, "exception");
+    INTERN(str_result, "result");
+    INTERN(str_send, "send");
+    INTERN(str_set_result, "set_result");
+    INTERN(str_throw, "throw");
+    INTERN(str_uncancel, "uncancel");
+#undef INTERN
+    st->kwnames_name = Py_BuildValue("(s)", "name");
+    st->kwnames_name_context = Py_BuildValue("(ss)", "name", "context");
+    if (st->kwnames_name == NULL || st->kwnames_name_context == NULL) {
+        return -1;
+    }
+    /* Asyncio must take our child coroutines for coroutines. */
+    PyObject *register_result = PyObject_CallMethod(
+        st->coroutine_abc, "register", "O", (PyObject *)st->child_type);
+    if (register_result == NULL) {
+        return -1;
+    }
+    Py_DECREF(register_result);
+    st->next_rank = 0;
+    return 0;
+}
+
+#define STATE_FIELDS(X)                                                   \
+    X(limiter_type) X(group_type) X(child_type) X(acquisition_type)       \
+    X(group_exit_type) X(get_running_loop) X(current_task)                \
+    X(cancelled_error) X(would_block) X(limiter_statistics)               \
+    X(group_statistics) X(check_total_tokens) X(check_limit)              \
+    X(coroutine_abc) X(str_asyncio_future_blocking)                       \
+    X(str_call_exception_handler) X(str_call_soon) X(str_cancel)          \
+    X(str_cancelled) X(str_cancelling) X(str_close) X(str_create_future)  \
+    X(str_create_task) X(str_done) X(str_exception) X(str_result)         \
+    X(str_send) X(str_set_result) X(str_throw) X(str_uncancel)            \
+    X(kwnames_name) X(kwnames_name_context)
+
+static int
+module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    ModuleState *st = get_state(module);
+#define VISIT(field) Py_VISIT(st->field);
+    STATE_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int
+module_clear(PyObject *module)
+{
+    ModuleState *st = get_state(module);
+#define CLEAR(field) Py_CLEAR(st->field);
+    STATE_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void
+module_free(void *module)
+{
+    (void)module_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+PyModuleDef taskbound_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "taskbound._taskbound",
+    .m_doc = "The C core of taskbound: Limiter and BoundedTaskGroup.",
+    .m_size = sizeof(ModuleState),
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC
+PyInit__taskbound(void)
+{
+    return PyModuleDef_Init(&taskbound_module);
+}

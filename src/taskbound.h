@@ -1,0 +1,285 @@
+/* Shared declarations of the taskbound C core.
+ *
+ * Types: Limiter (limiter.c), BoundedTaskGroup (taskgroup.c), the child
+ * coroutine a group's Task drives (child.c), the awaitable of an acquire or
+ * spawn (acquisition.c) and of a group's enter/exit (groupexit.c). A claim
+ * (claim.c) is not a type: it is the state of taking one token of each of
+ * several limiters, embedded in the objects that take them.
+ */
+#ifndef TASKBOUND_H
+#define TASKBOUND_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#if PY_VERSION_HEX < 0x030C0000
+/* The 3.12 API for the current exception, on 3.11. */
+static inline PyObject *
+PyErr_GetRaisedException(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (type == NULL) {
+        return NULL;
+    }
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_DECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+static inline void
+PyErr_SetRaisedException(PyObject *exc)
+{
+    if (exc == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc,
+                  PyException_GetTraceback(exc));
+}
+#endif
+
+#if PY_VERSION_HEX < 0x030D0000
+static inline int
+PyObject_GetOptionalAttr(PyObject *obj, PyObject *name, PyObject **result)
+{
+    *result = PyObject_GetAttr(obj, name);
+    if (*result != NULL) {
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+#endif
+
+typedef struct {
+    PyTypeObject *limiter_type;
+    PyTypeObject *group_type;
+    PyTypeObject *child_type;
+    PyTypeObject *acquisition_type;
+    PyTypeObject *group_exit_type;
+
+    /* From asyncio and taskbound._common. */
+    PyObject *get_running_loop;     /* asyncio.events._get_running_loop */
+    PyObject *current_task;         /* asyncio.current_task */
+    PyObject *cancelled_error;      /* asyncio.CancelledError */
+    PyObject *would_block;          /* taskbound.WouldBlock */
+    PyObject *limiter_statistics;   /* taskbound.LimiterStatistics */
+    PyObject *group_statistics;     /* taskbound.GroupStatistics */
+    PyObject *check_total_tokens;
+    PyObject *check_limit;
+    PyObject *coroutine_abc;        /* collections.abc.Coroutine */
+
+    /* Interned names of the methods called on loops, futures and tasks. */
+    PyObject *str_asyncio_future_blocking;
+    PyObject *str_call_exception_handler;
+    PyObject *str_call_soon;
+    PyObject *str_cancel;
+    PyObject *str_cancelled;
+    PyObject *str_cancelling;
+    PyObject *str_close;
+    PyObject *str_create_future;
+    PyObject *str_create_task;
+    PyObject *str_done;
+    PyObject *str_exception;
+    PyObject *str_result;
+    PyObject *str_send;
+    PyObject *str_set_result;
+    PyObject *str_throw;
+    PyObject *str_uncancel;
+    PyObject *kwnames_name;          /* ("name",) */
+    PyObject *kwnames_name_context;  /* ("name", "context") */
+
+    /* Limiters take tokens in the order of their creation. */
+    unsigned long long next_rank;
+} ModuleState;
+
+extern PyModuleDef taskbound_module;
+
+static inline ModuleState *
+state_of_type(PyTypeObject *type)
+{
+    PyObject *module = PyType_GetModuleByDef(type, &taskbound_module);
+    return module == NULL ? NULL : (ModuleState *)PyModule_GetState(module);
+}
+
+/* method(obj) / method(obj, arg) through vectorcall. */
+static inline PyObject *
+call_method0(PyObject *obj, PyObject *name)
+{
+    PyObject *args[1] = {obj};
+    return PyObject_VectorcallMethod(
+        name, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static inline PyObject *
+call_method1(PyObject *obj, PyObject *name, PyObject *arg)
+{
+    PyObject *args[2] = {obj, arg};
+    return PyObject_VectorcallMethod(
+        name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* Calls method(obj) and returns its truth, or -1 on error. */
+int call_method_bool(PyObject *obj, PyObject *name);
+
+/* ---- Limiter ---- */
+
+#define TOTAL_INFINITE PY_SSIZE_T_MAX
+
+typedef struct {
+    PyObject **items;   /* ring buffer of waiter futures (strong refs) */
+    Py_ssize_t head;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+} WaiterQueue;
+
+typedef struct {
+    PyObject_HEAD
+    ModuleState *state;
+    Py_ssize_t total;        /* TOTAL_INFINITE for math.inf */
+    Py_ssize_t borrowed;     /* includes tokens handed to woken waiters */
+    WaiterQueue waiters;
+    PyObject *loop;          /* the loop it is bound to, or NULL */
+    unsigned long long rank;
+    PyObject *weakreflist;
+} LimiterObject;
+
+extern PyType_Spec limiter_spec;
+
+int limiter_try_take(LimiterObject *self, PyObject *loop);
+PyObject *limiter_enqueue(LimiterObject *self, PyObject *loop);
+int limiter_withdraw(LimiterObject *self, PyObject *future);
+int limiter_dequeue(LimiterObject *self, PyObject *future);
+int limiter_give_back(LimiterObject *self);
+
+/* ---- Claim ---- */
+
+typedef struct {
+    PyObject *limiters;      /* tuple of LimiterObject, in rank order */
+    Py_ssize_t held;         /* limiters[:held] have given a token */
+    PyObject *waiter;        /* future queued at limiters[held], or NULL */
+    PyObject *abort_error;   /* raised by claim_resume once set */
+} Claim;
+
+void claim_init(Claim *claim, PyObject *limiters);
+int claim_try_take(Claim *claim, PyObject *loop);
+int claim_resume(Claim *claim, PyObject *loop);
+int claim_abort(Claim *claim, PyObject *error);
+int claim_abandon(Claim *claim);
+int claim_release(Claim *claim);
+int claim_traverse(Claim *claim, visitproc visit, void *arg);
+void claim_clear(Claim *claim);
+
+/* ---- BoundedTaskGroup and its children ---- */
+
+typedef struct ChildObject ChildObject;
+
+typedef struct {
+    PyObject_HEAD
+    ModuleState *state;
+    PyObject *limit;            /* int or None */
+    PyObject *limiters;         /* tuple, rank order */
+    PyObject *loop;
+    PyObject *parent_task;
+    ChildObject *first_child;   /* each linked child is a strong ref */
+    ChildObject *last_child;
+    Py_ssize_t children;
+    PyObject *pending;          /* dict: Acquisition of each waiting spawn */
+    PyObject *errors;           /* list, NULL once raised */
+    PyObject *base_error;
+    PyObject *on_completed_fut;
+    Py_ssize_t spawned, running, done, failed;
+    char entered, exiting, aborting, cancel_on_enter;
+    char parent_cancel_requested;
+    PyObject *weakreflist;
+} GroupObject;
+
+struct ChildObject {
+    PyObject_HEAD
+    GroupObject *group;
+    PyObject *target;       /* what the user passed */
+    PyObject *iterator;     /* what is driven: target or its __await__() */
+    Claim claim;
+    PyObject *task;         /* set once create_task() returns */
+    ChildObject *prev, *next;
+    char waiting;           /* tokens not all held yet */
+    char finished;
+    char linked;
+};
+
+extern PyType_Spec group_spec;
+extern PyType_Spec child_spec;
+
+int group_check_can_create(GroupObject *group, PyObject *coro);
+PyObject *group_start_child(GroupObject *group, PyObject *target,
+                            PyObject *iterator, Claim *claim, int waiting,
+                            PyObject *name, PyObject *context);
+void group_child_finished(GroupObject *group, ChildObject *child,
+                          PyObject *error);
+int group_wake_exit(GroupObject *group);
+int group_abort(GroupObject *group);
+int group_on_child_done(GroupObject *group, ChildObject *child,
+                        PyObject *task);
+PyObject *group_error(GroupObject *group, const char *problem);
+
+ChildObject *child_new(GroupObject *group, PyObject *target,
+                       PyObject *iterator, Claim *claim, int waiting);
+int child_close(ChildObject *child);
+
+/* What a child drives for an awaitable, or NULL with TypeError. */
+PyObject *iterator_of(ModuleState *state, PyObject *awaitable);
+/* Closes a coroutine or iterator that will never run (if it can close). */
+int close_awaitable(ModuleState *state, PyObject *obj);
+
+/* ---- Awaitables ---- */
+
+typedef struct {
+    PyObject_HEAD
+    Claim claim;
+    PyObject *loop;
+    /* Set for spawn(); NULL for Limiter.acquire(). */
+    GroupObject *group;
+    PyObject *target;
+    PyObject *iterator;
+    PyObject *name;
+    PyObject *context;
+    char started;
+    char finished;
+    char pending;           /* listed in group->pending */
+} AcquisitionObject;
+
+extern PyType_Spec acquisition_spec;
+PyObject *acquisition_new(ModuleState *state, PyObject *limiters,
+                          GroupObject *group, PyObject *target,
+                          PyObject *name, PyObject *context);
+
+extern PyType_Spec group_exit_spec;
+PyObject *group_exit_new(GroupObject *group, int entering, PyObject *et,
+                         PyObject *exc, PyObject *tb);
+
+/* The coroutine protocol shared by the awaitable types: each provides a
+ * step function; send(), throw(), __next__ and am_send are built on it. */
+typedef PySendResult (*step_func)(PyObject *self, PyObject *value,
+                                  PyObject *exc, PyObject **result);
+PyObject *step_send_method(PyObject *self, PyObject *value, step_func step);
+PyObject *step_throw_method(PyObject *self, PyObject *const *args,
+                            Py_ssize_t nargs, step_func step);
+PyObject *step_iternext(PyObject *self, step_func step);
+/* The current StopIteration's value (new ref), clearing it; NULL if the
+ * error is another one (left set). */
+PyObject *take_stop_iteration_value(void);
+/* Yields a future to the running Task: marks it blocking. */
+int mark_blocking(ModuleState *state, PyObject *future);
+/* Whether the current exception is asyncio.CancelledError. */
+int is_cancelled_error(ModuleState *state, PyObject *exc);
+
+#endif

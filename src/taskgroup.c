@@ -1,0 +1,821 @@
+/* BoundedTaskGroup: asyncio.TaskGroup with a bound.
+ *
+ * A child takes one token of each of the group's limiters (its own
+ * Limiter(limit) and the shared ones, in rank order) before its coroutine
+ * starts, and gives them back in its task's last step (child.c). What
+ * asyncio.TaskGroup does in a done callback per task is done here only
+ * where it is needed: for a failed child, and for the last child while the
+ * exit waits; both run as one call_soon() callback, at the moment asyncio's
+ * done callback would have run.
+ */
+#include "taskbound.h"
+
+/* ---- the list of children (each linked child is a strong ref) ---- */
+
+static void
+link_child(GroupObject *group, ChildObject *child)
+{
+    child->prev = group->last_child;
+    child->next = NULL;
+    if (group->last_child != NULL) {
+        group->last_child->next = child;
+    }
+    else {
+        group->first_child = child;
+    }
+    group->last_child = child;
+    group->children++;
+    child->linked = 1;
+    Py_INCREF(child);
+}
+
+static void
+unlink_child(GroupObject *group, ChildObject *child)
+{
+    if (!child->linked) {
+        return;
+    }
+    if (child->prev != NULL) {
+        child->prev->next = child->next;
+    }
+    else {
+        group->first_child = child->next;
+    }
+    if (child->next != NULL) {
+        child->next->prev = child->prev;
+    }
+    else {
+        group->last_child = child->prev;
+    }
+    child->prev = child->next = NULL;
+    child->linked = 0;
+    group->children--;
+    Py_DECREF(child);
+}
+
+static int
+has_work(GroupObject *group)
+{
+    return group->children > 0 || PyDict_GET_SIZE(group->pending) > 0;
+}
+
+/* ---- what the other files call ---- */
+
+PyObject *
+group_error(GroupObject *group, const char *problem)
+{
+    PyObject *message = PyUnicode_FromFormat("TaskGroup %R %s", group,
+                                             problem);
+    if (message == NULL) {
+        return NULL;
+    }
+    PyObject *error = PyObject_CallOneArg(PyExc_RuntimeError, message);
+    Py_DECREF(message);
+    return error;
+}
+
+static int
+raise_group_error(GroupObject *group, const char *problem)
+{
+    PyObject *error = group_error(group, problem);
+    if (error != NULL) {
+        PyErr_SetObject(PyExc_RuntimeError, error);
+        Py_DECREF(error);
+    }
+    return -1;
+}
+
+int
+group_check_can_create(GroupObject *group, PyObject *coro)
+{
+    const char *problem;
+    if (!group->entered) {
+        problem = "has not been entered";
+    }
+    else if (group->exiting && !has_work(group)) {
+        problem = "is finished";
+    }
+    else if (group->aborting) {
+        problem = "is shutting down";
+    }
+    else {
+        return 0;
+    }
+    if (close_awaitable(group->state, coro) < 0) {
+        return -1;
+    }
+    return raise_group_error(group, problem);
+}
+
+int
+group_wake_exit(GroupObject *group)
+{
+    PyObject *future = group->on_completed_fut;
+    if (future == NULL || has_work(group)) {
+        return 0;
+    }
+    int done = call_method_bool(future, group->state->str_done);
+    if (done != 0) {
+        return done < 0 ? -1 : 0;
+    }
+    PyObject *res = call_method1(future, group->state->str_set_result,
+                                 Py_True);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 0;
+}
+
+int
+group_abort(GroupObject *group)
+{
+    ModuleState *st = group->state;
+    group->aborting = 1;
+    /* Snapshots: cancelling may run code that changes the group. */
+    PyObject *tasks = PyList_New(0);
+    if (tasks == NULL) {
+        return -1;
+    }
+    for (ChildObject *c = group->first_child; c != NULL; c = c->next) {
+        if (c->task != NULL && PyList_Append(tasks, c->task) < 0) {
+            Py_DECREF(tasks);
+            return -1;
+        }
+    }
+    int status = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tasks); i++) {
+        PyObject *task = PyList_GET_ITEM(tasks, i);
+        int done = call_method_bool(task, st->str_done);
+        if (done == 0) {
+            PyObject *res = call_method0(task, st->str_cancel);
+            if (res == NULL) {
+                done = -1;
+            }
+            Py_XDECREF(res);
+        }
+        if (done < 0) {
+            status = -1;
+            PyErr_WriteUnraisable((PyObject *)group);
+        }
+    }
+    Py_DECREF(tasks);
+    if (PyDict_GET_SIZE(group->pending) == 0) {
+        return status;
+    }
+    PyObject *pending = PyDict_Keys(group->pending);
+    if (pending == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pending); i++) {
+        AcquisitionObject *acq =
+            (AcquisitionObject *)PyList_GET_ITEM(pending, i);
+        PyObject *error = group_error(group, "is shutting down");
+        if (error == NULL || claim_abort(&acq->claim, error) < 0) {
+            status = -1;
+            PyErr_WriteUnraisable((PyObject *)group);
+        }
+        Py_XDECREF(error);
+    }
+    Py_DECREF(pending);
+    return status;
+}
+
+static int
+cancel_parent(GroupObject *group)
+{
+    group->parent_cancel_requested = 1;
+    PyObject *res = call_method0(group->parent_task, group->state->str_cancel);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 0;
+}
+
+static int
+is_base_error(PyObject *exc)
+{
+    return PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt)
+           || PyErr_GivenExceptionMatches(exc, PyExc_SystemExit);
+}
+
+/* asyncio.TaskGroup._on_task_done, less the bookkeeping done already. */
+static int
+after_child(GroupObject *group, ChildObject *child, PyObject *task)
+{
+    ModuleState *st = group->state;
+    unlink_child(group, child);
+    if (group_wake_exit(group) < 0) {
+        return -1;
+    }
+    int cancelled = call_method_bool(task, st->str_cancelled);
+    if (cancelled != 0) {
+        return cancelled < 0 ? -1 : 0;
+    }
+    PyObject *exc = call_method0(task, st->str_exception);
+    if (exc == NULL) {
+        return -1;
+    }
+    if (exc == Py_None) {
+        Py_DECREF(exc);
+        return 0;
+    }
+    if (group->errors == NULL && (group->errors = PyList_New(0)) == NULL) {
+        Py_DECREF(exc);
+        return -1;
+    }
+    if (PyList_Append(group->errors, exc) < 0) {
+        Py_DECREF(exc);
+        return -1;
+    }
+    if (is_base_error(exc) && group->base_error == NULL) {
+        group->base_error = Py_NewRef(exc);
+    }
+    int parent_done = call_method_bool(group->parent_task, st->str_done);
+    if (parent_done < 0) {
+        Py_DECREF(exc);
+        return -1;
+    }
+    if (parent_done) {
+        PyObject *context = Py_BuildValue(
+            "{s:N,s:O,s:O}",
+            "message", PyUnicode_FromFormat(
+                "Task %R has errored out but its parent task %S is already "
+                "completed", task, group->parent_task),
+            "exception", exc, "task", task);
+        Py_DECREF(exc);
+        if (context == NULL) {
+            return -1;
+        }
+        PyObject *res = call_method1(group->loop,
+                                     st->str_call_exception_handler, context);
+        Py_DECREF(context);
+        Py_XDECREF(res);
+        return res == NULL ? -1 : 0;
+    }
+    Py_DECREF(exc);
+    if (!group->aborting && !group->parent_cancel_requested) {
+        if (group_abort(group) < 0) {
+            return -1;
+        }
+        return cancel_parent(group);
+    }
+    return 0;
+}
+
+int
+group_on_child_done(GroupObject *group, ChildObject *child, PyObject *task)
+{
+    int status = after_child(group, child, task);
+    /* A failed child's tokens come back only now, after the group has
+     * failed its own waiting spawns. */
+    PyObject *exc = PyErr_GetRaisedException();
+    if (claim_release(&child->claim) < 0) {
+        if (exc == NULL) {
+            exc = PyErr_GetRaisedException();
+        }
+        else {
+            PyErr_WriteUnraisable((PyObject *)group);
+        }
+        status = -1;
+    }
+    PyErr_SetRaisedException(exc);
+    return status;
+}
+
+void
+group_child_finished(GroupObject *group, ChildObject *child, PyObject *error)
+{
+    ModuleState *st = group->state;
+    child->finished = 1;
+    if (child->waiting) {
+        child->waiting = 0;
+    }
+    else {
+        group->running--;
+    }
+    group->done++;
+    int failed = error != NULL && !is_cancelled_error(st, error);
+    if (failed) {
+        group->failed++;
+    }
+    else if (claim_release(&child->claim) < 0) {
+        PyErr_WriteUnraisable((PyObject *)child);
+    }
+    PyObject *task = child->task;
+    if (task == NULL) {
+        return;  /* still inside create_task(): start_child finishes it */
+    }
+    child->task = NULL;
+    int last = group->children == 1 && PyDict_GET_SIZE(group->pending) == 0
+               && group->on_completed_fut != NULL;
+    if (!failed && !last) {
+        unlink_child(group, child);
+        Py_DECREF(task);
+        return;
+    }
+    /* After the task has its outcome, in the turn asyncio's done callback
+     * would have had. */
+    PyObject *callback = PyObject_GetAttrString((PyObject *)group,
+                                                "_on_child_done");
+    PyObject *res = NULL;
+    if (callback != NULL) {
+        PyObject *args[4] = {group->loop, callback, (PyObject *)child, task};
+        res = PyObject_VectorcallMethod(
+            st->str_call_soon, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+            NULL);
+        Py_DECREF(callback);
+    }
+    if (res == NULL) {
+        PyErr_WriteUnraisable((PyObject *)group);
+        if (group_on_child_done(group, child, task) < 0) {
+            PyErr_WriteUnraisable((PyObject *)group);
+        }
+    }
+    Py_XDECREF(res);
+    Py_DECREF(task);
+}
+
+static PyObject *
+create_task(GroupObject *group, PyObject *coro, PyObject *name,
+            PyObject *context)
+{
+    ModuleState *st = group->state;
+    if (name == Py_None && context == Py_None) {
+        return call_method1(group->loop, st->str_create_task, coro);
+    }
+    if (context == Py_None) {
+        PyObject *args[3] = {group->loop, coro, name};
+        return PyObject_VectorcallMethod(
+            st->str_create_task, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+            st->kwnames_name);
+    }
+    PyObject *args[4] = {group->loop, coro, name, context};
+    return PyObject_VectorcallMethod(
+        st->str_create_task, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+        st->kwnames_name_context);
+}
+
+PyObject *
+group_start_child(GroupObject *group, PyObject *target, PyObject *iterator,
+                  Claim *claim, int waiting, PyObject *name,
+                  PyObject *context)
+{
+    ChildObject *child = child_new(group, target, iterator, claim, waiting);
+    if (child == NULL) {
+        PyObject *exc = PyErr_GetRaisedException();
+        if (claim_abandon(claim) < 0
+                || close_awaitable(group->state, target) < 0) {
+            PyErr_WriteUnraisable((PyObject *)group);
+        }
+        PyErr_SetRaisedException(exc);
+        return NULL;
+    }
+    link_child(group, child);
+    if (!waiting) {
+        group->running++;
+    }
+    PyObject *task = create_task(group, (PyObject *)child,
+                                 name ? name : Py_None,
+                                 context ? context : Py_None);
+    if (task == NULL) {
+        /* Nothing started: the tokens go back, the coroutine is closed. */
+        PyObject *exc = PyErr_GetRaisedException();
+        if (child_close(child) < 0) {
+            PyErr_WriteUnraisable((PyObject *)group);
+        }
+        unlink_child(group, child);
+        group->done--;
+        Py_DECREF(child);
+        PyErr_SetRaisedException(exc);
+        return NULL;
+    }
+    group->spawned++;
+    if (child->finished) {
+        /* An eager task ran to its end inside create_task(). */
+        if (group_on_child_done(group, child, task) < 0) {
+            PyErr_WriteUnraisable((PyObject *)group);
+        }
+    }
+    else {
+        child->task = Py_NewRef(task);
+    }
+    Py_DECREF(child);
+    return task;
+}
+
+/* ---- the Python type ---- */
+
+static int
+add_limiter(PyObject *list, PyObject *limiter, ModuleState *st,
+            PyObject *given)
+{
+    if (!PyObject_TypeCheck(limiter, st->limiter_type)) {
+        PyErr_Format(PyExc_TypeError,
+                     "limiter must be a Limiter or a sequence of Limiters, "
+                     "not %s%s", given == limiter ? "" : "a sequence holding ",
+                     Py_TYPE(limiter)->tp_name);
+        return -1;
+    }
+    int known = PySequence_Contains(list, limiter);  /* identity first */
+    if (known < 0) {
+        return -1;
+    }
+    return known ? 0 : PyList_Append(list, limiter);
+}
+
+static int
+rank_order(const void *a, const void *b)
+{
+    unsigned long long ra = (*(LimiterObject *const *)a)->rank;
+    unsigned long long rb = (*(LimiterObject *const *)b)->rank;
+    return (ra > rb) - (ra < rb);
+}
+
+static PyObject *
+group_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"limit", "limiter", NULL};
+    PyObject *limit = Py_None, *limiter = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$O:BoundedTaskGroup",
+                                     kwlist, &limit, &limiter)) {
+        return NULL;
+    }
+    ModuleState *st = state_of_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
+        return NULL;
+    }
+    PyObject *checked_limit = NULL;
+    if (limit != Py_None) {
+        checked_limit = PyObject_CallOneArg(st->check_limit, limit);
+        if (checked_limit == NULL) {
+            goto fail;
+        }
+        PyObject *own = PyObject_CallOneArg((PyObject *)st->limiter_type,
+                                            checked_limit);
+        if (own == NULL || PyList_Append(list, own) < 0) {
+            Py_XDECREF(own);
+            goto fail;
+        }
+        Py_DECREF(own);
+    }
+    if (limiter != Py_None) {
+        if (PyList_Check(limiter) || PyTuple_Check(limiter)) {
+            PyObject *items = PySequence_Tuple(limiter);
+            if (items == NULL) {
+                goto fail;
+            }
+            for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(items); i++) {
+                if (add_limiter(list, PyTuple_GET_ITEM(items, i), st,
+                                limiter) < 0) {
+                    Py_DECREF(items);
+                    goto fail;
+                }
+            }
+            Py_DECREF(items);
+        }
+        else if (add_limiter(list, limiter, st, limiter) < 0) {
+            goto fail;
+        }
+    }
+    /* The list holds only Limiters, whose ranks never change. */
+    qsort(((PyListObject *)list)->ob_item, PyList_GET_SIZE(list),
+          sizeof(PyObject *), rank_order);
+    GroupObject *self = (GroupObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        goto fail;
+    }
+    self->state = st;
+    self->limit = checked_limit ? checked_limit : Py_NewRef(Py_None);
+    self->limiters = PyList_AsTuple(list);
+    Py_DECREF(list);
+    self->pending = PyDict_New();
+    self->errors = PyList_New(0);
+    if (self->limiters == NULL || self->pending == NULL
+            || self->errors == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+fail:
+    Py_XDECREF(checked_limit);
+    Py_DECREF(list);
+    return NULL;
+}
+
+static int
+group_traverse(GroupObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->limit);
+    Py_VISIT(self->limiters);
+    Py_VISIT(self->loop);
+    Py_VISIT(self->parent_task);
+    for (ChildObject *c = self->first_child; c != NULL; c = c->next) {
+        Py_VISIT(c);
+    }
+    Py_VISIT(self->pending);
+    Py_VISIT(self->errors);
+    Py_VISIT(self->base_error);
+    Py_VISIT(self->on_completed_fut);
+    return 0;
+}
+
+static int
+group_clear(GroupObject *self)
+{
+    while (self->first_child != NULL) {
+        unlink_child(self, self->first_child);
+    }
+    Py_CLEAR(self->limit);
+    Py_CLEAR(self->limiters);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->parent_task);
+    Py_CLEAR(self->pending);
+    Py_CLEAR(self->errors);
+    Py_CLEAR(self->base_error);
+    Py_CLEAR(self->on_completed_fut);
+    return 0;
+}
+
+static void
+group_dealloc(GroupObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    (void)group_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+group_repr(GroupObject *self)
+{
+    PyObject *parts = PyList_New(0);
+    if (parts == NULL) {
+        return NULL;
+    }
+    PyObject *part;
+#define ADD(expr)                                               \
+    do {                                                        \
+        part = (expr);                                          \
+        if (part == NULL || PyList_Append(parts, part) < 0) {   \
+            Py_XDECREF(part);                                   \
+            Py_DECREF(parts);                                   \
+            return NULL;                                        \
+        }                                                       \
+        Py_DECREF(part);                                        \
+    } while (0)
+    ADD(PyUnicode_FromString("<BoundedTaskGroup"));
+    if (self->limit != NULL && self->limit != Py_None) {
+        ADD(PyUnicode_FromFormat("limit=%S", self->limit));
+    }
+    if (self->children > 0) {
+        ADD(PyUnicode_FromFormat("tasks=%zd", self->children));
+    }
+    if (self->errors != NULL && PyList_GET_SIZE(self->errors) > 0) {
+        ADD(PyUnicode_FromFormat("errors=%zd",
+                                 PyList_GET_SIZE(self->errors)));
+    }
+    if (self->aborting) {
+        ADD(PyUnicode_FromString("cancelling"));
+    }
+    else if (self->entered) {
+        ADD(PyUnicode_FromString("entered"));
+    }
+#undef ADD
+    PyObject *sep = PyUnicode_FromString(" ");
+    PyObject *joined = sep ? PyUnicode_Join(sep, parts) : NULL;
+    Py_XDECREF(sep);
+    Py_DECREF(parts);
+    if (joined == NULL) {
+        return NULL;
+    }
+    PyObject *repr = PyUnicode_FromFormat("%U>", joined);
+    Py_DECREF(joined);
+    return repr;
+}
+
+/* Parses (coro, *, name=None, context=None). */
+static int
+parse_task_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                PyObject **coro, PyObject **name, PyObject **context)
+{
+    *name = *context = Py_None;
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "expected 1 positional argument (the coroutine), got %zd",
+                     nargs);
+        return -1;
+    }
+    *coro = args[0];
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(key, "name") == 0) {
+            *name = args[nargs + i];
+        }
+        else if (PyUnicode_CompareWithASCIIString(key, "context") == 0) {
+            *context = args[nargs + i];
+        }
+        else {
+            PyErr_Format(PyExc_TypeError,
+                         "got an unexpected keyword argument '%U'", key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+group_spawn(GroupObject *self, PyObject *const *args, Py_ssize_t nargs,
+            PyObject *kwnames)
+{
+    PyObject *coro, *name, *context;
+    if (parse_task_args(args, nargs, kwnames, &coro, &name, &context) < 0) {
+        return NULL;
+    }
+    return acquisition_new(self->state, self->limiters, self, coro, name,
+                           context);
+}
+
+static PyObject *
+group_create_task(GroupObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames)
+{
+    ModuleState *st = self->state;
+    PyObject *coro, *name, *context;
+    if (parse_task_args(args, nargs, kwnames, &coro, &name, &context) < 0) {
+        return NULL;
+    }
+    PyObject *iterator = iterator_of(st, coro);
+    if (iterator == NULL) {
+        return NULL;
+    }
+    if (group_check_can_create(self, coro) < 0) {
+        Py_DECREF(iterator);
+        return NULL;
+    }
+    Claim claim;
+    claim_init(&claim, self->limiters);
+    int held = -1;
+    PyObject *running = PyObject_CallNoArgs(st->get_running_loop);
+    if (running != NULL) {
+        if (running != self->loop) {
+            raise_group_error(self, "is bound to a different event loop");
+        }
+        else {
+            held = claim_try_take(&claim, self->loop);
+        }
+        Py_DECREF(running);
+    }
+    PyObject *task = NULL;
+    if (held < 0) {
+        PyObject *exc = PyErr_GetRaisedException();
+        if (close_awaitable(st, coro) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        PyErr_SetRaisedException(exc);
+    }
+    else {
+        task = group_start_child(self, coro, iterator, &claim, !held, name,
+                                 context);
+    }
+    claim_clear(&claim);
+    Py_DECREF(iterator);
+    return task;
+}
+
+static PyObject *
+group_cancel(GroupObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->entered) {
+        self->cancel_on_enter = 1;
+        Py_RETURN_NONE;
+    }
+    if (self->exiting && !has_work(self)) {
+        Py_RETURN_NONE;
+    }
+    if (!self->aborting && group_abort(self) < 0) {
+        return NULL;
+    }
+    if (!self->parent_cancel_requested && cancel_parent(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+group_on_child_done_method(GroupObject *self, PyObject *const *args,
+                           Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyObject_TypeCheck(args[0], self->state->child_type)) {
+        PyErr_SetString(PyExc_TypeError, "_on_child_done(child, task)");
+        return NULL;
+    }
+    if (group_on_child_done(self, (ChildObject *)args[0], args[1]) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+group_statistics(GroupObject *self, PyObject *Py_UNUSED(ignored))
+{
+    Py_ssize_t waiting = PyDict_GET_SIZE(self->pending);
+    for (ChildObject *c = self->first_child; c != NULL; c = c->next) {
+        waiting += c->waiting;
+    }
+    return PyObject_CallFunction(self->state->group_statistics, "nnnnn",
+                                 self->spawned, self->running, waiting,
+                                 self->done, self->failed);
+}
+
+static PyObject *
+group_aenter(GroupObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return group_exit_new(self, 1, NULL, NULL, NULL);
+}
+
+static PyObject *
+group_aexit(GroupObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "__aexit__ takes 3 arguments");
+        return NULL;
+    }
+    return group_exit_new(self, 0, args[0], args[1], args[2]);
+}
+
+static PyObject *
+group_get_limit(GroupObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->limit);
+}
+
+static PyObject *
+group_get_limiters(GroupObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->limiters);
+}
+
+static PyMethodDef group_methods[] = {
+    {"spawn", (PyCFunction)(void (*)(void))group_spawn,
+     METH_FASTCALL | METH_KEYWORDS,
+     "spawn(coro, *, name=None, context=None)\n--\n\n"
+     "Wait for the tokens, then start coro in a task of the group."},
+    {"create_task", (PyCFunction)(void (*)(void))group_create_task,
+     METH_FASTCALL | METH_KEYWORDS,
+     "create_task(coro, *, name=None, context=None)\n--\n\n"
+     "Return a task at once; its coroutine starts when it has the tokens."},
+    {"cancel", (PyCFunction)group_cancel, METH_NOARGS,
+     "Cancel every task and the body; the group then exits without error."},
+    {"statistics", (PyCFunction)group_statistics, METH_NOARGS,
+     "GroupStatistics(spawned, running, waiting, done, failed)."},
+    {"__aenter__", (PyCFunction)group_aenter, METH_NOARGS, NULL},
+    {"__aexit__", (PyCFunction)(void (*)(void))group_aexit, METH_FASTCALL,
+     NULL},
+    {"_on_child_done", (PyCFunction)(void (*)(void))group_on_child_done_method,
+     METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef group_getset[] = {
+    {"limit", (getter)group_get_limit, NULL,
+     "The group's own bound, or None.", NULL},
+    {"limiters", (getter)group_get_limiters, NULL,
+     "Every limiter a task takes a token of, in the order taken.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef group_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(GroupObject, weakreflist),
+     READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot group_slots[] = {
+    {Py_tp_doc, "BoundedTaskGroup(limit=None, *, limiter=None)\n--\n\n"
+                "An asyncio.TaskGroup that runs at most `limit` tasks at once "
+                "and takes a token of each shared limiter before a task may "
+                "start."},
+    {Py_tp_new, group_new},
+    {Py_tp_dealloc, group_dealloc},
+    {Py_tp_traverse, group_traverse},
+    {Py_tp_clear, group_clear},
+    {Py_tp_repr, group_repr},
+    {Py_tp_methods, group_methods},
+    {Py_tp_getset, group_getset},
+    {Py_tp_members, group_members},
+    {0, NULL},
+};
+
+PyType_Spec group_spec = {
+    .name = "taskbound._taskbound.BoundedTaskGroup",
+    .basicsize = sizeof(GroupObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE
+             | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = group_slots,
+};
