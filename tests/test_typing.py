@@ -1,0 +1,74 @@
+"""The stubs: mypy --strict accepts typed user code and rejects wrong types.
+
+The accepted example also runs, on each implementation and loop."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+import textwrap
+
+GOOD = textwrap.dedent('''
+    import asyncio
+    from taskbound import BoundedTaskGroup, Limiter, LimiterStatistics
+
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    async def main() -> tuple[int, int, LimiterStatistics, int | None]:
+        shared = Limiter(4)
+        async with shared:
+            pass
+        async with BoundedTaskGroup(limit=2, limiter=[shared]) as tg:
+            task: asyncio.Task[int] = await tg.spawn(answer())
+            other: asyncio.Task[int] = tg.create_task(answer(), name="other")
+        return task.result(), other.result(), shared.statistics(), tg.limit
+''')
+
+BAD = textwrap.dedent('''
+    import asyncio
+    from taskbound import BoundedTaskGroup
+
+    async def answer() -> int:
+        return 42
+
+    async def main() -> None:
+        async with BoundedTaskGroup(limit=2) as tg:
+            task: asyncio.Task[str] = await tg.spawn(answer())
+''')
+
+
+@functools.lru_cache(maxsize=None)
+def mypy(source: str, tmp: str) -> subprocess.CompletedProcess:
+    path = f"{tmp}/example_{abs(hash(source))}.py"
+    with open(path, "w") as f:
+        f.write(source)
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+         "--cache-dir=/dev/null", path],
+        capture_output=True, text=True)
+
+
+def test_typed_example_checks_and_runs(impl, run, tmp_path_factory):
+    tmp = str(tmp_path_factory.getbasetemp())
+    checked = mypy(GOOD, tmp)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    namespace: dict = {}
+    exec(compile(GOOD, "example.py", "exec"), namespace)
+    namespace["BoundedTaskGroup"] = impl.BoundedTaskGroup
+    namespace["Limiter"] = impl.Limiter
+    assert run(namespace["main"]()) == (42, 42, (4, 0, 0), 2)
+
+
+def test_wrong_task_type_is_rejected(impl, run, tmp_path_factory):
+    checked = mypy(BAD, str(tmp_path_factory.getbasetemp()))
+    assert checked.returncode == 1
+    assert "incompatible type" in checked.stdout
+    assert "Coroutine[Any, Any, int]" in checked.stdout
+    assert "Awaitable[str]" in checked.stdout
+    namespace: dict = {}
+    exec(compile(BAD, "bad.py", "exec"), namespace)
+    namespace["BoundedTaskGroup"] = impl.BoundedTaskGroup
+    assert run(namespace["main"]()) is None   # runs: the error is in types
