@@ -478,8 +478,10 @@ group_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         }
     }
     /* The list holds only Limiters, whose ranks never change. */
-    qsort(((PyListObject *)list)->ob_item, PyList_GET_SIZE(list),
-          sizeof(PyObject *), rank_order);
+    if (PyList_GET_SIZE(list) > 1) {
+        qsort(((PyListObject *)list)->ob_item, PyList_GET_SIZE(list),
+              sizeof(PyObject *), rank_order);
+    }
     GroupObject *self = (GroupObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         goto fail;

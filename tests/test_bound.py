@@ -396,3 +396,79 @@ def test_spawn_accepts_awaitables_that_are_not_coroutines(impl, run):
         return task.result()
 
     assert run(main()) == "from a future"
+
+
+def test_create_task_and_spawn_queue_in_call_order(impl, run):
+    async def main():
+        order = []
+
+        async def item(tag):
+            order.append(tag)
+            await asyncio.sleep(0)
+
+        async with impl.BoundedTaskGroup(limit=1) as tg:
+            hold = asyncio.Event()
+            tg.create_task(hold.wait())
+            tg.create_task(item("a"))
+            spawner = asyncio.create_task(tg.spawn(item("b")))
+            await asyncio.sleep(0)
+            tg.create_task(item("c"))
+            hold.set()
+            await spawner
+        return order
+
+    assert run(main()) == ["a", "b", "c"]
+
+
+def test_exit_waits_for_a_spawn_pending_in_another_task(impl, run):
+    async def main():
+        started = []
+
+        async def item():
+            started.append(True)
+            await asyncio.sleep(0.001)
+
+        async with impl.BoundedTaskGroup(limit=1) as tg:
+            await tg.spawn(asyncio.sleep(0.01))
+            producer = asyncio.create_task(tg.spawn(item()))
+            await asyncio.sleep(0)
+        return started, producer.done(), tg.statistics()
+
+    started, producer_done, stats = run(main())
+    assert started == [True] and producer_done
+    assert stats == (2, 0, 0, 2, 0)
+
+
+def test_limiter_shared_by_group_and_direct_acquire(impl, run):
+    async def main():
+        shared = impl.Limiter(1)
+        order = []
+        async with impl.BoundedTaskGroup(limiter=shared) as tg:
+            await shared.acquire()          # the body holds the only token
+            task = tg.create_task(asyncio.sleep(0))
+            await asyncio.sleep(0.001)
+            order.append(task.done())
+            shared.release()                # now the task may start
+            await task
+            order.append(task.done())
+        return order
+
+    assert run(main()) == [False, True]
+
+
+@pytest.mark.parametrize("how", ["cancel-before-start", "close-unawaited"])
+def test_spawn_abandoned_before_it_starts_closes_the_coroutine(impl, run, how):
+    async def main():
+        async with impl.BoundedTaskGroup(limit=1) as tg:
+            coro = asyncio.sleep(0)
+            if how == "cancel-before-start":
+                task = asyncio.create_task(tg.spawn(coro))
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            else:
+                tg.spawn(coro).close()
+        return coro.cr_frame is None, tg.statistics(), \
+            tg.limiters[0].borrowed_tokens
+
+    assert run(main()) == (True, (0, 0, 0, 0, 0), 0)

@@ -290,13 +290,7 @@ class _Child(collections.abc.Coroutine):
         return self._step(value, None)
 
     def throw(self, typ, val=None, tb=None):
-        if isinstance(typ, BaseException):
-            exc = typ
-        else:
-            exc = typ() if val is None else typ(val)
-        if tb is not None:
-            exc = exc.with_traceback(tb)
-        return self._step(None, exc)
+        return self._step(None, _exception_of(typ, val, tb))
 
     def close(self) -> None:
         if self._finished:
@@ -396,6 +390,53 @@ class _Child(collections.abc.Coroutine):
     @property
     def cr_await(self):
         return getattr(self._target, "cr_await", None)
+
+
+def _exception_of(typ, val=None, tb=None):
+    """The exception that throw(typ[, val[, tb]]) raises."""
+    if isinstance(typ, BaseException):
+        exc = typ
+    else:
+        exc = typ() if val is None else typ(val)
+    if tb is not None:
+        exc = exc.with_traceback(tb)
+    return exc
+
+
+class _Spawn(collections.abc.Coroutine):
+    """What spawn() returns: its coroutine, which also closes the user's
+    coroutine when it is thrown into or closed before it has started (a
+    coroutine's body, and so its cleanup, never runs in that case)."""
+
+    __slots__ = ("_run", "_target")
+
+    def __init__(self, run, target) -> None:
+        self._run = run
+        self._target = target
+
+    def _close_target_if_unstarted(self) -> None:
+        if inspect.getcoroutinestate(self._run) == inspect.CORO_CREATED:
+            _close(self._target)
+
+    def send(self, value):
+        return self._run.send(value)
+
+    def throw(self, typ, val=None, tb=None):
+        self._close_target_if_unstarted()
+        return self._run.throw(_exception_of(typ, val, tb))
+
+    def close(self) -> None:
+        self._close_target_if_unstarted()
+        self._run.close()
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._run.send(None)
 
 
 class BoundedTaskGroup:
@@ -549,8 +590,11 @@ class BoundedTaskGroup:
             finally:
                 self._errors = None
 
-    async def spawn(self, coro, *, name=None, context=None):
+    def spawn(self, coro, *, name=None, context=None):
         """Wait for the tokens, then start ``coro`` in a task of the group."""
+        return _Spawn(self._spawn(coro, name, context), coro)
+
+    async def _spawn(self, coro, name, context):
         iterator = _iterator_of(coro)
         self._check_can_create(coro)
         loop = self._loop
