@@ -31,18 +31,6 @@ acquisition_new(ModuleState *state, PyObject *limiters, GroupObject *group,
     return (PyObject *)self;
 }
 
-static PyObject *
-running_loop(ModuleState *st)
-{
-    PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
-    if (loop == Py_None) {
-        Py_DECREF(loop);
-        PyErr_SetString(PyExc_RuntimeError, "no running event loop");
-        return NULL;
-    }
-    return loop;
-}
-
 static ModuleState *
 acq_state(AcquisitionObject *self)
 {

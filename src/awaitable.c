@@ -111,6 +111,30 @@ step_throw_method(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     return outcome_to_result(status, result);
 }
 
+PyObject *
+running_loop(ModuleState *state)
+{
+    PyObject *loop = PyObject_CallNoArgs(state->get_running_loop);
+    if (loop == Py_None) {
+        Py_DECREF(loop);
+        PyErr_SetString(PyExc_RuntimeError, "no running event loop");
+        return NULL;
+    }
+    return loop;
+}
+
+int
+set_result_if_pending(ModuleState *state, PyObject *future, PyObject *value)
+{
+    int done = call_method_bool(future, state->str_done);
+    if (done != 0) {
+        return done < 0 ? -1 : 0;
+    }
+    PyObject *res = call_method1(future, state->str_set_result, value);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 1;
+}
+
 int
 mark_blocking(ModuleState *state, PyObject *future)
 {

@@ -91,15 +91,9 @@ claim_abort(Claim *claim, PyObject *error)
         return 0;
     }
     LimiterObject *limiter = LIMITER_AT(claim, claim->held);
-    int done = call_method_bool(future, limiter->state->str_done);
-    if (done != 0) {
-        return done;
-    }
     limiter_dequeue(limiter, future);
-    PyObject *res = call_method1(future, limiter->state->str_set_result,
-                                 Py_False);
-    Py_XDECREF(res);
-    return res == NULL ? -1 : 0;
+    return set_result_if_pending(limiter->state, future, Py_False) < 0
+           ? -1 : 0;
 }
 
 int

@@ -60,17 +60,8 @@ enter(GroupObject *group)
         }
         return NULL;
     }
-    if (group->loop == NULL) {
-        PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
-        if (loop == NULL) {
-            return NULL;
-        }
-        if (loop == Py_None) {
-            Py_DECREF(loop);
-            PyErr_SetString(PyExc_RuntimeError, "no running event loop");
-            return NULL;
-        }
-        group->loop = loop;
+    if (group->loop == NULL && (group->loop = running_loop(st)) == NULL) {
+        return NULL;
     }
     PyObject *parent = PyObject_CallOneArg(st->current_task, group->loop);
     if (parent == NULL) {
@@ -110,6 +101,25 @@ uncancel_parent(GroupObject *group, Py_ssize_t *remaining)
     return (*remaining == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* The group cancelled its parent: it must uncancel it, and the body's
+ * CancelledError is not propagated if no other cancellation is pending. */
+static int
+settle_parent_cancel(GroupExitObject *self)
+{
+    GroupObject *group = self->group;
+    if (!group->parent_cancel_requested) {
+        return 0;
+    }
+    Py_ssize_t remaining;
+    if (uncancel_parent(group, &remaining) < 0) {
+        return -1;
+    }
+    if (remaining == 0) {
+        Py_CLEAR(self->propagate);
+    }
+    return 0;
+}
+
 /* Everything __aexit__ does before it waits for the children. */
 static int
 exit_begin(GroupExitObject *self)
@@ -130,14 +140,8 @@ exit_begin(GroupExitObject *self)
     if (self->et == st->cancelled_error) {
         self->propagate = Py_XNewRef(self->exc);
     }
-    if (group->parent_cancel_requested) {
-        Py_ssize_t remaining;
-        if (uncancel_parent(group, &remaining) < 0) {
-            return -1;
-        }
-        if (remaining == 0) {
-            Py_CLEAR(self->propagate);
-        }
+    if (settle_parent_cancel(self) < 0) {
+        return -1;
     }
 #endif
     if (self->et != NULL && !group->aborting && group_abort(group) < 0) {
@@ -159,14 +163,8 @@ exit_end(GroupExitObject *self, PyObject **result)
         return -1;
     }
 #if PY313
-    if (group->parent_cancel_requested) {
-        Py_ssize_t remaining;
-        if (uncancel_parent(group, &remaining) < 0) {
-            return -1;
-        }
-        if (remaining == 0) {
-            Py_CLEAR(self->propagate);
-        }
+    if (settle_parent_cancel(self) < 0) {
+        return -1;
     }
 #endif
     int no_errors = group->errors == NULL || PyList_GET_SIZE(group->errors) == 0;

@@ -134,20 +134,14 @@ limiter_wake(LimiterObject *self)
     WaiterQueue *q = &self->waiters;
     while (q->len > 0 && self->borrowed < self->total) {
         PyObject *future = queue_pop(q);
-        int done = call_method_bool(future, self->state->str_done);
-        if (done == 0) {
-            self->borrowed++;
-            PyObject *res = call_method1(future, self->state->str_set_result,
-                                         Py_True);
-            if (res == NULL) {
-                self->borrowed--;
-                done = -1;
-            }
-            Py_XDECREF(res);
-        }
+        self->borrowed++;   /* counted before set_result() runs any code */
+        int handed = set_result_if_pending(self->state, future, Py_True);
         Py_DECREF(future);
-        if (done < 0) {
-            return -1;
+        if (handed != 1) {
+            self->borrowed--;
+            if (handed < 0) {
+                return -1;
+            }
         }
     }
     return 0;
@@ -339,15 +333,24 @@ limiter_dealloc(LimiterObject *self)
     Py_DECREF(tp);
 }
 
+/* total_tokens (a new ref) and the number of live waiters. */
+static int
+snapshot(LimiterObject *self, PyObject **total, Py_ssize_t *waiting)
+{
+    *waiting = waiting_count(self);
+    if (*waiting < 0) {
+        return -1;
+    }
+    *total = total_object(self);
+    return *total == NULL ? -1 : 0;
+}
+
 static PyObject *
 limiter_repr(LimiterObject *self)
 {
-    Py_ssize_t waiting = waiting_count(self);
-    if (waiting < 0) {
-        return NULL;
-    }
-    PyObject *total = total_object(self);
-    if (total == NULL) {
+    PyObject *total;
+    Py_ssize_t waiting;
+    if (snapshot(self, &total, &waiting) < 0) {
         return NULL;
     }
     PyObject *repr = PyUnicode_FromFormat(
@@ -355,18 +358,6 @@ limiter_repr(LimiterObject *self)
         total, self->borrowed, waiting);
     Py_DECREF(total);
     return repr;
-}
-
-static PyObject *
-get_running_loop(ModuleState *st)
-{
-    PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
-    if (loop == Py_None) {
-        Py_DECREF(loop);
-        PyErr_SetString(PyExc_RuntimeError, "no running event loop");
-        return NULL;
-    }
-    return loop;
 }
 
 static PyObject *
@@ -385,7 +376,7 @@ limiter_acquire(LimiterObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 limiter_acquire_nowait(LimiterObject *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *loop = get_running_loop(self->state);
+    PyObject *loop = running_loop(self->state);
     if (loop == NULL) {
         return NULL;
     }
@@ -431,18 +422,13 @@ limiter_aexit(LimiterObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 limiter_statistics(LimiterObject *self, PyObject *Py_UNUSED(ignored))
 {
-    Py_ssize_t waiting = waiting_count(self);
-    if (waiting < 0) {
+    PyObject *total;
+    Py_ssize_t waiting;
+    if (snapshot(self, &total, &waiting) < 0) {
         return NULL;
     }
-    PyObject *total = total_object(self);
-    if (total == NULL) {
-        return NULL;
-    }
-    PyObject *stats = PyObject_CallFunction(
-        self->state->limiter_statistics, "Nnn", total, self->borrowed,
-        waiting);
-    return stats;
+    return PyObject_CallFunction(self->state->limiter_statistics, "Nnn",
+                                 total, self->borrowed, waiting);
 }
 
 static PyObject *

@@ -277,6 +277,11 @@ PyObject *step_iternext(PyObject *self, step_func step);
 /* The current StopIteration's value (new ref), clearing it; NULL if the
  * error is another one (left set). */
 PyObject *take_stop_iteration_value(void);
+/* The running loop (new ref), or NULL with RuntimeError. */
+PyObject *running_loop(ModuleState *state);
+/* future.set_result(value) unless it is done: 1 if set, 0 if done, -1. */
+int set_result_if_pending(ModuleState *state, PyObject *future,
+                          PyObject *value);
 /* Yields a future to the running Task: marks it blocking. */
 int mark_blocking(ModuleState *state, PyObject *future);
 /* Whether the current exception is asyncio.CancelledError. */

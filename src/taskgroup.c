@@ -114,14 +114,7 @@ group_wake_exit(GroupObject *group)
     if (future == NULL || has_work(group)) {
         return 0;
     }
-    int done = call_method_bool(future, group->state->str_done);
-    if (done != 0) {
-        return done < 0 ? -1 : 0;
-    }
-    PyObject *res = call_method1(future, group->state->str_set_result,
-                                 Py_True);
-    Py_XDECREF(res);
-    return res == NULL ? -1 : 0;
+    return set_result_if_pending(group->state, future, Py_True) < 0 ? -1 : 0;
 }
 
 int

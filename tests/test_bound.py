@@ -472,3 +472,35 @@ def test_spawn_abandoned_before_it_starts_closes_the_coroutine(impl, run, how):
             tg.limiters[0].borrowed_tokens
 
     assert run(main()) == (True, (0, 0, 0, 0, 0), 0)
+
+
+@pytest.mark.parametrize("method", ["spawn", "create_task"])
+def test_task_factory_that_raises_gives_everything_back(impl, run, method):
+    class FactoryError(Exception):
+        pass
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        shared = impl.Limiter(1)
+        async with impl.BoundedTaskGroup(limit=1, limiter=shared) as tg:
+            def refuse(loop, coro, **kwargs):
+                raise FactoryError("no tasks today")
+
+            loop.set_task_factory(refuse)
+            coro = asyncio.sleep(0)
+            try:
+                with pytest.raises(FactoryError):
+                    if method == "spawn":
+                        await tg.spawn(coro)
+                    else:
+                        tg.create_task(coro)
+            finally:
+                loop.set_task_factory(None)
+            state = (coro.cr_frame is None, tg.statistics(),
+                     [lim.borrowed_tokens for lim in tg.limiters])
+            await tg.spawn(asyncio.sleep(0))   # the group still works
+        return state
+
+    closed, stats, borrowed = run(main())
+    assert closed and borrowed == [0, 0]
+    assert stats == (0, 0, 0, 0, 0)

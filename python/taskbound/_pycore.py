@@ -216,9 +216,10 @@ class _Claim:
         """Make a waiting claim fail with ``error`` when its owner next runs."""
         self.abort_error = error
         future = self.waiter
-        if future is not None and not future.done():
+        if future is not None:
             self.limiters[self.held]._dequeue(future)
-            future.set_result(False)
+            if not future.done():
+                future.set_result(False)
 
     def abandon(self) -> None:
         future = self.waiter
@@ -580,15 +581,14 @@ class BoundedTaskGroup:
             # The body's CancelledError came from cancel(): swallow it.
             return (et is not None and issubclass(et, CancelledError)
                     and propagate_cancellation_error is None)
-        if self._errors:
-            if _PY313 and self._parent_task.cancelling():
-                self._parent_task.uncancel()
-                self._parent_task.cancel()
-            try:
-                raise BaseExceptionGroup(
-                    "unhandled errors in a TaskGroup", self._errors) from None
-            finally:
-                self._errors = None
+        if _PY313 and self._parent_task.cancelling():
+            self._parent_task.uncancel()
+            self._parent_task.cancel()
+        try:
+            raise BaseExceptionGroup(
+                "unhandled errors in a TaskGroup", self._errors) from None
+        finally:
+            self._errors = None
 
     def spawn(self, coro, *, name=None, context=None):
         """Wait for the tokens, then start ``coro`` in a task of the group."""
