@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -96,6 +97,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     for round_no in range(args.rounds):
         for name, contender in found.items():
             loop = new_loop(args.loop)
+            gc.collect()
             try:
                 start = time.perf_counter()
                 loop.run_until_complete(contender(args.items, args.limit))
@@ -109,9 +111,9 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taskbound bench")
-    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--limit", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"],
                         default="asyncio")
     args = parser.parse_args(argv)
