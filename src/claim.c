@@ -8,7 +8,7 @@
 #include "taskbound.h"
 
 #define LIMITER_AT(claim, i) \
-    ((LimiterObject *)PyTuple_GET_ITEM((claim)->limiters, (i)))
+    ((TokenSource *)PyTuple_GET_ITEM((claim)->limiters, (i)))
 
 void
 claim_init(Claim *claim, PyObject *limiters)
@@ -26,10 +26,10 @@ claim_try_take(Claim *claim, PyObject *loop)
 {
     Py_ssize_t n = PyTuple_GET_SIZE(claim->limiters);
     while (claim->held < n) {
-        LimiterObject *limiter = LIMITER_AT(claim, claim->held);
-        int taken = limiter_try_take(limiter, loop);
+        TokenSource *limiter = LIMITER_AT(claim, claim->held);
+        int taken = limiter->ops->try_take(limiter, loop);
         if (taken == 0) {
-            claim->waiter = limiter_enqueue(limiter, loop);
+            claim->waiter = limiter->ops->enqueue(limiter, loop);
             if (claim->waiter != NULL) {
                 return 0;
             }
@@ -53,11 +53,11 @@ claim_resume(Claim *claim, PyObject *loop)
 {
     PyObject *future = claim->waiter;
     claim->waiter = NULL;
-    LimiterObject *limiter = LIMITER_AT(claim, claim->held);
+    TokenSource *limiter = LIMITER_AT(claim, claim->held);
     PyObject *handed = call_method0(future, limiter->state->str_result);
     if (handed == NULL) {
         /* Cancelled from outside: nothing was handed; leave the line. */
-        limiter_dequeue(limiter, future);
+        limiter->ops->dequeue(limiter, future);
         Py_DECREF(future);
         if (claim_release(claim) < 0) {
             PyErr_WriteUnraisable(NULL);
@@ -90,8 +90,8 @@ claim_abort(Claim *claim, PyObject *error)
     if (future == NULL) {
         return 0;
     }
-    LimiterObject *limiter = LIMITER_AT(claim, claim->held);
-    limiter_dequeue(limiter, future);
+    TokenSource *limiter = LIMITER_AT(claim, claim->held);
+    limiter->ops->dequeue(limiter, future);
     return set_result_if_pending(limiter->state, future, Py_False) < 0
            ? -1 : 0;
 }
@@ -103,7 +103,7 @@ claim_abandon(Claim *claim)
     PyObject *future = claim->waiter;
     if (future != NULL) {
         claim->waiter = NULL;
-        status = limiter_withdraw(LIMITER_AT(claim, claim->held), future);
+        status = source_withdraw(LIMITER_AT(claim, claim->held), future);
         Py_DECREF(future);
     }
     Py_CLEAR(claim->abort_error);
@@ -124,7 +124,8 @@ claim_release(Claim *claim)
     PyObject *first_error = NULL;
     while (held > 0) {
         held--;
-        if (limiter_give_back(LIMITER_AT(claim, held)) < 0) {
+        TokenSource *limiter = LIMITER_AT(claim, held);
+        if (limiter->ops->give_back(limiter) < 0) {
             status = -1;
             if (first_error == NULL) {
                 first_error = PyErr_GetRaisedException();

@@ -40,6 +40,8 @@ module_exec(PyObject *module)
     ModuleState *st = get_state(module);
 
     if (add_type(module, &limiter_spec, &st->limiter_type, 1) < 0
+            || add_type(module, &rate_limiter_spec, &st->rate_limiter_type,
+                        1) < 0
             || add_type(module, &group_spec, &st->group_type, 1) < 0
             || add_type(module, &child_spec, &st->child_type, 0) < 0
             || add_type(module, &acquisition_spec, &st->acquisition_type, 0) < 0
@@ -57,6 +59,10 @@ module_exec(PyObject *module)
     IMPORT(coroutine_abc, "collections.abc", "Coroutine");
     IMPORT(would_block, "taskbound._common", "WouldBlock");
     IMPORT(limiter_statistics, "taskbound._common", "LimiterStatistics");
+    IMPORT(rate_limiter_statistics, "taskbound._common",
+           "RateLimiterStatistics");
+    IMPORT(check_positive, "taskbound._common", "check_positive");
+    IMPORT(check_burst, "taskbound._common", "check_burst");
     IMPORT(group_statistics, "taskbound._common", "GroupStatistics");
     IMPORT(check_total_tokens, "taskbound._common", "check_total_tokens");
     IMPORT(check_limit, "taskbound._common", "check_limit");
@@ -67,6 +73,7 @@ module_exec(PyObject *module)
         return -1;                                              \
     }
     INTERN(str_asyncio_future_blocking, "_asyncio_future_blocking");
+    INTERN(str_call_at, "call_at");
     INTERN(str_call_exception_handler, "call_exception_handler");
     INTERN(str_call_soon, "call_soon");
     INTERN(str_cancel, "cancel");
@@ -81,6 +88,7 @@ module_exec(PyObject *module)
     INTERN(str_send, "send");
     INTERN(str_set_result, "set_result");
     INTERN(str_throw, "throw");
+    INTERN(str_time, "time");
     INTERN(str_uncancel, "uncancel");
 #undef INTERN
     st->kwnames_name = Py_BuildValue("(s)", "name");
@@ -100,9 +108,12 @@ module_exec(PyObject *module)
 }
 
 #define STATE_FIELDS(X)                                                   \
-    X(limiter_type) X(group_type) X(child_type) X(acquisition_type)       \
+    X(limiter_type) X(rate_limiter_type) X(group_type) X(child_type)      \
+    X(acquisition_type)                                                   \
     X(group_exit_type) X(get_running_loop) X(current_task)                \
     X(cancelled_error) X(would_block) X(limiter_statistics)               \
+    X(rate_limiter_statistics) X(check_positive) X(check_burst)           \
+    X(str_call_at) X(str_time)                                            \
     X(group_statistics) X(check_total_tokens) X(check_limit)              \
     X(coroutine_abc) X(str_asyncio_future_blocking)                       \
     X(str_call_exception_handler) X(str_call_soon) X(str_cancel)          \

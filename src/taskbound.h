@@ -62,6 +62,7 @@ PyObject_GetOptionalAttr(PyObject *obj, PyObject *name, PyObject **result)
 
 typedef struct {
     PyTypeObject *limiter_type;
+    PyTypeObject *rate_limiter_type;
     PyTypeObject *group_type;
     PyTypeObject *child_type;
     PyTypeObject *acquisition_type;
@@ -73,6 +74,9 @@ typedef struct {
     PyObject *cancelled_error;      /* asyncio.CancelledError */
     PyObject *would_block;          /* taskbound.WouldBlock */
     PyObject *limiter_statistics;   /* taskbound.LimiterStatistics */
+    PyObject *rate_limiter_statistics;
+    PyObject *check_positive;
+    PyObject *check_burst;
     PyObject *group_statistics;     /* taskbound.GroupStatistics */
     PyObject *check_total_tokens;
     PyObject *check_limit;
@@ -80,6 +84,7 @@ typedef struct {
 
     /* Interned names of the methods called on loops, futures and tasks. */
     PyObject *str_asyncio_future_blocking;
+    PyObject *str_call_at;
     PyObject *str_call_exception_handler;
     PyObject *str_call_soon;
     PyObject *str_cancel;
@@ -94,6 +99,7 @@ typedef struct {
     PyObject *str_send;
     PyObject *str_set_result;
     PyObject *str_throw;
+    PyObject *str_time;
     PyObject *str_uncancel;
     PyObject *kwnames_name;          /* ("name",) */
     PyObject *kwnames_name_context;  /* ("name", "context") */
@@ -131,7 +137,7 @@ call_method1(PyObject *obj, PyObject *name, PyObject *arg)
 /* Calls method(obj) and returns its truth, or -1 on error. */
 int call_method_bool(PyObject *obj, PyObject *name);
 
-/* ---- Limiter ---- */
+/* ---- Limiter and RateLimiter: token sources (tokensource.c) ---- */
 
 #define TOTAL_INFINITE PY_SSIZE_T_MAX
 
@@ -142,29 +148,73 @@ typedef struct {
     Py_ssize_t cap;
 } WaiterQueue;
 
+typedef struct TokenSource TokenSource;
+
+/* How a claim takes tokens, whatever the kind of source. */
 typedef struct {
+    /* 1 taken, 0 busy (or others queued ahead), -1 error */
+    int (*try_take)(TokenSource *self, PyObject *loop);
+    /* a new waiter future, queued last */
+    PyObject *(*enqueue)(TokenSource *self, PyObject *loop);
+    /* takes a waiter out of the line; 1 if it was there */
+    int (*dequeue)(TokenSource *self, PyObject *future);
+    /* a waiter handed a token gave up: pass it on */
+    int (*pass_on)(TokenSource *self);
+    /* release() */
+    int (*give_back)(TokenSource *self);
+} TokenSourceOps;
+
+struct TokenSource {
     PyObject_HEAD
+    const TokenSourceOps *ops;
     ModuleState *state;
-    Py_ssize_t total;        /* TOTAL_INFINITE for math.inf */
-    Py_ssize_t borrowed;     /* includes tokens handed to woken waiters */
     WaiterQueue waiters;
     PyObject *loop;          /* the loop it is bound to, or NULL */
     unsigned long long rank;
     PyObject *weakreflist;
+};
+
+typedef struct {
+    TokenSource base;
+    Py_ssize_t total;        /* TOTAL_INFINITE for math.inf */
+    Py_ssize_t borrowed;     /* includes tokens handed to woken waiters */
 } LimiterObject;
 
-extern PyType_Spec limiter_spec;
+typedef struct {
+    TokenSource base;
+    double rate;
+    double per;
+    Py_ssize_t burst;
+    double tat;              /* theoretical arrival time of the next start */
+    PyObject *timer;         /* loop handle waking the first waiter */
+} RateLimiterObject;
 
-int limiter_try_take(LimiterObject *self, PyObject *loop);
-PyObject *limiter_enqueue(LimiterObject *self, PyObject *loop);
-int limiter_withdraw(LimiterObject *self, PyObject *future);
-int limiter_dequeue(LimiterObject *self, PyObject *future);
-int limiter_give_back(LimiterObject *self);
+extern PyType_Spec limiter_spec;
+extern PyType_Spec rate_limiter_spec;
+
+PyObject *queue_at(WaiterQueue *q, Py_ssize_t i);
+PyObject *queue_pop(WaiterQueue *q);
+int source_init(TokenSource *self, PyTypeObject *type,
+                const TokenSourceOps *ops);
+int source_bind(TokenSource *self, PyObject *loop);
+int source_prune(TokenSource *self);
+Py_ssize_t source_waiting(TokenSource *self);
+PyObject *source_enqueue(TokenSource *self, PyObject *loop);
+int source_dequeue(TokenSource *self, PyObject *future);
+int source_withdraw(TokenSource *self, PyObject *future);
+int source_traverse(TokenSource *self, visitproc visit, void *arg);
+void source_clear(TokenSource *self);
+void source_dealloc(TokenSource *self, inquiry clear);
+PyObject *source_acquire(PyObject *self, PyObject *ignored);
+PyObject *source_acquire_nowait(PyObject *self, PyObject *ignored);
+PyObject *source_release(PyObject *self, PyObject *ignored);
+PyObject *source_aexit(PyObject *self, PyObject *const *args,
+                       Py_ssize_t nargs);
 
 /* ---- Claim ---- */
 
 typedef struct {
-    PyObject *limiters;      /* tuple of LimiterObject, in rank order */
+    PyObject *limiters;      /* tuple of TokenSource, in rank order */
     Py_ssize_t held;         /* limiters[:held] have given a token */
     PyObject *waiter;        /* future queued at limiters[held], or NULL */
     PyObject *abort_error;   /* raised by claim_resume once set */

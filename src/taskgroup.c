@@ -398,10 +398,12 @@ static int
 add_limiter(PyObject *list, PyObject *limiter, ModuleState *st,
             PyObject *given)
 {
-    if (!PyObject_TypeCheck(limiter, st->limiter_type)) {
+    if (!PyObject_TypeCheck(limiter, st->limiter_type)
+            && !PyObject_TypeCheck(limiter, st->rate_limiter_type)) {
         PyErr_Format(PyExc_TypeError,
-                     "limiter must be a Limiter or a sequence of Limiters, "
-                     "not %s%s", given == limiter ? "" : "a sequence holding ",
+                     "limiter must be a Limiter, a RateLimiter or a sequence "
+                     "of them, not %s%s",
+                     given == limiter ? "" : "a sequence holding ",
                      Py_TYPE(limiter)->tp_name);
         return -1;
     }
@@ -415,8 +417,8 @@ add_limiter(PyObject *list, PyObject *limiter, ModuleState *st,
 static int
 rank_order(const void *a, const void *b)
 {
-    unsigned long long ra = (*(LimiterObject *const *)a)->rank;
-    unsigned long long rb = (*(LimiterObject *const *)b)->rank;
+    unsigned long long ra = (*(TokenSource *const *)a)->rank;
+    unsigned long long rb = (*(TokenSource *const *)b)->rank;
     return (ra > rb) - (ra < rb);
 }
 
@@ -470,7 +472,7 @@ group_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             goto fail;
         }
     }
-    /* The list holds only Limiters, whose ranks never change. */
+    /* The list holds only token sources, whose ranks never change. */
     if (PyList_GET_SIZE(list) > 1) {
         qsort(((PyListObject *)list)->ob_item, PyList_GET_SIZE(list),
               sizeof(PyObject *), rank_order);

@@ -9,6 +9,7 @@ import asyncio
 import gc
 import importlib
 import os
+import selectors
 import sys
 import warnings
 
@@ -28,6 +29,7 @@ class Impl:
         self.name = name
         self.module = importlib.import_module(MODULES[name])
         self.LimiterType = self.module.Limiter
+        self.RateLimiterType = self.module.RateLimiter
         self.GroupType = self.module.BoundedTaskGroup
         self.limiters: list = []
 
@@ -35,6 +37,9 @@ class Impl:
         limiter = self.LimiterType(total_tokens)
         self.limiters.append(limiter)
         return limiter
+
+    def RateLimiter(self, rate, per=1.0, burst=1):
+        return self.RateLimiterType(rate, per, burst)
 
     def BoundedTaskGroup(self, limit=None, *, limiter=None):
         group = self.GroupType(limit, limiter=limiter)
@@ -49,14 +54,45 @@ class Impl:
 def impl(request):
     impl = Impl(request.param)
     yield impl
-    leaked = [lim for lim in impl.limiters if lim.borrowed_tokens != 0]
+    leaked = [lim for lim in impl.limiters
+              if getattr(lim, "borrowed_tokens", 0) != 0]
     assert not leaked, f"tokens still borrowed at the end: {leaked}"
+
+
+class VirtualClockSelector(selectors.DefaultSelector):
+    """Instead of sleeping until the next timer, jumps the clock to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def select(self, timeout=None):
+        if timeout is None:
+            return super().select(None)
+        events = super().select(0)
+        if not events and timeout > 0:
+            self.now += timeout
+        return events
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop on a clock that only moves when the loop would wait:
+    timings in tests become exact."""
+
+    def __init__(self) -> None:
+        self._virtual = VirtualClockSelector()
+        super().__init__(selector=self._virtual)
+
+    def time(self) -> float:
+        return self._virtual.now
 
 
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     if kind == "uvloop":
         import uvloop
         return uvloop.new_event_loop()
+    if kind == "virtual":
+        return VirtualClockLoop()
     return asyncio.new_event_loop()
 
 
@@ -110,3 +146,12 @@ EAGER_MODES = [False, True] if HAS_EAGER else [False]
 @pytest.fixture(params=EAGER_MODES, ids=lambda e: "eager" if e else "lazy")
 def eager(request):
     return request.param
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def timed_run(request):
+    """A runner for tests of timing: on asyncio, with a virtual clock that
+    makes every time exact; on uvloop, in real time, so a check there
+    allows for the machine's lateness (never for earliness)."""
+    kind = "virtual" if request.param == "asyncio" else "uvloop"
+    return Runner(kind)

@@ -11,14 +11,15 @@ from ._common import (
     DeadlockError,
     GroupStatistics,
     LimiterStatistics,
+    RateLimiterStatistics,
     WouldBlock,
 )
 
 if _os.environ.get("TASKBOUND_PURE_PYTHON", "") not in ("", "0"):
-    from ._pycore import BoundedTaskGroup, Limiter
+    from ._pycore import BoundedTaskGroup, Limiter, RateLimiter
     implementation = "python"
 else:
-    from ._taskbound import BoundedTaskGroup, Limiter
+    from ._taskbound import BoundedTaskGroup, Limiter, RateLimiter
     implementation = "c"
 
 __version__ = "0.1.0"
@@ -29,6 +30,8 @@ __all__ = [
     "GroupStatistics",
     "Limiter",
     "LimiterStatistics",
+    "RateLimiter",
+    "RateLimiterStatistics",
     "WouldBlock",
     "implementation",
 ]

@@ -21,6 +21,13 @@ class LimiterStatistics(NamedTuple):
     waiting: int
 
 
+class RateLimiterStatistics(NamedTuple):
+    rate: float
+    per: float
+    burst: int
+    waiting: int
+
+
 class GroupStatistics(NamedTuple):
     spawned: int
     running: int
@@ -59,4 +66,28 @@ def check_limit(value: object) -> int:
             f"limit must be an int or None, not {type(value).__name__}") from None
     if number < 1:
         raise ValueError(f"limit must be >= 1, not {number}")
+    return number
+
+
+def check_positive(name: str, value: object) -> float:
+    """Return a valid ``rate`` or ``per`` (a finite number > 0), or raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, not {value!r}")
+    return number
+
+
+def check_burst(value: object) -> int:
+    """Return a valid ``burst`` (an int >= 1), or raise."""
+    if isinstance(value, (bool, float)):
+        raise TypeError(f"burst must be an int, not {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"burst must be an int, not {type(value).__name__}") from None
+    if number < 1:
+        raise ValueError(f"burst must be >= 1, not {number}")
     return number

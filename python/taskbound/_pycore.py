@@ -22,12 +22,15 @@ from asyncio.events import _get_running_loop
 from ._common import (
     GroupStatistics,
     LimiterStatistics,
+    RateLimiterStatistics,
     WouldBlock,
+    check_burst,
     check_limit,
+    check_positive,
     check_total_tokens,
 )
 
-__all__ = ["Limiter", "BoundedTaskGroup"]
+__all__ = ["BoundedTaskGroup", "Limiter", "RateLimiter"]
 
 # Every limiter gets a rank when it is created; a task takes its tokens in
 # rank order, so two groups naming the same limiters in any order cannot each
@@ -37,18 +40,81 @@ _ranks = itertools.count()
 _PY313 = sys.version_info >= (3, 13)
 
 
-class Limiter:
+class _TokenSource:
+    """What Limiter and RateLimiter share: a FIFO line of waiter futures, the
+    event loop they are bound to, and a rank in the global order."""
+
+    def __init__(self) -> None:
+        # Futures of the tasks waiting, in arrival order. A waiter is woken
+        # with the result True when it is handed its token (which counts as
+        # taken from that moment, so nobody can barge in between), or False
+        # when a group aborts its claim.
+        self._waiters: collections.deque = collections.deque()
+        self._loop = None
+        self._rank = next(_ranks)
+
+    async def acquire(self) -> None:
+        claim = _Claim((self,))
+        loop = get_running_loop()
+        if not claim.try_take(loop):
+            await _wait_for_claim(claim, loop)
+
+    def acquire_nowait(self) -> None:
+        if not self._try_take(get_running_loop()):
+            raise WouldBlock(f"no token of {self!r} is free")
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+    # -- the protocol a claim uses --
+
+    def _bind(self, loop) -> None:
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError(f"{self!r} is bound to a different event loop")
+
+    def _enqueue(self, loop):
+        future = loop.create_future()
+        self._waiters.append(future)
+        return future
+
+    def _dequeue(self, future) -> None:
+        try:
+            self._waiters.remove(future)
+        except ValueError:
+            pass
+
+    def _withdraw(self, future) -> None:
+        """The owner of ``future`` gives up: pass its token on if it has one."""
+        if future.done() and not future.cancelled():
+            if future.result():
+                self._pass_on()
+            return
+        self._dequeue(future)
+        future.cancel()
+
+    def _prune(self) -> None:
+        # Waiters cancelled from outside stay queued until their task runs;
+        # they must not make a free source look busy.
+        waiters = self._waiters
+        while waiters and waiters[0].done():
+            waiters.popleft()
+
+    def _waiting(self) -> int:
+        return sum(1 for future in self._waiters if not future.done())
+
+
+class Limiter(_TokenSource):
     """A FIFO counting limiter, shareable by any number of groups on one loop."""
 
     def __init__(self, total_tokens: int | float) -> None:
         self._total = check_total_tokens(total_tokens)
         self._borrowed = 0
-        # Futures of the tasks waiting for a token, in arrival order. A token
-        # is handed to the first live one (result True) and counts as
-        # borrowed from that moment, so nobody can barge in between.
-        self._waiters: collections.deque = collections.deque()
-        self._loop = None
-        self._rank = next(_ranks)
+        super().__init__()
 
     def __repr__(self) -> str:
         return (f"<Limiter total_tokens={self._total} "
@@ -81,39 +147,12 @@ class Limiter:
         self._prune()
         return self._borrowed >= self._total or bool(self._waiters)
 
-    async def acquire(self) -> None:
-        claim = _Claim((self,))
-        loop = get_running_loop()
-        if not claim.try_take(loop):
-            await _wait_for_claim(claim, loop)
-
-    def acquire_nowait(self) -> None:
-        self._bind(get_running_loop())
-        self._prune()
-        if self._waiters or self._borrowed >= self._total:
-            raise WouldBlock(f"no token of {self!r} is free")
-        self._borrowed += 1
-
     def release(self) -> None:
         if self._borrowed <= 0:
             raise RuntimeError(
                 f"release() called on {self!r}, which has no borrowed tokens")
         self._borrowed -= 1
         self._wake()
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
-
-    # -- the protocol a claim uses --
-
-    def _bind(self, loop) -> None:
-        if self._loop is None:
-            self._loop = loop
-        elif self._loop is not loop:
-            raise RuntimeError(f"{self!r} is bound to a different event loop")
 
     def _try_take(self, loop) -> bool:
         """Take a token if one is free and nobody is queued ahead."""
@@ -124,25 +163,7 @@ class Limiter:
         self._borrowed += 1
         return True
 
-    def _enqueue(self, loop):
-        future = loop.create_future()
-        self._waiters.append(future)
-        return future
-
-    def _withdraw(self, future) -> None:
-        """The owner of ``future`` gives up: pass its token on if it has one."""
-        if future.done() and not future.cancelled():
-            if future.result():
-                self.release()
-            return
-        self._dequeue(future)
-        future.cancel()
-
-    def _dequeue(self, future) -> None:
-        try:
-            self._waiters.remove(future)
-        except ValueError:
-            pass
+    _pass_on = release
 
     def _wake(self) -> None:
         waiters = self._waiters
@@ -152,15 +173,123 @@ class Limiter:
                 self._borrowed += 1
                 future.set_result(True)
 
-    def _prune(self) -> None:
-        # Waiters cancelled from outside stay queued until their task runs;
-        # they must not make a free limiter look busy.
-        waiters = self._waiters
-        while waiters and waiters[0].done():
-            waiters.popleft()
 
-    def _waiting(self) -> int:
-        return sum(1 for future in self._waiters if not future.done())
+class RateLimiter(_TokenSource):
+    """Starts at most ``rate`` acquisitions per ``per`` seconds, with bursts
+    of up to ``burst`` (GCRA: a token bucket kept as one timestamp).
+    ``release()`` is a no-op: a start, once made, is spent."""
+
+    def __init__(self, rate: float, per: float = 1.0, burst: int = 1) -> None:
+        self._rate = check_positive("rate", rate)
+        self._per = check_positive("per", per)
+        self._burst = check_burst(burst)
+        # The theoretical arrival time of the next start: a start at `now`
+        # is allowed when now >= tat - tolerance.
+        self._tat = -math.inf
+        self._timer = None
+        super().__init__()
+
+    def __repr__(self) -> str:
+        return (f"<RateLimiter rate={self._rate:g} per={self._per:g} "
+                f"burst={self._burst} waiting={self._waiting()}>")
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        rate = check_positive("rate", value)
+        # The last start stays where it was; the next one follows it at
+        # the new interval.
+        old_interval = self._interval()
+        self._rate = rate
+        self._tat += self._interval() - old_interval
+        if self._loop is not None:
+            self._schedule()
+
+    @property
+    def per(self) -> float:
+        return self._per
+
+    @property
+    def burst(self) -> int:
+        return self._burst
+
+    def statistics(self) -> RateLimiterStatistics:
+        return RateLimiterStatistics(self._rate, self._per, self._burst,
+                                     self._waiting())
+
+    def locked(self) -> bool:
+        self._prune()
+        if self._waiters:
+            return True
+        return self._loop is not None and self._loop.time() < self._next_start()
+
+    def release(self) -> None:
+        """A rate limiter has nothing to give back."""
+
+    def _interval(self) -> float:
+        return self._per / self._rate
+
+    def _next_start(self) -> float:
+        return self._tat - self._interval() * (self._burst - 1)
+
+    def _start(self, now: float) -> None:
+        self._tat = max(self._tat, now) + self._interval()
+
+    def _try_take(self, loop) -> bool:
+        self._bind(loop)
+        self._prune()
+        now = loop.time()
+        if self._waiters or now < self._next_start():
+            return False
+        self._start(now)
+        return True
+
+    def _enqueue(self, loop):
+        future = super()._enqueue(loop)
+        if len(self._waiters) == 1:
+            self._schedule()
+        return future
+
+    def _dequeue(self, future) -> None:
+        head = bool(self._waiters) and self._waiters[0] is future
+        super()._dequeue(future)
+        if head:
+            self._schedule()
+
+    def _pass_on(self) -> None:
+        # A waiter was handed a start but gave up: the next one gets it.
+        self._prune()
+        if self._waiters:
+            self._waiters.popleft().set_result(True)
+            self._schedule()
+        else:
+            self._tat -= self._interval()
+
+    def _schedule(self) -> None:
+        """Arm the timer for the first waiter's start."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._prune()
+        if self._waiters:
+            self._timer = self._loop.call_at(self._next_start(), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        first = True
+        self._prune()
+        # The timer may fire a clock tick early: the first waiter goes
+        # anyway, and _start() keeps the schedule from there.
+        while self._waiters and (first or now >= self._next_start()):
+            self._start(now)
+            self._waiters.popleft().set_result(True)
+            first = False
+            self._prune()
+        self._schedule()
 
 
 class _Claim:
@@ -450,15 +579,18 @@ class BoundedTaskGroup:
             limit = check_limit(limit)
             limiters.append(Limiter(limit))
         if limiter is not None:
-            shared = [limiter] if isinstance(limiter, Limiter) else limiter
+            shared = ([limiter] if isinstance(limiter, _TokenSource)
+                      else limiter)
             if not isinstance(shared, (list, tuple)):
-                raise TypeError("limiter must be a Limiter or a sequence of "
-                                f"Limiters, not {type(limiter).__name__}")
+                raise TypeError(
+                    "limiter must be a Limiter, a RateLimiter or a sequence "
+                    f"of them, not {type(limiter).__name__}")
             for item in shared:
-                if not isinstance(item, Limiter):
-                    raise TypeError("limiter must be a Limiter or a sequence "
-                                    "of Limiters, not a sequence holding "
-                                    f"{type(item).__name__}")
+                if not isinstance(item, _TokenSource):
+                    raise TypeError(
+                        "limiter must be a Limiter, a RateLimiter or a "
+                        "sequence of them, not a sequence holding "
+                        f"{type(item).__name__}")
                 if not any(item is known for known in limiters):
                     limiters.append(item)
         self._limit = limit

@@ -1,0 +1,415 @@
+/* RateLimiter: at most `rate` starts per `per` seconds, bursts of `burst`.
+ *
+ * GCRA keeps the bucket as one timestamp, the theoretical arrival time of
+ * the next start (tat): a start at `now` is allowed when
+ * now >= tat - interval * (burst - 1), and moves tat to
+ * max(tat, now) + interval. Waiters queue in FIFO order; one loop timer
+ * wakes the first of them when its start comes. release() is a no-op.
+ */
+#include "taskbound.h"
+
+static double
+interval(RateLimiterObject *self)
+{
+    return self->per / self->rate;
+}
+
+static double
+next_start(RateLimiterObject *self)
+{
+    return self->tat - interval(self) * (double)(self->burst - 1);
+}
+
+static void
+start(RateLimiterObject *self, double now)
+{
+    self->tat = (self->tat > now ? self->tat : now) + interval(self);
+}
+
+static int
+loop_time(RateLimiterObject *self, PyObject *loop, double *now)
+{
+    PyObject *t = call_method0(loop, self->base.state->str_time);
+    if (t == NULL) {
+        return -1;
+    }
+    *now = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* Arms the timer for the first waiter's start (and disarms an old one). */
+static int
+schedule(RateLimiterObject *self)
+{
+    ModuleState *st = self->base.state;
+    PyObject *timer = self->timer;
+    if (timer != NULL) {
+        self->timer = NULL;
+        PyObject *res = call_method0(timer, st->str_cancel);
+        Py_DECREF(timer);
+        if (res == NULL) {
+            return -1;
+        }
+        Py_DECREF(res);
+    }
+    if (source_prune(&self->base) < 0) {
+        return -1;
+    }
+    if (self->base.waiters.len == 0) {
+        return 0;
+    }
+    PyObject *when = PyFloat_FromDouble(next_start(self));
+    PyObject *callback = PyObject_GetAttrString((PyObject *)self,
+                                                "_on_timer");
+    if (when != NULL && callback != NULL) {
+        PyObject *args[3] = {self->base.loop, when, callback};
+        self->timer = PyObject_VectorcallMethod(
+            st->str_call_at, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Py_XDECREF(when);
+    Py_XDECREF(callback);
+    return self->timer == NULL ? -1 : 0;
+}
+
+static int
+rate_try_take(TokenSource *base, PyObject *loop)
+{
+    RateLimiterObject *self = (RateLimiterObject *)base;
+    double now;
+    if (source_bind(base, loop) < 0 || source_prune(base) < 0) {
+        return -1;
+    }
+    if (base->waiters.len > 0) {
+        return 0;
+    }
+    if (loop_time(self, loop, &now) < 0) {
+        return -1;
+    }
+    if (now < next_start(self)) {
+        return 0;
+    }
+    start(self, now);
+    return 1;
+}
+
+static PyObject *
+rate_enqueue(TokenSource *base, PyObject *loop)
+{
+    PyObject *future = source_enqueue(base, loop);
+    if (future != NULL && base->waiters.len == 1
+            && schedule((RateLimiterObject *)base) < 0) {
+        source_dequeue(base, future);
+        Py_CLEAR(future);
+    }
+    return future;
+}
+
+static int
+rate_dequeue(TokenSource *base, PyObject *future)
+{
+    int head = base->waiters.len > 0 && queue_at(&base->waiters, 0) == future;
+    int removed = source_dequeue(base, future);
+    if (head && schedule((RateLimiterObject *)base) < 0) {
+        PyErr_WriteUnraisable((PyObject *)base);
+    }
+    return removed;
+}
+
+/* A waiter handed a start gave up: the next one gets it. */
+static int
+rate_pass_on(TokenSource *base)
+{
+    RateLimiterObject *self = (RateLimiterObject *)base;
+    if (source_prune(base) < 0) {
+        return -1;
+    }
+    if (base->waiters.len == 0) {
+        self->tat -= interval(self);
+        return 0;
+    }
+    PyObject *future = queue_pop(&base->waiters);
+    int handed = set_result_if_pending(base->state, future, Py_True);
+    Py_DECREF(future);
+    if (handed < 0) {
+        return -1;
+    }
+    return schedule(self);
+}
+
+static int
+rate_give_back(TokenSource *base)
+{
+    return 0;   /* a start, once made, is spent */
+}
+
+static const TokenSourceOps rate_limiter_ops = {
+    .try_take = rate_try_take,
+    .enqueue = rate_enqueue,
+    .dequeue = rate_dequeue,
+    .pass_on = rate_pass_on,
+    .give_back = rate_give_back,
+};
+
+/* ---- the Python type ---- */
+
+static int
+parse_positive(ModuleState *st, const char *name, PyObject *value,
+               double *out)
+{
+    PyObject *checked = PyObject_CallFunction(st->check_positive, "sO", name,
+                                              value);
+    if (checked == NULL) {
+        return -1;
+    }
+    *out = PyFloat_AsDouble(checked);
+    Py_DECREF(checked);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static PyObject *
+rate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"rate", "per", "burst", NULL};
+    PyObject *rate_arg, *per_arg = NULL, *burst_arg = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:RateLimiter", kwlist,
+                                     &rate_arg, &per_arg, &burst_arg)) {
+        return NULL;
+    }
+    ModuleState *st = state_of_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    double rate, per = 1.0;
+    Py_ssize_t burst = 1;
+    if (parse_positive(st, "rate", rate_arg, &rate) < 0
+            || (per_arg != NULL
+                && parse_positive(st, "per", per_arg, &per) < 0)) {
+        return NULL;
+    }
+    if (burst_arg != NULL) {
+        PyObject *checked = PyObject_CallOneArg(st->check_burst, burst_arg);
+        if (checked == NULL) {
+            return NULL;
+        }
+        burst = PyLong_AsSsize_t(checked);
+        Py_DECREF(checked);
+        if (burst == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    RateLimiterObject *self = (RateLimiterObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    if (source_init(&self->base, type, &rate_limiter_ops) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->rate = rate;
+    self->per = per;
+    self->burst = burst;
+    self->tat = -Py_HUGE_VAL;
+    return (PyObject *)self;
+}
+
+static int
+rate_traverse(RateLimiterObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->timer);
+    return source_traverse(&self->base, visit, arg);
+}
+
+static int
+rate_clear(RateLimiterObject *self)
+{
+    Py_CLEAR(self->timer);
+    source_clear(&self->base);
+    return 0;
+}
+
+static void
+rate_dealloc(RateLimiterObject *self)
+{
+    source_dealloc(&self->base, (inquiry)rate_clear);
+}
+
+static PyObject *
+rate_repr(RateLimiterObject *self)
+{
+    Py_ssize_t waiting = source_waiting(&self->base);
+    if (waiting < 0) {
+        return NULL;
+    }
+    PyObject *rate = PyFloat_FromDouble(self->rate);
+    PyObject *per = PyFloat_FromDouble(self->per);
+    PyObject *repr = NULL;
+    if (rate != NULL && per != NULL) {
+        repr = PyUnicode_FromFormat(
+            "<RateLimiter rate=%S per=%S burst=%zd waiting=%zd>",
+            rate, per, self->burst, waiting);
+    }
+    Py_XDECREF(rate);
+    Py_XDECREF(per);
+    return repr;
+}
+
+static PyObject *
+rate_on_timer(RateLimiterObject *self, PyObject *Py_UNUSED(ignored))
+{
+    TokenSource *base = &self->base;
+    double now;
+    Py_CLEAR(self->timer);
+    if (loop_time(self, base->loop, &now) < 0 || source_prune(base) < 0) {
+        return NULL;
+    }
+    /* The timer may fire a clock tick early: the first waiter goes anyway,
+     * and start() keeps the schedule from there. */
+    int first = 1;
+    while (base->waiters.len > 0 && (first || now >= next_start(self))) {
+        PyObject *future = queue_pop(&base->waiters);
+        int handed = set_result_if_pending(base->state, future, Py_True);
+        Py_DECREF(future);
+        if (handed < 0) {
+            return NULL;
+        }
+        if (handed) {
+            start(self, now);
+            first = 0;
+        }
+        if (source_prune(base) < 0) {
+            return NULL;
+        }
+    }
+    if (schedule(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+rate_statistics(RateLimiterObject *self, PyObject *Py_UNUSED(ignored))
+{
+    Py_ssize_t waiting = source_waiting(&self->base);
+    if (waiting < 0) {
+        return NULL;
+    }
+    return PyObject_CallFunction(self->base.state->rate_limiter_statistics,
+                                 "ddnn", self->rate, self->per, self->burst,
+                                 waiting);
+}
+
+static PyObject *
+rate_locked(RateLimiterObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (source_prune(&self->base) < 0) {
+        return NULL;
+    }
+    if (self->base.waiters.len > 0) {
+        Py_RETURN_TRUE;
+    }
+    if (self->base.loop == NULL) {
+        Py_RETURN_FALSE;
+    }
+    double now;
+    if (loop_time(self, self->base.loop, &now) < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(now < next_start(self));
+}
+
+static PyObject *
+rate_get_rate(RateLimiterObject *self, void *Py_UNUSED(closure))
+{
+    return PyFloat_FromDouble(self->rate);
+}
+
+static int
+rate_set_rate(RateLimiterObject *self, PyObject *value,
+              void *Py_UNUSED(closure))
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete rate");
+        return -1;
+    }
+    double rate;
+    if (parse_positive(self->base.state, "rate", value, &rate) < 0) {
+        return -1;
+    }
+    /* The last start stays where it was; the next one follows it at the
+     * new interval. */
+    double old_interval = interval(self);
+    self->rate = rate;
+    self->tat += interval(self) - old_interval;
+    return self->base.loop == NULL ? 0 : schedule(self);
+}
+
+static PyObject *
+rate_get_per(RateLimiterObject *self, void *Py_UNUSED(closure))
+{
+    return PyFloat_FromDouble(self->per);
+}
+
+static PyObject *
+rate_get_burst(RateLimiterObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->burst);
+}
+
+static PyMethodDef rate_methods[] = {
+    {"acquire", source_acquire, METH_NOARGS,
+     "Wait for the next start (FIFO)."},
+    {"acquire_nowait", source_acquire_nowait, METH_NOARGS,
+     "Start now, or raise WouldBlock."},
+    {"release", source_release, METH_NOARGS,
+     "Nothing to give back: a no-op."},
+    {"statistics", (PyCFunction)rate_statistics, METH_NOARGS,
+     "RateLimiterStatistics(rate, per, burst, waiting)."},
+    {"locked", (PyCFunction)rate_locked, METH_NOARGS,
+     "True when an acquire would have to wait."},
+    {"__aenter__", source_acquire, METH_NOARGS, NULL},
+    {"__aexit__", (PyCFunction)(void (*)(void))source_aexit, METH_FASTCALL,
+     NULL},
+    {"_on_timer", (PyCFunction)rate_on_timer, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef rate_getset[] = {
+    {"rate", (getter)rate_get_rate, (setter)rate_set_rate,
+     "Starts allowed per `per` seconds.", NULL},
+    {"per", (getter)rate_get_per, NULL, "The period, in seconds.", NULL},
+    {"burst", (getter)rate_get_burst, NULL,
+     "How many starts may follow each other at once.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef rate_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET,
+     offsetof(RateLimiterObject, base.weakreflist), READONLY, NULL},
+    {"_rank", T_ULONGLONG, offsetof(RateLimiterObject, base.rank), READONLY,
+     "The order in which tasks take this limiter's tokens."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot rate_slots[] = {
+    {Py_tp_doc, "RateLimiter(rate, per=1.0, burst=1)\n--\n\n"
+                "Starts at most `rate` acquisitions per `per` seconds "
+                "(GCRA), in FIFO order."},
+    {Py_tp_new, rate_new},
+    {Py_tp_dealloc, rate_dealloc},
+    {Py_tp_traverse, rate_traverse},
+    {Py_tp_clear, rate_clear},
+    {Py_tp_repr, rate_repr},
+    {Py_tp_methods, rate_methods},
+    {Py_tp_getset, rate_getset},
+    {Py_tp_members, rate_members},
+    {0, NULL},
+};
+
+PyType_Spec rate_limiter_spec = {
+    .name = "taskbound._taskbound.RateLimiter",
+    .basicsize = sizeof(RateLimiterObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE
+             | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = rate_slots,
+};

@@ -1,0 +1,301 @@
+/* What Limiter and RateLimiter share: a FIFO line of waiter futures, the
+ * event loop they are bound to, a rank, and the acquire protocol.
+ *
+ * A waiter is woken with the result True when it is handed its token (which
+ * counts as taken from that moment, so nobody can barge in between), or
+ * False when a group aborts its claim. Waiters cancelled from outside stay
+ * queued until their task runs again; they are skipped and pruned.
+ */
+#include "taskbound.h"
+
+/* ---- the waiter queue: a ring buffer of futures ---- */
+
+PyObject *
+queue_at(WaiterQueue *q, Py_ssize_t i)
+{
+    return q->items[(q->head + i) % q->cap];
+}
+
+static int
+queue_push(WaiterQueue *q, PyObject *item)
+{
+    if (q->len == q->cap) {
+        Py_ssize_t cap = q->cap ? q->cap * 2 : 8;
+        PyObject **items = PyMem_New(PyObject *, cap);
+        if (items == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < q->len; i++) {
+            items[i] = queue_at(q, i);
+        }
+        PyMem_Free(q->items);
+        q->items = items;
+        q->head = 0;
+        q->cap = cap;
+    }
+    q->items[(q->head + q->len) % q->cap] = Py_NewRef(item);
+    q->len++;
+    return 0;
+}
+
+PyObject *
+queue_pop(WaiterQueue *q)
+{
+    PyObject *item = q->items[q->head];
+    q->head = (q->head + 1) % q->cap;
+    q->len--;
+    return item;
+}
+
+static int
+queue_remove(WaiterQueue *q, PyObject *item)
+{
+    for (Py_ssize_t i = 0; i < q->len; i++) {
+        if (queue_at(q, i) == item) {
+            for (Py_ssize_t j = i; j + 1 < q->len; j++) {
+                q->items[(q->head + j) % q->cap] = queue_at(q, j + 1);
+            }
+            q->len--;
+            Py_DECREF(item);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void
+queue_clear(WaiterQueue *q)
+{
+    /* Empty the structure before dropping references: a DECREF may run
+     * code that looks at the queue. */
+    PyObject **items = q->items;
+    Py_ssize_t head = q->head, len = q->len, cap = q->cap;
+    q->items = NULL;
+    q->head = q->len = q->cap = 0;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        Py_DECREF(items[(head + i) % cap]);
+    }
+    PyMem_Free(items);
+}
+
+/* ---- the protocol ---- */
+
+int
+call_method_bool(PyObject *obj, PyObject *name)
+{
+    PyObject *res = call_method0(obj, name);
+    if (res == NULL) {
+        return -1;
+    }
+    int truth = PyObject_IsTrue(res);
+    Py_DECREF(res);
+    return truth;
+}
+
+int
+source_init(TokenSource *self, PyTypeObject *type, const TokenSourceOps *ops)
+{
+    self->state = state_of_type(type);
+    if (self->state == NULL) {
+        return -1;
+    }
+    self->ops = ops;
+    self->rank = self->state->next_rank++;
+    return 0;
+}
+
+int
+source_bind(TokenSource *self, PyObject *loop)
+{
+    if (self->loop == NULL) {
+        self->loop = Py_NewRef(loop);
+        return 0;
+    }
+    if (self->loop != loop) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "%R is bound to a different event loop", self);
+        return -1;
+    }
+    return 0;
+}
+
+int
+source_prune(TokenSource *self)
+{
+    WaiterQueue *q = &self->waiters;
+    while (q->len > 0) {
+        int done = call_method_bool(queue_at(q, 0), self->state->str_done);
+        if (done < 0) {
+            return -1;
+        }
+        if (!done) {
+            break;
+        }
+        Py_DECREF(queue_pop(q));
+    }
+    return 0;
+}
+
+Py_ssize_t
+source_waiting(TokenSource *self)
+{
+    Py_ssize_t count = 0;
+    for (Py_ssize_t i = 0; i < self->waiters.len; i++) {
+        int done = call_method_bool(queue_at(&self->waiters, i),
+                                    self->state->str_done);
+        if (done < 0) {
+            return -1;
+        }
+        count += !done;
+    }
+    return count;
+}
+
+PyObject *
+source_enqueue(TokenSource *self, PyObject *loop)
+{
+    PyObject *future = call_method0(loop, self->state->str_create_future);
+    if (future == NULL) {
+        return NULL;
+    }
+    if (queue_push(&self->waiters, future) < 0) {
+        Py_DECREF(future);
+        return NULL;
+    }
+    return future;
+}
+
+int
+source_dequeue(TokenSource *self, PyObject *future)
+{
+    return queue_remove(&self->waiters, future);
+}
+
+int
+source_withdraw(TokenSource *self, PyObject *future)
+{
+    ModuleState *st = self->state;
+    int done = call_method_bool(future, st->str_done);
+    if (done < 0) {
+        return -1;
+    }
+    if (done) {
+        int cancelled = call_method_bool(future, st->str_cancelled);
+        if (cancelled < 0) {
+            return -1;
+        }
+        if (!cancelled) {
+            /* Woken already: the token it was handed (if any) goes on. */
+            PyObject *handed = call_method0(future, st->str_result);
+            if (handed == NULL) {
+                return -1;
+            }
+            int had_token = (handed == Py_True);
+            Py_DECREF(handed);
+            return had_token ? self->ops->pass_on(self) : 0;
+        }
+    }
+    self->ops->dequeue(self, future);
+    if (done) {
+        return 0;
+    }
+    PyObject *res = call_method0(future, st->str_cancel);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 0;
+}
+
+int
+source_traverse(TokenSource *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->loop);
+    for (Py_ssize_t i = 0; i < self->waiters.len; i++) {
+        Py_VISIT(queue_at(&self->waiters, i));
+    }
+    return 0;
+}
+
+void
+source_clear(TokenSource *self)
+{
+    Py_CLEAR(self->loop);
+    queue_clear(&self->waiters);
+}
+
+void
+source_dealloc(TokenSource *self, inquiry clear)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    (void)clear((PyObject *)self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+/* ---- the methods both types have ---- */
+
+PyObject *
+source_acquire(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *limiters = PyTuple_Pack(1, self);
+    if (limiters == NULL) {
+        return NULL;
+    }
+    PyObject *acq = acquisition_new(((TokenSource *)self)->state, limiters,
+                                    NULL, NULL, NULL, NULL);
+    Py_DECREF(limiters);
+    return acq;
+}
+
+PyObject *
+source_acquire_nowait(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    TokenSource *self = (TokenSource *)op;
+    PyObject *loop = running_loop(self->state);
+    if (loop == NULL) {
+        return NULL;
+    }
+    int taken = self->ops->try_take(self, loop);
+    Py_DECREF(loop);
+    if (taken < 0) {
+        return NULL;
+    }
+    if (!taken) {
+        PyErr_Format(self->state->would_block, "no token of %R is free",
+                     self);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyObject *
+source_release(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    TokenSource *self = (TokenSource *)op;
+    if (self->ops->give_back(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyObject *
+source_aexit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    TokenSource *self = (TokenSource *)op;
+    if (self->ops->give_back(self) < 0) {
+        return NULL;
+    }
+    /* An acquisition of no tokens: an awaitable that returns None. */
+    PyObject *nothing = PyTuple_New(0);
+    if (nothing == NULL) {
+        return NULL;
+    }
+    PyObject *acq = acquisition_new(self->state, nothing, NULL, NULL, NULL,
+                                    NULL);
+    Py_DECREF(nothing);
+    return acq;
+}

@@ -1,0 +1,186 @@
+"""RateLimiter: starts spread at the configured rate, with the configured
+burst; FIFO; composes with Limiter in groups. Times are exact on asyncio
+(virtual clock) and checked with slack for lateness on uvloop (real time)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from taskbound import WouldBlock
+
+
+def slack(run) -> float:
+    return 0.0 if run.loop_kind == "virtual" else 0.05
+
+
+def assert_schedule(run, starts, expected):
+    """No start earlier than planned; none much later on a real clock."""
+    eps = 1e-9
+    assert len(starts) == len(expected)
+    for got, want in zip(starts, expected):
+        assert got >= want - eps - (0 if run.loop_kind == "virtual" else 0.002)
+        assert got <= want + eps + slack(run) * (1 + want * 2), (starts, expected)
+
+
+def test_starts_are_spread_with_a_burst(impl, timed_run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        limiter = impl.RateLimiter(10, per=1.0, burst=3)
+        t0 = loop.time()
+        starts = []
+
+        async def one():
+            await limiter.acquire()
+            starts.append(loop.time() - t0)
+
+        await asyncio.gather(*(one() for _ in range(8)))
+        return starts
+
+    starts = timed_run(main())
+    assert_schedule(timed_run, starts, [0, 0, 0, 0.1, 0.2, 0.3, 0.4, 0.5])
+
+
+def test_waiters_start_in_arrival_order(impl, timed_run):
+    async def main():
+        limiter = impl.RateLimiter(50)
+        order = []
+
+        async def one(tag):
+            await limiter.acquire()
+            order.append(tag)
+
+        await asyncio.gather(*(one(tag) for tag in "abcdef"))
+        return "".join(order)
+
+    assert timed_run(main()) == "abcdef"
+
+
+def test_cancelled_waiter_leaves_nothing_behind(impl, timed_run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        limiter = impl.RateLimiter(10)
+        t0 = loop.time()
+        await limiter.acquire()                         # t = 0
+        doomed = asyncio.create_task(limiter.acquire())  # would start at 0.1
+        later = asyncio.create_task(limiter.acquire())   # would start at 0.2
+        await asyncio.sleep(0.05)
+        waiting = limiter.statistics().waiting
+        doomed.cancel()
+        await later
+        return waiting, loop.time() - t0, limiter.statistics().waiting
+
+    waiting, started, after = timed_run(main())
+    assert waiting == 2 and after == 0
+    assert_schedule(timed_run, [started], [0.1])   # took the freed slot
+
+
+def test_raising_the_rate_speeds_up_waiters(impl, timed_run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        limiter = impl.RateLimiter(1)                   # one per second
+        t0 = loop.time()
+        await limiter.acquire()
+        waiter = asyncio.create_task(limiter.acquire())
+        await asyncio.sleep(0)
+        limiter.rate = 10                                # now 0.1 s apart
+        await waiter
+        return loop.time() - t0, limiter.rate
+
+    started, rate = timed_run(main())
+    assert rate == 10.0
+    assert_schedule(timed_run, [started], [0.1])
+
+
+def test_with_a_limiter_in_a_group_both_bounds_hold(impl, timed_run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        rate = impl.RateLimiter(20)                     # 0.05 s apart
+        slots = impl.Limiter(2)
+        t0 = loop.time()
+        starts, running, peak = [], [0], [0]
+
+        async def item():
+            starts.append(loop.time() - t0)
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            await asyncio.sleep(0.2)
+            running[0] -= 1
+
+        async with impl.BoundedTaskGroup(limiter=[slots, rate]) as tg:
+            for _ in range(6):
+                await tg.spawn(item())
+        return starts, peak[0]
+
+    starts, peak = timed_run(main())
+    assert peak == 2
+    # Two at once (rate-spread 0.05 apart), then each waits for a slot.
+    assert_schedule(timed_run, starts, [0, 0.05, 0.2, 0.25, 0.4, 0.45])
+
+
+def test_nowait_locked_release_and_statistics(impl, timed_run):
+    async def main():
+        limiter = impl.RateLimiter(5, per=2.0, burst=2)
+        states = [limiter.locked()]
+        limiter.acquire_nowait()
+        limiter.acquire_nowait()
+        states.append(limiter.locked())
+        with pytest.raises(WouldBlock):
+            limiter.acquire_nowait()
+        limiter.release()           # nothing to give back
+        states.append(limiter.locked())
+        states.append(tuple(limiter.statistics()))
+        await asyncio.sleep(0.4)     # 2 s / 5 = 0.4 s per start
+        states.append(limiter.locked())
+        async with limiter:
+            pass
+        return states
+
+    assert timed_run(main()) == [False, True, True, (5.0, 2.0, 2, 0), False]
+
+
+def test_second_event_loop_is_refused(impl, run):
+    limiter = impl.RateLimiter(100)
+
+    async def use():
+        await limiter.acquire()
+
+    run(use())
+    with pytest.raises(RuntimeError, match="different event loop"):
+        run(use())
+
+
+@pytest.mark.parametrize("field", ["rate", "per"])
+@pytest.mark.parametrize("value, error", [
+    (0, ValueError), (-1, ValueError), (math.nan, ValueError),
+    (math.inf, ValueError), (-math.inf, ValueError), ("1", TypeError),
+    (None, TypeError), (True, TypeError),
+])
+def test_bad_rate_and_per(impl, field, value, error):
+    kwargs = {"rate": 1, "per": 1.0, field: value}
+    with pytest.raises(error, match=field):
+        impl.RateLimiterType(**kwargs)
+    if field == "rate":
+        limiter = impl.RateLimiterType(3)
+        with pytest.raises(error, match="rate"):
+            limiter.rate = value
+        assert limiter.rate == 3
+
+
+@pytest.mark.parametrize("burst, error", [
+    (0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError),
+    ("2", TypeError),
+])
+def test_bad_burst(impl, burst, error):
+    with pytest.raises(error, match="burst"):
+        impl.RateLimiterType(1, burst=burst)
+
+
+def test_rate_limiter_in_group_limiters(impl):
+    rate = impl.RateLimiter(5)
+    plain = impl.Limiter(1)
+    group = impl.GroupType(limiter=(rate, plain))
+    assert group.limiters == (rate, plain)     # rank order: creation order
+    assert "RateLimiter" in repr(rate) and "burst=1" in repr(rate)
