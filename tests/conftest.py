@@ -32,6 +32,11 @@ class Impl:
         self.RateLimiterType = self.module.RateLimiter
         self.GroupType = self.module.BoundedTaskGroup
         self.limiters: list = []
+        from taskbound._stream import Helpers
+        helpers = Helpers((self.LimiterType, self.RateLimiterType))
+        self.gather = helpers.gather
+        self.as_completed = helpers.as_completed
+        self.amap = helpers.amap
 
     def Limiter(self, total_tokens):
         limiter = self.LimiterType(total_tokens)

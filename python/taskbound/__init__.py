@@ -22,6 +22,13 @@ else:
     from ._taskbound import BoundedTaskGroup, Limiter, RateLimiter
     implementation = "c"
 
+from ._stream import Helpers as _Helpers
+
+_helpers = _Helpers((Limiter, RateLimiter))
+gather = _helpers.gather
+as_completed = _helpers.as_completed
+amap = _helpers.amap
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -33,5 +40,8 @@ __all__ = [
     "RateLimiter",
     "RateLimiterStatistics",
     "WouldBlock",
+    "amap",
+    "as_completed",
+    "gather",
     "implementation",
 ]

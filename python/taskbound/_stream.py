@@ -1,0 +1,441 @@
+"""gather, as_completed and amap: bounded, lazy, run by `limit` workers.
+
+A stream pulls items from its source (a sync or async iterable) only when a
+worker is free, runs each item inline in that worker (no Task per item),
+each in its own copy of the caller's context, and hands the outcomes to the
+consumer in input order or in completion order. A worker does not pull
+while `limit` outcomes wait for the consumer, so a slow consumer holds the
+source back: at most about 2 x limit items are pulled and not yet consumed.
+
+On the first error (unless errors are returned), on aclose(), on a break
+out of the iteration (the iterator is finalized) and on cancellation of the
+consumer, the stream cancels and awaits its workers, closes its source and
+closes the coroutines it never started.
+
+The engine works with the limiters of either implementation: it takes
+tokens through the public acquire()/release() protocol, in rank order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import collections.abc
+import contextvars
+import inspect
+import types
+from asyncio import CancelledError
+
+from ._common import check_limit
+
+
+@types.coroutine
+def _run_in(context, awaitable):
+    """Await ``awaitable``, running each of its steps in ``context`` (what a
+    Task does for its coroutine), from inside the current task."""
+    if isinstance(awaitable, collections.abc.Coroutine):
+        iterator = awaitable
+    else:
+        iterator = awaitable.__await__()
+    value, error = None, None
+    while True:
+        try:
+            if error is not None:
+                yielded = context.run(iterator.throw, error)
+            else:
+                yielded = context.run(iterator.send, value)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            value, error = (yield yielded), None
+        except BaseException as exc:  # thrown in by the task: pass it on
+            value, error = None, exc
+
+
+def _close_coroutine(item) -> None:
+    if inspect.iscoroutine(item):
+        item.close()
+
+
+class _Outcome:
+    __slots__ = ("value", "error")
+
+    def __init__(self, value=None, error=None) -> None:
+        self.value = value
+        self.error = error
+
+
+class _Stream:
+    """The engine shared by the three helpers."""
+
+    def __init__(self, source, make, *, limit, limiters, ordered,
+                 return_exceptions, as_futures, strict_input) -> None:
+        self._source = source
+        self._make = make                # item -> awaitable
+        self._strict_input = strict_input  # a bad item fails the stream
+        self._limit = limit
+        self._limiters = limiters        # rank order
+        self._ordered = ordered
+        self._return_exceptions = return_exceptions
+        self._as_futures = as_futures
+        self._context = contextvars.copy_context()
+        self._loop = None
+        self._iterator = None
+        self._pull_lock = None
+        self._workers: set = set()
+        self._pulled = 0                 # index of the next item
+        self._emitted = 0                # ordered: index of the next outcome
+        self._outcomes: dict | collections.deque
+        self._outcomes = {} if ordered else collections.deque()
+        self._room: collections.deque = collections.deque()
+        self._wakeup = None
+        self._exhausted = False
+        self._error: BaseException | None = None
+        self._raised = False
+        self._closed = False
+
+    # -- the consumer's side --
+
+    async def next(self) -> _Outcome:
+        if self._loop is None:
+            self._start()
+        while True:
+            if self._error is not None and not self._raised:
+                self._raised = True
+                await self.aclose()
+                raise self._error
+            outcome = self._take()
+            if outcome is not None:
+                return outcome
+            if self._closed or (self._exhausted and not self._workers):
+                await self.aclose()
+                raise StopAsyncIteration
+            self._wakeup = self._loop.create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
+
+    async def aclose(self) -> None:
+        if self._closed and not self._workers:
+            return
+        self._closed = True
+        workers = list(self._workers)
+        for task in workers:
+            task.cancel()
+        if workers:
+            await asyncio.wait(workers)
+        await self._close_source()
+        self._outcomes.clear()
+
+    def finalize(self) -> None:
+        """The iterator was dropped (a break): clean up in the background."""
+        if self._loop is None or (self._closed and not self._workers):
+            return
+        if not self._loop.is_closed():
+            self._loop.create_task(self.aclose())
+
+    def _take(self):
+        outcomes = self._outcomes
+        if self._ordered:
+            outcome = outcomes.pop(self._emitted, None)
+            if outcome is None:
+                return None
+            self._emitted += 1
+        elif outcomes:
+            outcome = outcomes.popleft()
+        else:
+            return None
+        while self._room:      # one outcome gone: one worker may go on
+            future = self._room.popleft()
+            if not future.done():
+                future.set_result(None)
+                break
+        return outcome
+
+    def _wake_consumer(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    # -- the workers' side --
+
+    def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if hasattr(self._source, "__aiter__"):
+            self._iterator = self._source.__aiter__()
+            self._pull_lock = asyncio.Lock()
+        else:
+            self._iterator = iter(self._source)
+        for _ in range(self._limit or 1):
+            self._add_worker()
+
+    def _add_worker(self) -> None:
+        task = self._loop.create_task(self._work())
+        self._workers.add(task)
+        task.add_done_callback(self._worker_done)
+
+    def _worker_done(self, task) -> None:
+        self._workers.discard(task)
+        if not self._workers:
+            self._wake_consumer()
+
+    def _stopped(self) -> bool:
+        return self._exhausted or self._closed or self._error is not None
+
+    async def _work(self) -> None:
+        while not self._stopped():
+            if self._limit is not None and len(self._outcomes) >= self._limit:
+                future = self._loop.create_future()
+                self._room.append(future)
+                await future
+                continue
+            held = await self._take_tokens()
+            try:
+                pulled = await self._pull()
+                if pulled is None:
+                    return
+                if self._limit is None and not self._stopped():
+                    self._add_worker()    # unbounded: one more ready to pull
+                index, item = pulled
+                outcome = await self._run(item)
+            finally:
+                for limiter in reversed(held):
+                    limiter.release()
+            self._deliver(index, outcome)
+
+    async def _take_tokens(self) -> list:
+        held = []
+        try:
+            for limiter in self._limiters:
+                await limiter.acquire()
+                held.append(limiter)
+        except BaseException:
+            for limiter in reversed(held):
+                limiter.release()
+            raise
+        return held
+
+    async def _pull(self):
+        if self._stopped():
+            return None
+        try:
+            if self._pull_lock is None:
+                item = next(self._iterator)
+            else:
+                async with self._pull_lock:
+                    if self._stopped():
+                        return None
+                    item = await self._iterator.__anext__()
+        except (StopIteration, StopAsyncIteration):
+            self._exhausted = True
+            self._wake_consumer()
+            return None
+        except CancelledError:
+            raise
+        except BaseException as exc:   # the source itself failed
+            self._fail(exc)
+            return None
+        index = self._pulled
+        self._pulled += 1
+        return index, item
+
+    async def _run(self, item) -> _Outcome:
+        context = self._context.copy()
+        try:
+            awaitable = context.run(self._make, item)
+            if not inspect.isawaitable(awaitable):
+                raise TypeError(f"an awaitable was expected, got {awaitable!r}")
+        except BaseException as exc:
+            if self._strict_input:
+                _close_coroutine(item)
+                self._fail(exc)
+                return None
+            return _Outcome(error=exc)
+        if self._as_futures and asyncio.isfuture(awaitable):
+            # A given Task or Future: wait for it (never cancel it) and
+            # hand it on as it is.
+            await asyncio.wait([awaitable])
+            return _Outcome(value=awaitable)
+        try:
+            value = await _run_in(context, awaitable)
+        except CancelledError as exc:
+            if self._closed or asyncio.current_task().cancelling():
+                raise             # the stream is shutting down
+            return _Outcome(error=exc)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            self._fail(exc)
+            raise
+        except BaseException as exc:
+            return _Outcome(error=exc)
+        return _Outcome(value=value)
+
+    def _deliver(self, index, outcome: _Outcome | None) -> None:
+        if self._closed or outcome is None:
+            return
+        if self._as_futures:
+            outcome = _Outcome(value=self._as_future(outcome))
+        elif outcome.error is not None and not self._return_exceptions:
+            self._fail(outcome.error)
+            return
+        if self._ordered:
+            self._outcomes[index] = outcome
+        else:
+            self._outcomes.append(outcome)
+        self._wake_consumer()
+
+    def _as_future(self, outcome: _Outcome):
+        if outcome.error is None and asyncio.isfuture(outcome.value):
+            return outcome.value
+        future = self._loop.create_future()
+        if outcome.error is not None:
+            future.set_exception(outcome.error)
+        else:
+            future.set_result(outcome.value)
+        return future
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        current = asyncio.current_task()
+        for task in self._workers:
+            if task is not current:
+                task.cancel()
+        self._wake_consumer()
+
+    async def _close_source(self) -> None:
+        iterator = self._iterator
+        self._iterator = None
+        if iterator is None:
+            iterator = iter(self._source) if isinstance(
+                self._source, (list, tuple)) else None
+            if iterator is None:
+                return
+        if hasattr(iterator, "aclose"):
+            await iterator.aclose()
+        elif hasattr(iterator, "close"):
+            iterator.close()
+        elif isinstance(self._source, (list, tuple)):
+            for item in iterator:    # coroutines never started
+                _close_coroutine(item)
+
+
+class StreamIterator:
+    """What amap() and as_completed() return: an async iterator and an
+    async context manager (leaving it closes the stream)."""
+
+    __slots__ = ("_stream", "_unwrap", "__weakref__")
+
+    def __init__(self, stream: _Stream, unwrap) -> None:
+        self._stream = stream
+        self._unwrap = unwrap
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        try:
+            outcome = await self._stream.next()
+        except CancelledError:
+            await self._stream.aclose()
+            raise
+        return self._unwrap(outcome)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self._stream.aclose()
+
+    def __del__(self) -> None:
+        self._stream.finalize()
+
+
+def _outcome_value(outcome: _Outcome):
+    return outcome.value if outcome.error is None else outcome.error
+
+
+def _check_awaitable(item):
+    if not inspect.isawaitable(item):
+        raise TypeError(f"an awaitable was expected, got {item!r}")
+    return item
+
+
+def _check_iterable(items) -> None:
+    if not hasattr(items, "__aiter__") and not hasattr(items, "__iter__"):
+        raise TypeError("items must be an iterable or an async iterable, "
+                        f"not {type(items).__name__}")
+
+
+class Helpers:
+    """gather, as_completed and amap over the limiters of one
+    implementation (its Limiter and RateLimiter types)."""
+
+    def __init__(self, limiter_types: tuple) -> None:
+        self._limiter_types = limiter_types
+
+    def _limiters(self, limiter) -> tuple:
+        if limiter is None:
+            return ()
+        items = [limiter] if isinstance(limiter, self._limiter_types) \
+            else limiter
+        if not isinstance(items, (list, tuple)) or not all(
+                isinstance(item, self._limiter_types) for item in items):
+            raise TypeError("limiter must be a Limiter, a RateLimiter or a "
+                            f"sequence of them, not {limiter!r}")
+        unique = list({id(item): item for item in items}.values())
+        return tuple(sorted(unique, key=lambda item: item._rank))
+
+    def _stream(self, source, make, limit, limiter, **options) -> _Stream:
+        if limit is not None:
+            limit = check_limit(limit)
+        return _Stream(source, make, limit=limit,
+                       limiters=self._limiters(limiter), **options)
+
+    async def gather(self, *aws, limit=None, limiter=None,
+                     return_exceptions=False):
+        """Like asyncio.gather, running at most ``limit`` at once."""
+        try:
+            for item in aws:
+                _check_awaitable(item)
+            stream = self._stream(aws, _check_awaitable, limit, limiter,
+                                  ordered=True,
+                                  return_exceptions=return_exceptions,
+                                  as_futures=False, strict_input=True)
+        except BaseException:
+            for item in aws:
+                _close_coroutine(item)
+            raise
+        results = []
+        try:
+            while True:
+                outcome = await stream.next()
+                results.append(_outcome_value(outcome))
+        except StopAsyncIteration:
+            return results
+        except CancelledError:
+            await stream.aclose()
+            raise
+
+    def as_completed(self, aws, *, limit=None, limiter=None):
+        """Done futures in completion order: each given Task or Future
+        itself, and for each coroutine a done future with its outcome."""
+        _check_iterable(aws)
+        stream = self._stream(aws, _check_awaitable, limit, limiter,
+                              ordered=False, return_exceptions=True,
+                              as_futures=True, strict_input=True)
+        return StreamIterator(stream, lambda outcome: outcome.value)
+
+    def amap(self, fn, items, *, limit=None, limiter=None, ordered=True,
+             return_exceptions=False):
+        """``await fn(item)`` for each item, in input order (``ordered``) or
+        in completion order."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {fn!r}")
+        _check_iterable(items)
+        stream = self._stream(items, fn, limit, limiter, ordered=ordered,
+                              return_exceptions=return_exceptions,
+                              as_futures=False, strict_input=False)
+        return StreamIterator(stream, _outcome_value)
