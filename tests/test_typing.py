@@ -11,20 +11,35 @@ import textwrap
 
 GOOD = textwrap.dedent('''
     import asyncio
-    from taskbound import BoundedTaskGroup, Limiter, LimiterStatistics
+    from taskbound import (BoundedTaskGroup, Limiter, LimiterStatistics,
+                           RateLimiter, amap, as_completed, gather)
 
     async def answer() -> int:
         await asyncio.sleep(0)
         return 42
 
-    async def main() -> tuple[int, int, LimiterStatistics, int | None]:
+    async def length(text: str) -> int:
+        return len(text)
+
+    async def main() -> tuple[int, int, LimiterStatistics, int | None,
+                              list[int], tuple[int, int], list[int]]:
         shared = Limiter(4)
+        rate = RateLimiter(1000, burst=10)
         async with shared:
             pass
-        async with BoundedTaskGroup(limit=2, limiter=[shared]) as tg:
+        async with BoundedTaskGroup(limit=2, limiter=[shared, rate]) as tg:
             task: asyncio.Task[int] = await tg.spawn(answer())
             other: asyncio.Task[int] = tg.create_task(answer(), name="other")
-        return task.result(), other.result(), shared.statistics(), tg.limit
+        lengths: list[int] = [n async for n in amap(length, ["ab", "c"],
+                                                    limit=2)]
+        pair: tuple[int, int] = await gather(answer(), length("xyz"),
+                                             limit=1)
+        done: list[int] = []
+        async with as_completed([answer()], limit=1) as futures:
+            async for future in futures:
+                done.append(future.result())
+        return (task.result(), other.result(), shared.statistics(), tg.limit,
+                lengths, pair, done)
 ''')
 
 BAD = textwrap.dedent('''
@@ -57,9 +72,11 @@ def test_typed_example_checks_and_runs(impl, run, tmp_path_factory):
     assert checked.returncode == 0, checked.stdout + checked.stderr
     namespace: dict = {}
     exec(compile(GOOD, "example.py", "exec"), namespace)
-    namespace["BoundedTaskGroup"] = impl.BoundedTaskGroup
-    namespace["Limiter"] = impl.Limiter
-    assert run(namespace["main"]()) == (42, 42, (4, 0, 0), 2)
+    for name in ("BoundedTaskGroup", "Limiter", "RateLimiter", "amap",
+                 "as_completed", "gather"):
+        namespace[name] = getattr(impl, name)
+    assert run(namespace["main"]()) == (42, 42, (4, 0, 0), 2, [2, 1],
+                                        [42, 3], [42])
 
 
 def test_wrong_task_type_is_rejected(impl, run, tmp_path_factory):

@@ -1,8 +1,15 @@
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sequence,
+)
 from types import TracebackType
-from typing import Literal, Self, TypeVar
+from typing import Literal, Self, TypeVar, overload
 
 from ._common import DeadlockError as DeadlockError
 from ._common import GroupStatistics as GroupStatistics
@@ -11,6 +18,12 @@ from ._common import RateLimiterStatistics as RateLimiterStatistics
 from ._common import WouldBlock as WouldBlock
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
+_T1 = TypeVar("_T1")
+_T2 = TypeVar("_T2")
+_T3 = TypeVar("_T3")
+_T4 = TypeVar("_T4")
+_T5 = TypeVar("_T5")
 
 implementation: Literal["c", "python"]
 __version__: str
@@ -97,3 +110,83 @@ class BoundedTaskGroup:
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[_T]: ...
     def cancel(self) -> None: ...
+
+_Limiters = AnyLimiter | Sequence[AnyLimiter] | None
+
+class StreamIterator(AsyncIterator[_T]):
+    def __aiter__(self) -> Self: ...
+    async def __anext__(self) -> _T: ...
+    async def aclose(self) -> None: ...
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+@overload
+def amap(
+    fn: Callable[[_T], Awaitable[_R]],
+    items: Iterable[_T] | AsyncIterable[_T],
+    *,
+    limit: int | None = None,
+    limiter: _Limiters = None,
+    ordered: bool = True,
+    return_exceptions: Literal[False] = False,
+) -> StreamIterator[_R]: ...
+@overload
+def amap(
+    fn: Callable[[_T], Awaitable[_R]],
+    items: Iterable[_T] | AsyncIterable[_T],
+    *,
+    limit: int | None = None,
+    limiter: _Limiters = None,
+    ordered: bool = True,
+    return_exceptions: bool,
+) -> StreamIterator[_R | BaseException]: ...
+def as_completed(
+    aws: Iterable[Awaitable[_T]] | AsyncIterable[Awaitable[_T]],
+    *,
+    limit: int | None = None,
+    limiter: _Limiters = None,
+) -> StreamIterator[asyncio.Future[_T]]: ...
+@overload
+async def gather(
+    aw1: Awaitable[_T1], /, *, limit: int | None = None,
+    limiter: _Limiters = None, return_exceptions: Literal[False] = False,
+) -> tuple[_T1]: ...
+@overload
+async def gather(
+    aw1: Awaitable[_T1], aw2: Awaitable[_T2], /, *, limit: int | None = None,
+    limiter: _Limiters = None, return_exceptions: Literal[False] = False,
+) -> tuple[_T1, _T2]: ...
+@overload
+async def gather(
+    aw1: Awaitable[_T1], aw2: Awaitable[_T2], aw3: Awaitable[_T3], /, *,
+    limit: int | None = None, limiter: _Limiters = None,
+    return_exceptions: Literal[False] = False,
+) -> tuple[_T1, _T2, _T3]: ...
+@overload
+async def gather(
+    aw1: Awaitable[_T1], aw2: Awaitable[_T2], aw3: Awaitable[_T3],
+    aw4: Awaitable[_T4], /, *, limit: int | None = None,
+    limiter: _Limiters = None, return_exceptions: Literal[False] = False,
+) -> tuple[_T1, _T2, _T3, _T4]: ...
+@overload
+async def gather(
+    aw1: Awaitable[_T1], aw2: Awaitable[_T2], aw3: Awaitable[_T3],
+    aw4: Awaitable[_T4], aw5: Awaitable[_T5], /, *,
+    limit: int | None = None, limiter: _Limiters = None,
+    return_exceptions: Literal[False] = False,
+) -> tuple[_T1, _T2, _T3, _T4, _T5]: ...
+@overload
+async def gather(
+    *aws: Awaitable[_T], limit: int | None = None, limiter: _Limiters = None,
+    return_exceptions: Literal[False] = False,
+) -> list[_T]: ...
+@overload
+async def gather(
+    *aws: Awaitable[_T], limit: int | None = None, limiter: _Limiters = None,
+    return_exceptions: bool,
+) -> list[_T | BaseException]: ...
