@@ -85,21 +85,32 @@ def test_amap_ordered_and_unordered(impl, run, kind):
 def test_as_completed_yields_in_completion_order(impl, run):
     async def main():
         loop = asyncio.get_running_loop()
+        head_may_finish = asyncio.Event()
+
+        async def head():
+            await head_may_finish.wait()
+            return 9
+
+        async def quick():
+            return 4
+
         given = loop.create_future()
-        loop.call_later(0.003, given.set_result, "future")
-        task = asyncio.create_task(square(5, 0.001))
+        loop.call_soon(given.set_result, "future")
+        task = asyncio.create_task(square(5))
         order = []
-        async with impl.as_completed([square(3, 0.006), given, task,
-                                      square(2, 0)], limit=2) as done:
+        # limit 2: head() holds one worker; the other takes the future, the
+        # task and quick() in turn; head() finishes last, when let go.
+        async with impl.as_completed([head(), given, task, quick()],
+                                     limit=2) as done:
             async for future in done:
                 assert future.done()
                 order.append(future if future in (given, task)
                              else future.result())
+                if len(order) == 3:
+                    head_may_finish.set()
         return order, given, task
 
     order, given, task = run(main())
-    # square(3) and the future start first (limit 2); the task is awaited
-    # once a slot frees up, already done by then.
     assert order == [given, task, 4, 9]
 
 

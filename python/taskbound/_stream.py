@@ -96,7 +96,10 @@ class _Stream:
 
     # -- the consumer's side --
 
-    async def next(self) -> _Outcome:
+    async def next(self):
+        """The next value: a result, an exception (return_exceptions) or a
+        done future (as_completed). Raises the stream's first error, or
+        StopAsyncIteration at the end."""
         if self._loop is None:
             self._start()
         while True:
@@ -106,7 +109,8 @@ class _Stream:
                 raise self._error
             outcome = self._take()
             if outcome is not None:
-                return outcome
+                return outcome.value if outcome.error is None \
+                    else outcome.error
             if self._closed or (self._exhausted and not self._workers):
                 await self.aclose()
                 raise StopAsyncIteration
@@ -323,22 +327,20 @@ class StreamIterator:
     """What amap() and as_completed() return: an async iterator and an
     async context manager (leaving it closes the stream)."""
 
-    __slots__ = ("_stream", "_unwrap", "__weakref__")
+    __slots__ = ("_stream", "__weakref__")
 
-    def __init__(self, stream: _Stream, unwrap) -> None:
+    def __init__(self, stream) -> None:
         self._stream = stream
-        self._unwrap = unwrap
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
         try:
-            outcome = await self._stream.next()
+            return await self._stream.next()
         except CancelledError:
             await self._stream.aclose()
             raise
-        return self._unwrap(outcome)
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -351,10 +353,6 @@ class StreamIterator:
 
     def __del__(self) -> None:
         self._stream.finalize()
-
-
-def _outcome_value(outcome: _Outcome):
-    return outcome.value if outcome.error is None else outcome.error
 
 
 def _check_awaitable(item):
@@ -373,8 +371,9 @@ class Helpers:
     """gather, as_completed and amap over the limiters of one
     implementation (its Limiter and RateLimiter types)."""
 
-    def __init__(self, limiter_types: tuple) -> None:
+    def __init__(self, limiter_types: tuple, stream_type=None) -> None:
         self._limiter_types = limiter_types
+        self._stream_type = stream_type or _Stream
 
     def _limiters(self, limiter) -> tuple:
         if limiter is None:
@@ -388,11 +387,11 @@ class Helpers:
         unique = list({id(item): item for item in items}.values())
         return tuple(sorted(unique, key=lambda item: item._rank))
 
-    def _stream(self, source, make, limit, limiter, **options) -> _Stream:
+    def _stream(self, source, make, limit, limiter, **options):
         if limit is not None:
             limit = check_limit(limit)
-        return _Stream(source, make, limit=limit,
-                       limiters=self._limiters(limiter), **options)
+        return self._stream_type(source, make, limit=limit,
+                                 limiters=self._limiters(limiter), **options)
 
     async def gather(self, *aws, limit=None, limiter=None,
                      return_exceptions=False):
@@ -411,8 +410,7 @@ class Helpers:
         results = []
         try:
             while True:
-                outcome = await stream.next()
-                results.append(_outcome_value(outcome))
+                results.append(await stream.next())
         except StopAsyncIteration:
             return results
         except CancelledError:
@@ -426,7 +424,7 @@ class Helpers:
         stream = self._stream(aws, _check_awaitable, limit, limiter,
                               ordered=False, return_exceptions=True,
                               as_futures=True, strict_input=True)
-        return StreamIterator(stream, lambda outcome: outcome.value)
+        return StreamIterator(stream)
 
     def amap(self, fn, items, *, limit=None, limiter=None, ordered=True,
              return_exceptions=False):
@@ -438,4 +436,4 @@ class Helpers:
         stream = self._stream(items, fn, limit, limiter, ordered=ordered,
                               return_exceptions=return_exceptions,
                               as_futures=False, strict_input=False)
-        return StreamIterator(stream, _outcome_value)
+        return StreamIterator(stream)
