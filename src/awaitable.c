@@ -135,6 +135,31 @@ set_result_if_pending(ModuleState *state, PyObject *future, PyObject *value)
     return res == NULL ? -1 : 1;
 }
 
+PySendResult
+drive_iterator(ModuleState *state, PyObject *iterator, PyObject *value,
+               PyObject *exc, PyObject **result)
+{
+    if (exc == NULL) {
+        return PyIter_Send(iterator, value, result);
+    }
+    PyObject *throw;
+    if (PyObject_GetOptionalAttr(iterator, state->str_throw, &throw) < 0) {
+        return PYGEN_ERROR;
+    }
+    if (throw == NULL) {
+        /* A plain iterator: the exception surfaces here, as in yield from. */
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        return PYGEN_ERROR;
+    }
+    *result = PyObject_CallOneArg(throw, exc);
+    Py_DECREF(throw);
+    if (*result != NULL) {
+        return PYGEN_NEXT;
+    }
+    *result = take_stop_iteration_value();
+    return *result != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+}
+
 int
 mark_blocking(ModuleState *state, PyObject *future)
 {

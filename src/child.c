@@ -95,33 +95,6 @@ fail:
     return -1;
 }
 
-/* Sends into / throws into the user's iterator. */
-static PySendResult
-child_drive(ChildObject *self, PyObject *value, PyObject *exc,
-            PyObject **result)
-{
-    if (exc == NULL) {
-        return PyIter_Send(self->iterator, value, result);
-    }
-    PyObject *throw;
-    if (PyObject_GetOptionalAttr(self->iterator, child_state(self)->str_throw,
-                                 &throw) < 0) {
-        return PYGEN_ERROR;
-    }
-    if (throw == NULL) {
-        /* A plain iterator: the exception surfaces here, as in yield from. */
-        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-        return PYGEN_ERROR;
-    }
-    *result = PyObject_CallOneArg(throw, exc);
-    Py_DECREF(throw);
-    if (*result != NULL) {
-        return PYGEN_NEXT;
-    }
-    *result = take_stop_iteration_value();
-    return *result != NULL ? PYGEN_RETURN : PYGEN_ERROR;
-}
-
 static PySendResult
 child_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
 {
@@ -143,7 +116,8 @@ child_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
         value = Py_None;
         exc = NULL;
     }
-    PySendResult status = child_drive(self, value, exc, result);
+    PySendResult status = drive_iterator(child_state(self), self->iterator,
+                                         value, exc, result);
     if (status == PYGEN_NEXT) {
         return status;
     }

@@ -45,7 +45,10 @@ module_exec(PyObject *module)
             || add_type(module, &group_spec, &st->group_type, 1) < 0
             || add_type(module, &child_spec, &st->child_type, 0) < 0
             || add_type(module, &acquisition_spec, &st->acquisition_type, 0) < 0
-            || add_type(module, &group_exit_spec, &st->group_exit_type, 0) < 0) {
+            || add_type(module, &group_exit_spec, &st->group_exit_type, 0) < 0
+            || add_type(module, &stream_spec, &st->stream_type, 1) < 0
+            || add_type(module, &stream_step_spec, &st->stream_step_type, 0) < 0
+            || add_type(module, &worker_spec, &st->worker_type, 0) < 0) {
         return -1;
     }
 
@@ -57,6 +60,7 @@ module_exec(PyObject *module)
     IMPORT(current_task, "asyncio", "current_task");
     IMPORT(cancelled_error, "asyncio", "CancelledError");
     IMPORT(coroutine_abc, "collections.abc", "Coroutine");
+    IMPORT(isfuture, "asyncio", "isfuture");
     IMPORT(would_block, "taskbound._common", "WouldBlock");
     IMPORT(limiter_statistics, "taskbound._common", "LimiterStatistics");
     IMPORT(rate_limiter_statistics, "taskbound._common",
@@ -82,6 +86,9 @@ module_exec(PyObject *module)
     INTERN(str_close, "close");
     INTERN(str_create_future, "create_future");
     INTERN(str_create_task, "create_task");
+    INTERN(str_add_done_callback, "add_done_callback");
+    INTERN(str_aclose, "aclose");
+    INTERN(str_set_exception, "set_exception");
     INTERN(str_done, "done");
     INTERN(str_exception, "exception");
     INTERN(str_result, "result");
@@ -96,20 +103,25 @@ module_exec(PyObject *module)
     if (st->kwnames_name == NULL || st->kwnames_name_context == NULL) {
         return -1;
     }
-    /* Asyncio must take our child coroutines for coroutines. */
-    PyObject *register_result = PyObject_CallMethod(
-        st->coroutine_abc, "register", "O", (PyObject *)st->child_type);
-    if (register_result == NULL) {
-        return -1;
+    /* Asyncio must take our child and worker coroutines for coroutines. */
+    PyTypeObject *coroutines[] = {st->child_type, st->worker_type};
+    for (size_t i = 0; i < sizeof(coroutines) / sizeof(*coroutines); i++) {
+        PyObject *registered = PyObject_CallMethod(
+            st->coroutine_abc, "register", "O", (PyObject *)coroutines[i]);
+        if (registered == NULL) {
+            return -1;
+        }
+        Py_DECREF(registered);
     }
-    Py_DECREF(register_result);
     st->next_rank = 0;
     return 0;
 }
 
 #define STATE_FIELDS(X)                                                   \
     X(limiter_type) X(rate_limiter_type) X(group_type) X(child_type)      \
-    X(acquisition_type)                                                   \
+    X(acquisition_type) X(stream_type) X(stream_step_type) X(worker_type) \
+    X(isfuture) X(str_add_done_callback) X(str_aclose)                    \
+    X(str_set_exception)                                                  \
     X(group_exit_type) X(get_running_loop) X(current_task)                \
     X(cancelled_error) X(would_block) X(limiter_statistics)               \
     X(rate_limiter_statistics) X(check_positive) X(check_burst)           \

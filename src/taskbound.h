@@ -67,6 +67,9 @@ typedef struct {
     PyTypeObject *child_type;
     PyTypeObject *acquisition_type;
     PyTypeObject *group_exit_type;
+    PyTypeObject *stream_type;
+    PyTypeObject *stream_step_type;
+    PyTypeObject *worker_type;
 
     /* From asyncio and taskbound._common. */
     PyObject *get_running_loop;     /* asyncio.events._get_running_loop */
@@ -81,6 +84,7 @@ typedef struct {
     PyObject *check_total_tokens;
     PyObject *check_limit;
     PyObject *coroutine_abc;        /* collections.abc.Coroutine */
+    PyObject *isfuture;             /* asyncio.isfuture */
 
     /* Interned names of the methods called on loops, futures and tasks. */
     PyObject *str_asyncio_future_blocking;
@@ -93,6 +97,9 @@ typedef struct {
     PyObject *str_close;
     PyObject *str_create_future;
     PyObject *str_create_task;
+    PyObject *str_add_done_callback;
+    PyObject *str_aclose;
+    PyObject *str_set_exception;
     PyObject *str_done;
     PyObject *str_exception;
     PyObject *str_result;
@@ -289,6 +296,66 @@ int child_close(ChildObject *child);
 PyObject *iterator_of(ModuleState *state, PyObject *awaitable);
 /* Closes a coroutine or iterator that will never run (if it can close). */
 int close_awaitable(ModuleState *state, PyObject *obj);
+
+/* ---- Streams: gather, as_completed, amap ---- */
+
+typedef struct {
+    PyObject_HEAD
+    ModuleState *state;
+    PyObject *source;          /* the iterable given */
+    PyObject *iterator;        /* its iterator; NULL before start, after close */
+    PyObject *make;            /* item -> awaitable */
+    Py_ssize_t limit;          /* 0: unbounded */
+    PyObject *limiters;        /* tuple of TokenSource, rank order */
+    PyObject *context;         /* the caller's context */
+    PyObject *loop;
+    PyObject *workers;         /* set of the worker tasks not finished */
+    Py_ssize_t live;           /* workers not finished */
+    Py_ssize_t pulled;         /* index of the next item */
+    Py_ssize_t emitted;        /* ordered: index of the next value */
+    PyObject *done;            /* ordered: dict index -> value */
+    WaiterQueue ready;         /* unordered: values in completion order */
+    WaiterQueue room;          /* futures of workers waiting for room */
+    WaiterQueue pull_line;     /* futures of workers waiting to pull */
+    PyObject *wakeup;          /* the consumer's future */
+    PyObject *workers_done;    /* a closer's future */
+    PyObject *error;           /* the first failure */
+    char is_async, ordered, return_exceptions, as_futures, strict_input;
+    char started, pulling, exhausted, closed, raised;
+} StreamObject;
+
+extern PyType_Spec stream_spec;
+extern PyType_Spec stream_step_spec;
+extern PyType_Spec worker_spec;
+
+/* stream.c, for the workers and the consumer's awaitables */
+Py_ssize_t stream_buffered(StreamObject *s);
+int stream_stopped(StreamObject *s);
+void stream_wake_consumer(StreamObject *s);
+void stream_fail(StreamObject *s, PyObject *error, PyObject *current);
+/* Cancels every worker task but `spare`. */
+void stream_cancel_workers(StreamObject *s, PyObject *spare);
+int stream_deliver(StreamObject *s, Py_ssize_t index, PyObject *value,
+                   PyObject *error, int given);
+int stream_add_worker(StreamObject *s);
+void stream_worker_finished(StreamObject *s, PyObject *task);
+int stream_start(StreamObject *s);
+PyObject *stream_take(StreamObject *s);
+/* A new waiter future at the end of `line`, marked blocking. */
+PyObject *stream_wait_in(StreamObject *s, WaiterQueue *line);
+void stream_wake_first(StreamObject *s, WaiterQueue *line);
+PyObject *worker_new(StreamObject *stream);
+int worker_set_task(PyObject *worker, PyObject *task);
+PyObject *stream_step_new(StreamObject *stream, int closing_only);
+
+/* queue helpers shared with the token sources */
+int queue_push(WaiterQueue *q, PyObject *item);
+void queue_clear(WaiterQueue *q);
+
+/* Drives an iterator one step: send(value), or throw(exc) when exc is set. */
+PySendResult drive_iterator(ModuleState *state, PyObject *iterator,
+                            PyObject *value, PyObject *exc,
+                            PyObject **result);
 
 /* ---- Awaitables ---- */
 

@@ -16,7 +16,7 @@ queue_at(WaiterQueue *q, Py_ssize_t i)
     return q->items[(q->head + i) % q->cap];
 }
 
-static int
+int
 queue_push(WaiterQueue *q, PyObject *item)
 {
     if (q->len == q->cap) {
@@ -64,7 +64,7 @@ queue_remove(WaiterQueue *q, PyObject *item)
     return 0;
 }
 
-static void
+void
 queue_clear(WaiterQueue *q)
 {
     /* Empty the structure before dropping references: a DECREF may run

@@ -33,7 +33,8 @@ class Impl:
         self.GroupType = self.module.BoundedTaskGroup
         self.limiters: list = []
         from taskbound._stream import Helpers
-        helpers = Helpers((self.LimiterType, self.RateLimiterType))
+        helpers = Helpers((self.LimiterType, self.RateLimiterType),
+                          getattr(self.module, "Stream", None))
         self.gather = helpers.gather
         self.as_completed = helpers.as_completed
         self.amap = helpers.amap

@@ -15,16 +15,18 @@ from ._common import (
     WouldBlock,
 )
 
+from ._stream import Helpers as _Helpers
+
 if _os.environ.get("TASKBOUND_PURE_PYTHON", "") not in ("", "0"):
     from ._pycore import BoundedTaskGroup, Limiter, RateLimiter
+    from ._stream import _Stream
     implementation = "python"
 else:
     from ._taskbound import BoundedTaskGroup, Limiter, RateLimiter
+    from ._taskbound import Stream as _Stream
     implementation = "c"
 
-from ._stream import Helpers as _Helpers
-
-_helpers = _Helpers((Limiter, RateLimiter))
+_helpers = _Helpers((Limiter, RateLimiter), _Stream)
 gather = _helpers.gather
 as_completed = _helpers.as_completed
 amap = _helpers.amap

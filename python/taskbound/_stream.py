@@ -58,11 +58,12 @@ def _close_coroutine(item) -> None:
 
 
 class _Outcome:
-    __slots__ = ("value", "error")
+    __slots__ = ("value", "error", "given")
 
-    def __init__(self, value=None, error=None) -> None:
+    def __init__(self, value=None, error=None, given=False) -> None:
         self.value = value
         self.error = error
+        self.given = given     # a Task or Future the caller gave
 
 
 class _Stream:
@@ -259,7 +260,7 @@ class _Stream:
             # A given Task or Future: wait for it (never cancel it) and
             # hand it on as it is.
             await asyncio.wait([awaitable])
-            return _Outcome(value=awaitable)
+            return _Outcome(value=awaitable, given=True)
         try:
             value = await _run_in(context, awaitable)
         except CancelledError as exc:
@@ -288,7 +289,7 @@ class _Stream:
         self._wake_consumer()
 
     def _as_future(self, outcome: _Outcome):
-        if outcome.error is None and asyncio.isfuture(outcome.value):
+        if outcome.given:
             return outcome.value
         future = self._loop.create_future()
         if outcome.error is not None:

@@ -1,0 +1,440 @@
+/* Stream: the engine of gather, as_completed and amap.
+ *
+ * `limit` worker tasks (worker.c) pull items from the source only when they
+ * are free, run each inline in its own copy of the caller's context, and
+ * deliver the values here, where the consumer (streamstep.c) takes them in
+ * input or completion order. A worker does not pull while `limit` values
+ * wait for the consumer, so a slow consumer holds the source back. The
+ * Python reference (taskbound/_stream.py) states the same engine plainly.
+ */
+#include "taskbound.h"
+
+Py_ssize_t
+stream_buffered(StreamObject *s)
+{
+    return s->ordered ? PyDict_GET_SIZE(s->done) : s->ready.len;
+}
+
+int
+stream_stopped(StreamObject *s)
+{
+    return s->exhausted || s->closed || s->error != NULL;
+}
+
+static void
+wake(StreamObject *s, PyObject *future)
+{
+    if (future != NULL
+            && set_result_if_pending(s->state, future, Py_None) < 0) {
+        PyErr_WriteUnraisable((PyObject *)s);
+    }
+}
+
+void
+stream_wake_consumer(StreamObject *s)
+{
+    wake(s, s->wakeup);
+}
+
+PyObject *
+stream_wait_in(StreamObject *s, WaiterQueue *line)
+{
+    PyObject *future = call_method0(s->loop, s->state->str_create_future);
+    if (future == NULL) {
+        return NULL;
+    }
+    if (queue_push(line, future) < 0 || mark_blocking(s->state, future) < 0) {
+        Py_DECREF(future);
+        return NULL;
+    }
+    return future;
+}
+
+/* Wakes the first live waiter of `line`. */
+void
+stream_wake_first(StreamObject *s, WaiterQueue *line)
+{
+    while (line->len > 0) {
+        PyObject *future = queue_pop(line);
+        int woken = set_result_if_pending(s->state, future, Py_None);
+        Py_DECREF(future);
+        if (woken < 0) {
+            PyErr_WriteUnraisable((PyObject *)s);
+        }
+        if (woken != 0) {
+            return;
+        }
+    }
+}
+
+void
+stream_cancel_workers(StreamObject *s, PyObject *spare)
+{
+    PyObject *tasks = PySequence_List(s->workers);
+    if (tasks == NULL) {
+        PyErr_WriteUnraisable((PyObject *)s);
+        return;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tasks); i++) {
+        PyObject *task = PyList_GET_ITEM(tasks, i);
+        if (task == spare) {
+            continue;
+        }
+        PyObject *res = call_method0(task, s->state->str_cancel);
+        if (res == NULL) {
+            PyErr_WriteUnraisable((PyObject *)s);
+        }
+        Py_XDECREF(res);
+    }
+    Py_DECREF(tasks);
+}
+
+void
+stream_fail(StreamObject *s, PyObject *error, PyObject *current)
+{
+    if (s->error == NULL) {
+        s->error = Py_NewRef(error);
+    }
+    stream_cancel_workers(s, current);
+    stream_wake_consumer(s);
+}
+
+/* A done future holding a value or an error (for as_completed). */
+static PyObject *
+done_future(StreamObject *s, PyObject *value, PyObject *error)
+{
+    PyObject *future = call_method0(s->loop, s->state->str_create_future);
+    if (future == NULL) {
+        return NULL;
+    }
+    PyObject *res = error != NULL
+        ? call_method1(future, s->state->str_set_exception, error)
+        : call_method1(future, s->state->str_set_result, value);
+    if (res == NULL) {
+        Py_DECREF(future);
+        return NULL;
+    }
+    Py_DECREF(res);
+    return future;
+}
+
+int
+stream_deliver(StreamObject *s, Py_ssize_t index, PyObject *value,
+               PyObject *error, int given)
+{
+    if (s->closed) {
+        return 0;
+    }
+    PyObject *item;
+    if (s->as_futures) {
+        /* A given Task or Future is handed on as it is. */
+        item = given ? Py_NewRef(value) : done_future(s, value, error);
+        if (item == NULL) {
+            return -1;
+        }
+    }
+    else if (error != NULL) {
+        if (!s->return_exceptions) {
+            stream_fail(s, error, NULL);
+            return 0;
+        }
+        item = Py_NewRef(error);
+    }
+    else {
+        item = Py_NewRef(value);
+    }
+    int status;
+    if (s->ordered) {
+        PyObject *key = PyLong_FromSsize_t(index);
+        status = key == NULL ? -1 : PyDict_SetItem(s->done, key, item);
+        Py_XDECREF(key);
+    }
+    else {
+        status = queue_push(&s->ready, item);
+    }
+    Py_DECREF(item);
+    stream_wake_consumer(s);
+    return status;
+}
+
+PyObject *
+stream_take(StreamObject *s)
+{
+    PyObject *value = NULL;
+    if (s->ordered) {
+        PyObject *key = PyLong_FromSsize_t(s->emitted);
+        if (key == NULL) {
+            return NULL;
+        }
+        value = PyDict_GetItemWithError(s->done, key);
+        if (value != NULL) {
+            Py_INCREF(value);
+            if (PyDict_DelItem(s->done, key) < 0) {
+                Py_CLEAR(value);
+            }
+            else {
+                s->emitted++;
+            }
+        }
+        Py_DECREF(key);
+        if (value == NULL) {
+            return NULL;
+        }
+    }
+    else if (s->ready.len > 0) {
+        value = queue_pop(&s->ready);
+    }
+    else {
+        return NULL;
+    }
+    stream_wake_first(s, &s->room);   /* one value gone: one worker goes on */
+    return value;
+}
+
+int
+stream_add_worker(StreamObject *s)
+{
+    PyObject *worker = worker_new(s);
+    if (worker == NULL) {
+        return -1;
+    }
+    PyObject *task = call_method1(s->loop, s->state->str_create_task, worker);
+    if (task == NULL) {
+        /* Never started: nothing to give back. */
+        PyObject *res = PyObject_CallMethod(worker, "close", NULL);
+        Py_XDECREF(res);
+        PyErr_Clear();
+        Py_DECREF(worker);
+        return -1;
+    }
+    s->live++;
+    int status = PySet_Add(s->workers, task);
+    if (status == 0) {
+        status = worker_set_task(worker, task);
+    }
+    Py_DECREF(task);
+    Py_DECREF(worker);
+    return status;
+}
+
+void
+stream_worker_finished(StreamObject *s, PyObject *task)
+{
+    s->live--;
+    if (task != NULL && PySet_Discard(s->workers, task) < 0) {
+        PyErr_WriteUnraisable((PyObject *)s);
+    }
+    if (s->live == 0) {
+        stream_wake_consumer(s);
+        wake(s, s->workers_done);
+    }
+}
+
+int
+stream_start(StreamObject *s)
+{
+    s->started = 1;
+    s->loop = running_loop(s->state);
+    if (s->loop == NULL) {
+        return -1;
+    }
+    PyTypeObject *tp = Py_TYPE(s->source);
+    if (tp->tp_as_async != NULL && tp->tp_as_async->am_aiter != NULL) {
+        s->is_async = 1;
+        s->iterator = tp->tp_as_async->am_aiter(s->source);
+    }
+    else {
+        s->iterator = PyObject_GetIter(s->source);
+    }
+    if (s->iterator == NULL) {
+        return -1;
+    }
+    Py_ssize_t workers = s->limit > 0 ? s->limit : 1;
+    for (Py_ssize_t i = 0; i < workers; i++) {
+        if (stream_add_worker(s) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- the Python type ---- */
+
+static PyObject *
+stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"source", "make", "limit", "limiters",
+                             "ordered", "return_exceptions", "as_futures",
+                             "strict_input", NULL};
+    PyObject *source, *make, *limit, *limiters;
+    int ordered, return_exceptions, as_futures, strict_input;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwds, "OO$OO!pppp:Stream", kwlist, &source, &make, &limit,
+            &PyTuple_Type, &limiters, &ordered, &return_exceptions,
+            &as_futures, &strict_input)) {
+        return NULL;
+    }
+    ModuleState *st = state_of_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(limiters); i++) {
+        PyObject *item = PyTuple_GET_ITEM(limiters, i);
+        if (!PyObject_TypeCheck(item, st->limiter_type)
+                && !PyObject_TypeCheck(item, st->rate_limiter_type)) {
+            PyErr_Format(PyExc_TypeError,
+                         "limiters must be Limiters or RateLimiters, not %R",
+                         item);
+            return NULL;
+        }
+    }
+    Py_ssize_t bound = 0;
+    if (limit != Py_None) {
+        bound = PyLong_AsSsize_t(limit);
+        if (bound == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    StreamObject *s = (StreamObject *)type->tp_alloc(type, 0);
+    if (s == NULL) {
+        return NULL;
+    }
+    s->state = st;
+    s->source = Py_NewRef(source);
+    s->make = Py_NewRef(make);
+    s->limit = bound;
+    s->limiters = Py_NewRef(limiters);
+    s->ordered = (char)ordered;
+    s->return_exceptions = (char)return_exceptions;
+    s->as_futures = (char)as_futures;
+    s->strict_input = (char)strict_input;
+    s->context = PyContext_CopyCurrent();
+    s->workers = PySet_New(NULL);
+    s->done = PyDict_New();
+    if (s->context == NULL || s->workers == NULL || s->done == NULL) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    return (PyObject *)s;
+}
+
+static PyObject *
+stream_next_method(StreamObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return stream_step_new(self, 0);
+}
+
+static PyObject *
+stream_aclose_method(StreamObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return stream_step_new(self, 1);
+}
+
+/* The iterator was dropped (a break): clean up in the background. */
+static PyObject *
+stream_finalize_method(StreamObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->loop == NULL || (self->closed && self->live == 0)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *closed = PyObject_CallMethod(self->loop, "is_closed", NULL);
+    if (closed == NULL) {
+        return NULL;
+    }
+    int is_closed = PyObject_IsTrue(closed);
+    Py_DECREF(closed);
+    if (is_closed != 0) {
+        return is_closed < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *step = stream_step_new(self, 1);
+    if (step == NULL) {
+        return NULL;
+    }
+    PyObject *task = call_method1(self->loop, self->state->str_create_task,
+                                  step);
+    Py_DECREF(step);
+    Py_XDECREF(task);
+    return task == NULL ? NULL : Py_NewRef(Py_None);
+}
+
+static int
+stream_traverse(StreamObject *s, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(s));
+    Py_VISIT(s->source);
+    Py_VISIT(s->iterator);
+    Py_VISIT(s->make);
+    Py_VISIT(s->limiters);
+    Py_VISIT(s->context);
+    Py_VISIT(s->loop);
+    Py_VISIT(s->workers);
+    Py_VISIT(s->done);
+    Py_VISIT(s->wakeup);
+    Py_VISIT(s->workers_done);
+    Py_VISIT(s->error);
+    WaiterQueue *queues[] = {&s->ready, &s->room, &s->pull_line};
+    for (size_t q = 0; q < 3; q++) {
+        for (Py_ssize_t i = 0; i < queues[q]->len; i++) {
+            Py_VISIT(queue_at(queues[q], i));
+        }
+    }
+    return 0;
+}
+
+static int
+stream_clear(StreamObject *s)
+{
+    Py_CLEAR(s->source);
+    Py_CLEAR(s->iterator);
+    Py_CLEAR(s->make);
+    Py_CLEAR(s->limiters);
+    Py_CLEAR(s->context);
+    Py_CLEAR(s->loop);
+    Py_CLEAR(s->workers);
+    Py_CLEAR(s->done);
+    Py_CLEAR(s->wakeup);
+    Py_CLEAR(s->workers_done);
+    Py_CLEAR(s->error);
+    queue_clear(&s->ready);
+    queue_clear(&s->room);
+    queue_clear(&s->pull_line);
+    return 0;
+}
+
+static void
+stream_dealloc(StreamObject *s)
+{
+    PyTypeObject *tp = Py_TYPE(s);
+    PyObject_GC_UnTrack(s);
+    (void)stream_clear(s);
+    tp->tp_free((PyObject *)s);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef stream_methods[] = {
+    {"next", (PyCFunction)stream_next_method, METH_NOARGS,
+     "Await the next value; StopAsyncIteration at the end."},
+    {"aclose", (PyCFunction)stream_aclose_method, METH_NOARGS,
+     "Cancel and await the workers, close the source."},
+    {"finalize", (PyCFunction)stream_finalize_method, METH_NOARGS,
+     "Clean up in the background (the iterator was dropped)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot stream_slots[] = {
+    {Py_tp_doc, "The engine of gather, as_completed and amap."},
+    {Py_tp_new, stream_new},
+    {Py_tp_dealloc, stream_dealloc},
+    {Py_tp_traverse, stream_traverse},
+    {Py_tp_clear, stream_clear},
+    {Py_tp_methods, stream_methods},
+    {0, NULL},
+};
+
+PyType_Spec stream_spec = {
+    .name = "taskbound._taskbound.Stream",
+    .basicsize = sizeof(StreamObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+             | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = stream_slots,
+};

@@ -1,0 +1,363 @@
+/* StreamStep: the awaitable of Stream.next() and Stream.aclose().
+ *
+ * next() returns the next value, or closes the stream and then raises its
+ * first error or StopAsyncIteration. Closing cancels the workers, waits
+ * until every one has finished, closes the source (close() of a generator,
+ * aclose() of an async generator, or the coroutines left in a list or
+ * tuple) and drops what was never consumed.
+ */
+#include "taskbound.h"
+
+enum { S_START, S_WAITING, S_CLOSE_WORKERS, S_CLOSE_SOURCE, S_DONE };
+enum { THEN_RETURN, THEN_RAISE_ERROR, THEN_STOP };
+
+typedef struct {
+    PyObject_HEAD
+    StreamObject *stream;
+    PyObject *waiting_on;
+    PyObject *source_iter;   /* S_CLOSE_SOURCE: the source's aclose() */
+    char closing_only;
+    char then;
+    int phase;
+} StreamStepObject;
+
+PyObject *
+stream_step_new(StreamObject *stream, int closing_only)
+{
+    StreamStepObject *self = PyObject_GC_New(StreamStepObject,
+                                             stream->state->stream_step_type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->stream = (StreamObject *)Py_NewRef((PyObject *)stream);
+    self->waiting_on = NULL;
+    self->source_iter = NULL;
+    self->closing_only = (char)closing_only;
+    self->then = THEN_RETURN;
+    self->phase = S_START;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static void
+close_coroutines_in(StreamObject *s, PyObject *iterator)
+{
+    PyObject *item;
+    while ((item = PyIter_Next(iterator)) != NULL) {
+        if (PyCoro_CheckExact(item) && close_awaitable(s->state, item) < 0) {
+            PyErr_WriteUnraisable(item);
+        }
+        Py_DECREF(item);
+    }
+    if (PyErr_Occurred()) {
+        PyErr_WriteUnraisable((PyObject *)s);
+    }
+}
+
+/* Closes the source; 1 with a future yielded (an async aclose()), 0 when
+ * done, -1 on error. */
+static int
+close_source(StreamStepObject *self, PyObject **result)
+{
+    StreamObject *s = self->stream;
+    ModuleState *st = s->state;
+    PyObject *iterator = s->iterator;
+    s->iterator = NULL;
+    int sequence = PyList_Check(s->source) || PyTuple_Check(s->source);
+    if (iterator == NULL) {
+        if (sequence && !s->started) {
+            iterator = PyObject_GetIter(s->source);
+            if (iterator == NULL) {
+                return -1;
+            }
+            close_coroutines_in(s, iterator);
+            Py_DECREF(iterator);
+        }
+        return 0;
+    }
+    PyObject *method;
+    if (PyObject_GetOptionalAttr(iterator, st->str_aclose, &method) < 0) {
+        Py_DECREF(iterator);
+        return -1;
+    }
+    if (method != NULL) {
+        Py_DECREF(iterator);
+        PyObject *awaitable = PyObject_CallNoArgs(method);
+        Py_DECREF(method);
+        if (awaitable == NULL) {
+            return -1;
+        }
+        self->source_iter = iterator_of(st, awaitable);
+        Py_DECREF(awaitable);
+        if (self->source_iter == NULL) {
+            return -1;
+        }
+        self->phase = S_CLOSE_SOURCE;
+        PySendResult status = drive_iterator(st, self->source_iter, Py_None,
+                                             NULL, result);
+        if (status == PYGEN_NEXT) {
+            return 1;
+        }
+        Py_CLEAR(self->source_iter);
+        if (status == PYGEN_RETURN) {
+            Py_DECREF(*result);
+            *result = NULL;
+            return 0;
+        }
+        return -1;
+    }
+    if (PyObject_GetOptionalAttr(iterator, st->str_close, &method) < 0) {
+        Py_DECREF(iterator);
+        return -1;
+    }
+    if (method != NULL) {
+        PyObject *res = PyObject_CallNoArgs(method);
+        Py_DECREF(method);
+        Py_DECREF(iterator);
+        Py_XDECREF(res);
+        return res == NULL ? -1 : 0;
+    }
+    if (sequence) {
+        close_coroutines_in(s, iterator);   /* coroutines never started */
+    }
+    Py_DECREF(iterator);
+    return 0;
+}
+
+/* What the step returns once the stream is closed. */
+static PySendResult
+finish(StreamStepObject *self, PyObject **result)
+{
+    StreamObject *s = self->stream;
+    self->phase = S_DONE;
+    queue_clear(&s->ready);
+    PyDict_Clear(s->done);
+    if (self->then == THEN_RAISE_ERROR) {
+        PyErr_SetObject((PyObject *)Py_TYPE(s->error), s->error);
+        return PYGEN_ERROR;
+    }
+    if (self->then == THEN_STOP) {
+        PyErr_SetNone(PyExc_StopAsyncIteration);
+        return PYGEN_ERROR;
+    }
+    *result = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+static PySendResult
+stream_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
+{
+    StreamStepObject *self = (StreamStepObject *)op;
+    StreamObject *s = self->stream;
+    ModuleState *st = s->state;
+
+    switch (self->phase) {
+    case S_DONE:
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot reuse already awaited coroutine");
+        return PYGEN_ERROR;
+    case S_START:
+        if (exc != NULL) {
+            goto raise_thrown;
+        }
+        if (self->closing_only) {
+            goto closing;
+        }
+        if (!s->started && stream_start(s) < 0) {
+            self->phase = S_DONE;
+            return PYGEN_ERROR;
+        }
+        break;
+    case S_WAITING:
+        if (s->wakeup == self->waiting_on) {
+            Py_CLEAR(s->wakeup);
+        }
+        Py_CLEAR(self->waiting_on);
+        if (exc != NULL) {
+            goto raise_thrown;
+        }
+        break;
+    case S_CLOSE_WORKERS:
+        Py_CLEAR(self->waiting_on);
+        if (exc != NULL) {
+            goto raise_thrown;
+        }
+        goto closing;
+    case S_CLOSE_SOURCE: {
+        PySendResult status = drive_iterator(st, self->source_iter, value,
+                                             exc, result);
+        if (status == PYGEN_NEXT) {
+            return status;
+        }
+        Py_CLEAR(self->source_iter);
+        if (status == PYGEN_ERROR) {
+            self->phase = S_DONE;
+            return status;
+        }
+        Py_DECREF(*result);
+        *result = NULL;
+        return finish(self, result);
+    }
+    }
+
+    /* next(): a value, or the end. */
+    if (s->error != NULL && !s->raised) {
+        s->raised = 1;
+        self->then = THEN_RAISE_ERROR;
+        goto closing;
+    }
+    {
+        PyObject *taken = stream_take(s);
+        if (taken != NULL) {
+            self->phase = S_DONE;
+            *result = taken;
+            return PYGEN_RETURN;
+        }
+        if (PyErr_Occurred()) {
+            goto error;
+        }
+    }
+    if (s->closed || (s->exhausted && s->live == 0)) {
+        self->then = THEN_STOP;
+        goto closing;
+    }
+    {
+        PyObject *future = call_method0(s->loop, st->str_create_future);
+        if (future == NULL || mark_blocking(st, future) < 0) {
+            Py_XDECREF(future);
+            goto error;
+        }
+        Py_XSETREF(s->wakeup, Py_NewRef(future));
+        self->waiting_on = future;
+        self->phase = S_WAITING;
+        *result = Py_NewRef(future);
+        return PYGEN_NEXT;
+    }
+
+closing:
+    s->closed = 1;
+    stream_cancel_workers(s, NULL);
+    if (s->live > 0) {
+        if (s->workers_done == NULL
+                || call_method_bool(s->workers_done, st->str_done) != 0) {
+            PyErr_Clear();
+            Py_XSETREF(s->workers_done,
+                       call_method0(s->loop, st->str_create_future));
+            if (s->workers_done == NULL) {
+                goto error;
+            }
+        }
+        if (mark_blocking(st, s->workers_done) < 0) {
+            goto error;
+        }
+        Py_XSETREF(self->waiting_on, Py_NewRef(s->workers_done));
+        self->phase = S_CLOSE_WORKERS;
+        *result = Py_NewRef(s->workers_done);
+        return PYGEN_NEXT;
+    }
+    {
+        int status = close_source(self, result);
+        if (status < 0) {
+            goto error;
+        }
+        if (status > 0) {
+            return PYGEN_NEXT;
+        }
+    }
+    return finish(self, result);
+
+raise_thrown:
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+error:
+    self->phase = S_DONE;
+    return PYGEN_ERROR;
+}
+
+static PySendResult
+stream_step_am_send(PyObject *self, PyObject *value, PyObject **result)
+{
+    return stream_step(self, value, NULL, result);
+}
+
+static PyObject *
+stream_step_send(PyObject *self, PyObject *value)
+{
+    return step_send_method(self, value, stream_step);
+}
+
+static PyObject *
+stream_step_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return step_throw_method(self, args, nargs, stream_step);
+}
+
+static PyObject *
+stream_step_iternext(PyObject *self)
+{
+    return step_iternext(self, stream_step);
+}
+
+static PyObject *
+stream_step_close(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    ((StreamStepObject *)self)->phase = S_DONE;
+    Py_RETURN_NONE;
+}
+
+static int
+stream_step_traverse(StreamStepObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->stream);
+    Py_VISIT(self->waiting_on);
+    Py_VISIT(self->source_iter);
+    return 0;
+}
+
+static int
+stream_step_clear(StreamStepObject *self)
+{
+    Py_CLEAR(self->stream);
+    Py_CLEAR(self->waiting_on);
+    Py_CLEAR(self->source_iter);
+    return 0;
+}
+
+static void
+stream_step_dealloc(StreamStepObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    (void)stream_step_clear(self);
+    PyObject_GC_Del(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef stream_step_methods[] = {
+    {"send", (PyCFunction)stream_step_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))stream_step_throw, METH_FASTCALL,
+     NULL},
+    {"close", (PyCFunction)stream_step_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot stream_step_slots[] = {
+    {Py_tp_doc, "The awaitable of Stream.next() and Stream.aclose()."},
+    {Py_tp_dealloc, stream_step_dealloc},
+    {Py_tp_traverse, stream_step_traverse},
+    {Py_tp_clear, stream_step_clear},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, stream_step_iternext},
+    {Py_tp_methods, stream_step_methods},
+    {Py_am_await, PyObject_SelfIter},
+    {Py_am_send, stream_step_am_send},
+    {0, NULL},
+};
+
+PyType_Spec stream_step_spec = {
+    .name = "taskbound._taskbound.StreamStep",
+    .basicsize = sizeof(StreamStepObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+             | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = stream_step_slots,
+};
