@@ -450,14 +450,21 @@ def test_coroutines_never_started_are_closed(impl, run):
     assert all(run(main()))
 
 
-def test_source_error_propagates_after_in_flight_is_cancelled(impl, run):
+@pytest.mark.parametrize("source_kind", ["sync", "async"])
+def test_source_error_propagates_after_in_flight_is_cancelled(impl, run,
+                                                             source_kind):
     async def main():
         cancelled = []
 
-        def source():
+        def sync_source():
             yield 0
             yield 1
             raise OSError("the source broke")
+
+        async def async_source():
+            for i in sync_source():
+                await asyncio.sleep(0)
+                yield i
 
         async def item(i):
             try:
@@ -466,12 +473,28 @@ def test_source_error_propagates_after_in_flight_is_cancelled(impl, run):
                 cancelled.append(i)
                 raise
 
+        source = sync_source() if source_kind == "sync" else async_source()
         with pytest.raises(OSError, match="source broke"):
-            async for _ in impl.amap(item, source(), limit=4):
+            async for _ in impl.amap(item, source, limit=4):
                 pass
         return sorted(cancelled)
 
     assert run(main()) == [0, 1]
+
+
+def test_gather_and_as_completed_take_futures_and_tasks(impl, run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        loop.call_soon(future.set_result, "f")
+        task = asyncio.create_task(square(3))
+        gathered = await impl.gather(future, task, square(2), limit=2)
+        again = loop.create_future()
+        loop.call_soon(again.set_result, "g")
+        seen = [f async for f in impl.as_completed([again], limit=1)]
+        return gathered, seen == [again]
+
+    assert run(main()) == (["f", 9, 4], True)
 
 
 # -- bad input --
