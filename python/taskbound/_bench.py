@@ -1,10 +1,14 @@
-"""``python -m taskbound bench``: a first, small comparison.
+"""``python -m taskbound bench``: taskbound beside the event loop's own cost,
+the stdlib patterns and the peers, on the same work in one process.
 
-Runs trivial items (``await asyncio.sleep(0)``) through each contender, in
-one process, interleaved over several rounds, and prints items per second
-(median of the rounds) and the ratio to the task floor and to the reference
-baseline measured in the same run. The full suite (peers, streaming,
-memory) comes with the benchmark issue.
+Each workload runs every contender on the same items, interleaved, over
+several rounds, and reports the median throughput, the ratio to the floor
+that applies (the *task floor* for contenders that make a Task per item,
+the *worker floor* for those that map items through workers) and to the
+reference baseline (asyncio.TaskGroup + Semaphore acquired before
+create_task), the peak of live tasks and, in a separate untimed pass, the
+peak traced memory. Peers come from the ``bench`` extra; a peer that is not
+installed is reported as skipped.
 """
 
 from __future__ import annotations
@@ -12,77 +16,294 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
+import os
+import platform
 import statistics
+import sys
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
-Contender = Callable[[int, int], Awaitable[None]]
+Item = Callable[[int], Awaitable[object]]
+Run = Callable[[int, int, Item], Awaitable[None]]
+
+BASELINE = "TaskGroup + Semaphore before create_task"
 
 
-async def item() -> None:
-    await asyncio.sleep(0)
+@dataclass
+class Contender:
+    name: str
+    kind: str                  # "task" or "worker": which floor applies
+    run: Run
+    streaming: bool = False    # part of the 1,000,000-item streaming run
 
 
-async def task_floor(items: int, limit: int) -> None:
+@dataclass
+class Result:
+    name: str
+    kind: str
+    seconds: list = field(default_factory=list)
+    peak_tasks: int = 0
+    peak_memory: int | None = None
+
+    def rate(self, items: int) -> float:
+        return items / statistics.median(self.seconds)
+
+
+# -- what an item does --
+
+class Probe:
+    """Samples the live tasks every so often (all_tasks() is not free)."""
+
+    every = 97
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.peak = 0
+
+    def __call__(self) -> None:
+        if self.every:
+            self.calls += 1
+            if self.calls % self.every == 1:
+                self.peak = max(self.peak, len(asyncio.all_tasks()))
+
+
+def make_item(delay: float, probe: Probe) -> Item:
+    async def item(i: int) -> int:
+        probe()
+        await asyncio.sleep(delay)
+        return i
+    return item
+
+
+# -- the floors and the stdlib patterns --
+
+async def task_floor(n: int, limit: int, item: Item) -> None:
     """Tasks created in batches of `limit`, no limiter, no bookkeeping."""
     loop = asyncio.get_running_loop()
-    done = 0
-    while done < items:
-        batch = [loop.create_task(item()) for _ in range(min(limit, items - done))]
+    for start in range(0, n, limit):
+        batch = [loop.create_task(item(i))
+                 for i in range(start, min(n, start + limit))]
         for task in batch:
             await task
-        done += len(batch)
 
 
-async def reference_baseline(items: int, limit: int) -> None:
-    """asyncio.TaskGroup + Semaphore acquired before create_task."""
+async def worker_floor(n: int, limit: int, item: Item) -> None:
+    """`limit` workers pulling from one iterator, awaiting items inline."""
+    items = iter(range(n))
+
+    async def worker() -> None:
+        for i in items:
+            await item(i)
+
+    await asyncio.gather(*(worker() for _ in range(limit)))
+
+
+async def taskgroup_semaphore_inside(n: int, limit: int, item: Item) -> None:
     semaphore = asyncio.Semaphore(limit)
 
-    async def run() -> None:
+    async def guarded(i: int) -> None:
+        async with semaphore:
+            await item(i)
+
+    async with asyncio.TaskGroup() as tg:
+        for i in range(n):
+            tg.create_task(guarded(i))
+
+
+async def taskgroup_semaphore_before(n: int, limit: int, item: Item) -> None:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def release_after(i: int) -> None:
         try:
-            await item()
+            await item(i)
         finally:
             semaphore.release()
 
     async with asyncio.TaskGroup() as tg:
-        for _ in range(items):
+        for i in range(n):
             await semaphore.acquire()
-            tg.create_task(run())
+            tg.create_task(release_after(i))
 
 
-def group_spawn(module) -> Contender:
-    async def contender(items: int, limit: int) -> None:
+async def gather_semaphore(n: int, limit: int, item: Item) -> None:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def guarded(i: int) -> object:
+        async with semaphore:
+            return await item(i)
+
+    await asyncio.gather(*(guarded(i) for i in range(n)))
+
+
+async def queue_pool(n: int, limit: int, item: Item) -> None:
+    queue: asyncio.Queue = asyncio.Queue(maxsize=limit)
+
+    async def worker() -> None:
+        while True:
+            i = await queue.get()
+            try:
+                await item(i)
+            finally:
+                queue.task_done()
+
+    workers = [asyncio.create_task(worker()) for _ in range(limit)]
+    for i in range(n):
+        await queue.put(i)
+    await queue.join()
+    for task in workers:
+        task.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+
+
+# -- the peers (from the bench extra) --
+
+def peers() -> tuple[list[Contender], list[str]]:
+    found: list[Contender] = []
+    missing: list[str] = []
+    try:
+        import quattro
+
+        async def quattro_group(n: int, limit: int, item: Item) -> None:
+            async with quattro.TaskGroup(concurrency_limit=limit) as tg:
+                for i in range(n):
+                    tg.create_task(item(i))
+        found.append(Contender("quattro.TaskGroup(concurrency_limit)", "task",
+                               quattro_group))
+    except ImportError:
+        missing.append("quattro")
+    try:
+        import anyio
+
+        async def anyio_group(n: int, limit: int, item: Item) -> None:
+            limiter = anyio.CapacityLimiter(limit)
+
+            async def guarded(i: int) -> None:
+                async with limiter:
+                    await item(i)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(guarded, i)
+        found.append(Contender("anyio task group + CapacityLimiter", "task",
+                               anyio_group))
+    except ImportError:
+        missing.append("anyio")
+    try:
+        import asyncio_pool
+
+        async def aio_pool(n: int, limit: int, item: Item) -> None:
+            async with asyncio_pool.AioPool(size=limit) as pool:
+                for i in range(n):
+                    await pool.spawn(item(i))
+        found.append(Contender("asyncio_pool.AioPool.spawn", "task",
+                               aio_pool))
+    except ImportError:
+        missing.append("asyncio-pool")
+    try:
+        import aiometer
+
+        async def aiometer_amap(n: int, limit: int, item: Item) -> None:
+            async with aiometer.amap(item, range(n),
+                                     max_at_once=limit) as results:
+                async for _ in results:
+                    pass
+
+        async def aiometer_each(n: int, limit: int, item: Item) -> None:
+            await aiometer.run_on_each(item, range(n), max_at_once=limit)
+        found.append(Contender("aiometer.amap", "worker", aiometer_amap))
+        found.append(Contender("aiometer.run_on_each", "worker",
+                               aiometer_each))
+    except ImportError:
+        missing.append("aiometer")
+    try:
+        from aiostream import stream
+
+        async def aiostream_map(n: int, limit: int, item: Item) -> None:
+            mapped = stream.map(stream.iterate(range(n)), item,
+                                task_limit=limit)
+            async with mapped.stream() as results:
+                async for _ in results:
+                    pass
+        found.append(Contender("aiostream.stream.map(task_limit)", "worker",
+                               aiostream_map))
+    except ImportError:
+        missing.append("aiostream")
+    return found, missing
+
+
+# -- ours --
+
+def ours(module, stream_type, label: str) -> list[Contender]:
+    from ._stream import Helpers
+    helpers = Helpers((module.Limiter, module.RateLimiter), stream_type)
+
+    async def spawn(n: int, limit: int, item: Item) -> None:
         async with module.BoundedTaskGroup(limit) as tg:
-            for _ in range(items):
-                await tg.spawn(item())
-    return contender
+            for i in range(n):
+                await tg.spawn(item(i))
 
-
-def group_create_task(module) -> Contender:
-    async def contender(items: int, limit: int) -> None:
+    async def create_task(n: int, limit: int, item: Item) -> None:
         async with module.BoundedTaskGroup(limit) as tg:
-            for _ in range(items):
-                tg.create_task(item())
-    return contender
+            for i in range(n):
+                tg.create_task(item(i))
+
+    async def amap(n: int, limit: int, item: Item) -> None:
+        async for _ in helpers.amap(item, range(n), limit=limit):
+            pass
+
+    async def amap_unordered(n: int, limit: int, item: Item) -> None:
+        async for _ in helpers.amap(item, range(n), limit=limit,
+                                    ordered=False):
+            pass
+
+    async def as_completed(n: int, limit: int, item: Item) -> None:
+        async for _ in helpers.as_completed((item(i) for i in range(n)),
+                                            limit=limit):
+            pass
+
+    async def gather(n: int, limit: int, item: Item) -> None:
+        await helpers.gather(*(item(i) for i in range(n)), limit=limit)
+
+    return [
+        Contender(f"BoundedTaskGroup.spawn [{label}]", "task", spawn),
+        Contender(f"BoundedTaskGroup.create_task [{label}]", "task",
+                  create_task),
+        Contender(f"amap [{label}]", "worker", amap, streaming=True),
+        Contender(f"amap(ordered=False) [{label}]", "worker", amap_unordered,
+                  streaming=True),
+        Contender(f"as_completed [{label}]", "worker", as_completed,
+                  streaming=True),
+        Contender(f"gather [{label}]", "worker", gather),
+    ]
 
 
-def contenders() -> dict[str, Contender]:
-    from . import _pycore
-    found: dict[str, Contender] = {
-        "task floor": task_floor,
-        "TaskGroup+Semaphore (baseline)": reference_baseline,
-    }
+def contenders() -> tuple[list[Contender], list[str]]:
+    from . import _pycore, _stream
+    found = [
+        Contender("task floor", "task", task_floor),
+        Contender("worker floor", "worker", worker_floor, streaming=True),
+        Contender(BASELINE, "task", taskgroup_semaphore_before),
+        Contender("TaskGroup + Semaphore inside the task", "task",
+                  taskgroup_semaphore_inside),
+        Contender("gather + Semaphore", "task", gather_semaphore),
+        Contender("asyncio.Queue worker pool", "worker", queue_pool,
+                  streaming=True),
+    ]
+    peer_list, missing = peers()
+    found += peer_list
     try:
         from . import _taskbound
-    except ImportError:  # pragma: no cover - the C core did not build
-        _taskbound = None
-    if _taskbound is not None:
-        found["BoundedTaskGroup.spawn [C]"] = group_spawn(_taskbound)
-        found["BoundedTaskGroup.create_task [C]"] = group_create_task(_taskbound)
-    found["BoundedTaskGroup.spawn [Python]"] = group_spawn(_pycore)
-    found["BoundedTaskGroup.create_task [Python]"] = group_create_task(_pycore)
-    return found
+        found += ours(_taskbound, _taskbound.Stream, "C")
+    except ImportError:
+        missing.append("taskbound's C core (not built)")
+    found += ours(_pycore, _stream._Stream, "Python")
+    return found, missing
 
+
+# -- running --
 
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     if kind == "uvloop":
@@ -91,41 +312,210 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def measure(args: argparse.Namespace) -> dict[str, float]:
-    found = contenders()
-    seconds: dict[str, list[float]] = {name: [] for name in found}
-    for round_no in range(args.rounds):
-        for name, contender in found.items():
-            loop = new_loop(args.loop)
-            gc.collect()
-            try:
-                start = time.perf_counter()
-                loop.run_until_complete(contender(args.items, args.limit))
-                seconds[name].append(time.perf_counter() - start)
-            finally:
-                loop.close()
-        print(f"  round {round_no + 1}/{args.rounds} done", flush=True)
-    return {name: args.items / statistics.median(times)
-            for name, times in seconds.items()}
+def run_once(contender: Contender, loop_kind: str, items: int, limit: int,
+             delay: float, trace_memory: bool = False
+             ) -> tuple[float, int, int | None]:
+    """One run; the untimed memory pass also samples the live tasks (a
+    cost that would skew the timed runs)."""
+    probe = Probe()
+    if not trace_memory:
+        probe.every = 0
+    item = make_item(delay, probe)
+    loop = new_loop(loop_kind)
+    gc.collect()
+    try:
+        if trace_memory:
+            tracemalloc.start()
+            tracemalloc.reset_peak()
+        start = time.perf_counter()
+        loop.run_until_complete(contender.run(items, limit, item))
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1] if trace_memory else None
+    finally:
+        if trace_memory:
+            tracemalloc.stop()
+        loop.close()
+    return elapsed, probe.peak, peak
+
+
+def progress(text: str) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K" + text)
+    else:
+        sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def measure(chosen: list[Contender], loop_kind: str, items: int, limit: int,
+            delay: float, rounds: int, memory: bool, title: str) -> dict:
+    results = {c.name: Result(c.name, c.kind) for c in chosen}
+    steps = rounds * len(chosen) + (len(chosen) if memory else 0)
+    step = 0
+    for round_no in range(rounds):
+        for contender in chosen:
+            step += 1
+            progress(f"[{step}/{steps}] {title}, round {round_no + 1}: "
+                     f"{contender.name}")
+            seconds, _, _ = run_once(contender, loop_kind, items, limit,
+                                     delay)
+            results[contender.name].seconds.append(seconds)
+    if memory:
+        for contender in chosen:
+            step += 1
+            progress(f"[{step}/{steps}] {title}, memory: {contender.name}")
+            _, tasks, peak = run_once(contender, loop_kind, items, limit,
+                                      delay, trace_memory=True)
+            results[contender.name].peak_memory = peak
+            results[contender.name].peak_tasks = tasks
+    if sys.stderr.isatty():
+        progress("")
+    return results
+
+
+def table(title: str, results: dict, items: int) -> list[dict]:
+    rates = {name: r.rate(items) for name, r in results.items()}
+    floors = {"task": rates.get("task floor"),
+              "worker": rates.get("worker floor")}
+    baseline = rates.get(BASELINE)
+    rows = []
+    for name, result in results.items():
+        rate = rates[name]
+        floor = floors[result.kind]
+        rows.append({
+            "contender": name,
+            "kind": result.kind,
+            "items_per_second": rate,
+            "ratio_to_floor": rate / floor if floor else None,
+            "ratio_to_baseline": rate / baseline if baseline else None,
+            "peak_live_tasks": result.peak_tasks,
+            "peak_traced_bytes": result.peak_memory,
+            "seconds": result.seconds,
+        })
+    width = max(len(row["contender"]) for row in rows)
+
+    def fmt(value, width, spec):
+        return f"{'-':>{width}}" if value is None \
+            else f"{value:>{width}{spec}}"
+
+    print(f"\n{title}")
+    print(f"{'contender':<{width}}  {'items/s':>10}  {'x floor':>8}  "
+          f"{'x baseline':>10}  {'tasks':>7}  {'peak KiB':>9}")
+    for row in rows:
+        memory = row["peak_traced_bytes"]
+        print(f"{row['contender']:<{width}}  "
+              f"{row['items_per_second']:>10,.0f}  "
+              f"{fmt(row['ratio_to_floor'], 8, '.2f')}  "
+              f"{fmt(row['ratio_to_baseline'], 10, '.2f')}  "
+              f"{fmt(row['peak_live_tasks'] or None, 7, 'd')}  "
+              f"{fmt(memory / 1024 if memory is not None else None, 9, '.0f')}")
+    return rows
+
+
+def plot(path: str, args, chosen: list[Contender]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    counts = [max(args.limit, args.items // 100), args.items // 10,
+              args.items]
+    names = [c.name for c in chosen]
+    rates: dict = {name: [] for name in names}
+    peaks: dict = {name: [] for name in names}
+    for count in counts:
+        results = measure(chosen, args.loop, count, args.limit, 0.0,
+                          max(1, args.rounds // 2), True,
+                          f"plot, {count} items")
+        for name in names:
+            rates[name].append(results[name].rate(count))
+            peaks[name].append(results[name].peak_memory / 2**20)
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 9))
+    for name in names:
+        top.plot(counts, rates[name], marker="o", label=name)
+        bottom.plot(counts, peaks[name], marker="o", label=name)
+    for axis, label in ((top, "items per second"),
+                        (bottom, "peak traced memory (MiB)")):
+        axis.set_xscale("log")
+        axis.set_xlabel("items")
+        axis.set_ylabel(label)
+        axis.grid(True, alpha=0.3)
+    top.set_title(f"await asyncio.sleep(0) items, limit {args.limit}, "
+                  f"{args.loop}")
+    top.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"\nplot written to {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taskbound bench")
-    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--items", type=int, default=10_000,
+                        help="items of the trivial workload")
+    parser.add_argument("--wait-items", type=int, default=2_000,
+                        help="items of the short-wait workload")
+    parser.add_argument("--wait-ms", type=float, default=2.0,
+                        help="each short-wait item sleeps this long")
+    parser.add_argument("--stream-items", type=int, default=1_000_000,
+                        help="items of the streaming run (0 to skip it)")
     parser.add_argument("--limit", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"],
                         default="asyncio")
+    parser.add_argument("--only", default="",
+                        help="run only contenders whose name has this text")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the untimed tracemalloc pass")
+    parser.add_argument("--stream-memory", action="store_true",
+                        help="also trace memory in the streaming run "
+                             "(slow: tracemalloc over every item)")
+    parser.add_argument("--json", metavar="FILE",
+                        help="write the raw figures to FILE")
+    parser.add_argument("--plot", metavar="FILE",
+                        help="write a PNG of throughput and peak memory "
+                             "against the item count (needs matplotlib)")
     args = parser.parse_args(argv)
-    print(f"{args.items} items of `await asyncio.sleep(0)`, limit "
-          f"{args.limit}, {args.rounds} rounds, loop {args.loop}")
-    rates = measure(args)
-    floor = rates["task floor"]
-    baseline = rates["TaskGroup+Semaphore (baseline)"]
-    width = max(len(name) for name in rates)
-    print(f"{'contender':<{width}}  {'items/s':>10}  {'x floor':>8}  "
-          f"{'x baseline':>10}")
-    for name, rate in rates.items():
-        print(f"{name:<{width}}  {rate:>10,.0f}  {rate / floor:>8.2f}  "
-              f"{rate / baseline:>10.2f}")
+
+    from . import implementation
+    found, missing = contenders()
+    floors_and_baseline = {"task floor", "worker floor", BASELINE}
+    chosen = [c for c in found
+              if args.only in c.name or c.name in floors_and_baseline]
+    print(f"taskbound bench: CPython {platform.python_version()}, loop "
+          f"{args.loop}, {os.cpu_count()} cores, limit {args.limit}, "
+          f"{args.rounds} rounds, taskbound.implementation={implementation}")
+    for name in missing:
+        print(f"skipped: {name} is not installed "
+              "(pip install 'taskbound[bench]')")
+
+    report: dict = {"python": platform.python_version(), "loop": args.loop,
+                    "cores": os.cpu_count(), "limit": args.limit,
+                    "rounds": args.rounds, "workloads": {}}
+    workloads = [("trivial", args.items, 0.0,
+                  f"{args.items:,} items of `await asyncio.sleep(0)`"),
+                 ("short wait", args.wait_items, args.wait_ms / 1000,
+                  f"{args.wait_items:,} items of "
+                  f"`await asyncio.sleep({args.wait_ms / 1000:g})`")]
+    for key, count, delay, title in workloads:
+        if count <= 0:
+            continue
+        results = measure(chosen, args.loop, count, args.limit, delay,
+                          args.rounds, not args.no_memory, title)
+        report["workloads"][key] = {"items": count, "delay": delay,
+                                    "rows": table(title, results, count)}
+    if args.stream_items > 0:
+        streaming = [c for c in chosen if c.streaming
+                     and "[Python]" not in c.name and "Queue" not in c.name]
+        title = (f"streaming {args.stream_items:,} items of "
+                 "`await asyncio.sleep(0)`, one round")
+        results = measure(streaming, args.loop, args.stream_items,
+                          args.limit, 0.0, 1, args.stream_memory, title)
+        report["workloads"]["streaming"] = {
+            "items": args.stream_items, "delay": 0.0,
+            "rows": table(title, results, args.stream_items)}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"\nraw figures written to {args.json}")
+    if args.plot:
+        keep = {"task floor", "worker floor", BASELINE,
+                "BoundedTaskGroup.spawn [C]", "amap [C]", "as_completed [C]"}
+        plot(args.plot, args, [c for c in chosen if c.name in keep])
     return 0
