@@ -48,7 +48,9 @@ module_exec(PyObject *module)
             || add_type(module, &group_exit_spec, &st->group_exit_type, 0) < 0
             || add_type(module, &stream_spec, &st->stream_type, 1) < 0
             || add_type(module, &stream_step_spec, &st->stream_step_type, 0) < 0
-            || add_type(module, &worker_spec, &st->worker_type, 0) < 0) {
+            || add_type(module, &worker_spec, &st->worker_type, 0) < 0
+            || add_type(module, &stream_iterator_spec,
+                        &st->stream_iterator_type, 1) < 0) {
         return -1;
     }
 
@@ -120,6 +122,7 @@ module_exec(PyObject *module)
 #define STATE_FIELDS(X)                                                   \
     X(limiter_type) X(rate_limiter_type) X(group_type) X(child_type)      \
     X(acquisition_type) X(stream_type) X(stream_step_type) X(worker_type) \
+    X(stream_iterator_type)                                               \
     X(isfuture) X(str_add_done_callback) X(str_aclose)                    \
     X(str_set_exception)                                                  \
     X(group_exit_type) X(get_running_loop) X(current_task)                \

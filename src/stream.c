@@ -9,10 +9,66 @@
  */
 #include "taskbound.h"
 
+/* ---- the ordered buffer ---- */
+
+static int
+ring_put(SlotRing *r, Py_ssize_t offset, PyObject *value)
+{
+    if (offset >= r->cap) {
+        Py_ssize_t cap = r->cap ? r->cap : 16;
+        while (cap <= offset) {
+            cap *= 2;
+        }
+        PyObject **slots = PyMem_New(PyObject *, cap);
+        if (slots == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < cap; i++) {
+            slots[i] = i < r->cap ? r->slots[(r->head + i) % r->cap] : NULL;
+        }
+        PyMem_Free(r->slots);
+        r->slots = slots;
+        r->head = 0;
+        r->cap = cap;
+    }
+    PyObject **slot = &r->slots[(r->head + offset) % r->cap];
+    Py_XSETREF(*slot, Py_NewRef(value));
+    r->count++;
+    return 0;
+}
+
+/* The value at the head (a new ref), or NULL if it is not there yet. */
+static PyObject *
+ring_take(SlotRing *r)
+{
+    if (r->count == 0 || r->slots[r->head] == NULL) {
+        return NULL;
+    }
+    PyObject *value = r->slots[r->head];
+    r->slots[r->head] = NULL;
+    r->head = (r->head + 1) % r->cap;
+    r->count--;
+    return value;
+}
+
+void
+ring_clear(SlotRing *r)
+{
+    PyObject **slots = r->slots;
+    Py_ssize_t cap = r->cap;
+    r->slots = NULL;
+    r->head = r->cap = r->count = 0;
+    for (Py_ssize_t i = 0; i < cap; i++) {
+        Py_XDECREF(slots[i]);
+    }
+    PyMem_Free(slots);
+}
+
 Py_ssize_t
 stream_buffered(StreamObject *s)
 {
-    return s->ordered ? PyDict_GET_SIZE(s->done) : s->ready.len;
+    return s->ordered ? s->done.count : s->ready.len;
 }
 
 int
@@ -33,7 +89,13 @@ wake(StreamObject *s, PyObject *future)
 void
 stream_wake_consumer(StreamObject *s)
 {
-    wake(s, s->wakeup);
+    /* Woken once per wait: the consumer takes every value it finds. */
+    PyObject *wakeup = s->wakeup;
+    if (wakeup != NULL) {
+        s->wakeup = NULL;
+        wake(s, wakeup);
+        Py_DECREF(wakeup);
+    }
 }
 
 PyObject *
@@ -145,15 +207,15 @@ stream_deliver(StreamObject *s, Py_ssize_t index, PyObject *value,
     }
     int status;
     if (s->ordered) {
-        PyObject *key = PyLong_FromSsize_t(index);
-        status = key == NULL ? -1 : PyDict_SetItem(s->done, key, item);
-        Py_XDECREF(key);
+        status = ring_put(&s->done, index - s->emitted, item);
     }
     else {
         status = queue_push(&s->ready, item);
     }
     Py_DECREF(item);
-    stream_wake_consumer(s);
+    if (!s->ordered || index == s->emitted) {
+        stream_wake_consumer(s);   /* in order, only the next one helps */
+    }
     return status;
 }
 
@@ -162,24 +224,11 @@ stream_take(StreamObject *s)
 {
     PyObject *value = NULL;
     if (s->ordered) {
-        PyObject *key = PyLong_FromSsize_t(s->emitted);
-        if (key == NULL) {
-            return NULL;
-        }
-        value = PyDict_GetItemWithError(s->done, key);
-        if (value != NULL) {
-            Py_INCREF(value);
-            if (PyDict_DelItem(s->done, key) < 0) {
-                Py_CLEAR(value);
-            }
-            else {
-                s->emitted++;
-            }
-        }
-        Py_DECREF(key);
+        value = ring_take(&s->done);
         if (value == NULL) {
             return NULL;
         }
+        s->emitted++;
     }
     else if (s->ready.len > 0) {
         value = queue_pop(&s->ready);
@@ -310,8 +359,7 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     s->strict_input = (char)strict_input;
     s->context = PyContext_CopyCurrent();
     s->workers = PySet_New(NULL);
-    s->done = PyDict_New();
-    if (s->context == NULL || s->workers == NULL || s->done == NULL) {
+    if (s->context == NULL || s->workers == NULL) {
         Py_DECREF(s);
         return NULL;
     }
@@ -321,13 +369,13 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static PyObject *
 stream_next_method(StreamObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return stream_step_new(self, 0);
+    return stream_step_new(self, STEP_NEXT);
 }
 
 static PyObject *
 stream_aclose_method(StreamObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return stream_step_new(self, 1);
+    return stream_step_new(self, STEP_CLOSE);
 }
 
 /* The iterator was dropped (a break): clean up in the background. */
@@ -346,7 +394,7 @@ stream_finalize_method(StreamObject *self, PyObject *Py_UNUSED(ignored))
     if (is_closed != 0) {
         return is_closed < 0 ? NULL : Py_NewRef(Py_None);
     }
-    PyObject *step = stream_step_new(self, 1);
+    PyObject *step = stream_step_new(self, STEP_CLOSE);
     if (step == NULL) {
         return NULL;
     }
@@ -368,7 +416,9 @@ stream_traverse(StreamObject *s, visitproc visit, void *arg)
     Py_VISIT(s->context);
     Py_VISIT(s->loop);
     Py_VISIT(s->workers);
-    Py_VISIT(s->done);
+    for (Py_ssize_t i = 0; i < s->done.cap; i++) {
+        Py_VISIT(s->done.slots[i]);
+    }
     Py_VISIT(s->wakeup);
     Py_VISIT(s->workers_done);
     Py_VISIT(s->error);
@@ -391,7 +441,7 @@ stream_clear(StreamObject *s)
     Py_CLEAR(s->context);
     Py_CLEAR(s->loop);
     Py_CLEAR(s->workers);
-    Py_CLEAR(s->done);
+    ring_clear(&s->done);
     Py_CLEAR(s->wakeup);
     Py_CLEAR(s->workers_done);
     Py_CLEAR(s->error);

@@ -9,20 +9,23 @@
 #include "taskbound.h"
 
 enum { S_START, S_WAITING, S_CLOSE_WORKERS, S_CLOSE_SOURCE, S_DONE };
-enum { THEN_RETURN, THEN_RAISE_ERROR, THEN_STOP };
+enum { THEN_RETURN, THEN_RAISE_ERROR, THEN_STOP, THEN_RAISE_PENDING };
 
 typedef struct {
     PyObject_HEAD
     StreamObject *stream;
     PyObject *waiting_on;
     PyObject *source_iter;   /* S_CLOSE_SOURCE: the source's aclose() */
+    PyObject *pending;       /* THEN_RAISE_PENDING: what cancelled the wait */
+    PyObject *ready;         /* returned at once, when set (__aenter__) */
     char closing_only;
+    char close_on_cancel;    /* __anext__: a cancelled wait closes first */
     char then;
     int phase;
 } StreamStepObject;
 
 PyObject *
-stream_step_new(StreamObject *stream, int closing_only)
+stream_step_new(StreamObject *stream, int mode)
 {
     StreamStepObject *self = PyObject_GC_New(StreamStepObject,
                                              stream->state->stream_step_type);
@@ -32,7 +35,10 @@ stream_step_new(StreamObject *stream, int closing_only)
     self->stream = (StreamObject *)Py_NewRef((PyObject *)stream);
     self->waiting_on = NULL;
     self->source_iter = NULL;
-    self->closing_only = (char)closing_only;
+    self->pending = NULL;
+    self->ready = NULL;
+    self->closing_only = (char)(mode == STEP_CLOSE);
+    self->close_on_cancel = (char)(mode == STEP_ANEXT);
     self->then = THEN_RETURN;
     self->phase = S_START;
     PyObject_GC_Track(self);
@@ -131,13 +137,18 @@ finish(StreamStepObject *self, PyObject **result)
     StreamObject *s = self->stream;
     self->phase = S_DONE;
     queue_clear(&s->ready);
-    PyDict_Clear(s->done);
+    ring_clear(&s->done);
     if (self->then == THEN_RAISE_ERROR) {
         PyErr_SetObject((PyObject *)Py_TYPE(s->error), s->error);
         return PYGEN_ERROR;
     }
     if (self->then == THEN_STOP) {
         PyErr_SetNone(PyExc_StopAsyncIteration);
+        return PYGEN_ERROR;
+    }
+    if (self->then == THEN_RAISE_PENDING) {
+        PyErr_SetObject((PyObject *)Py_TYPE(self->pending), self->pending);
+        Py_CLEAR(self->pending);
         return PYGEN_ERROR;
     }
     *result = Py_NewRef(Py_None);
@@ -160,6 +171,11 @@ stream_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
         if (exc != NULL) {
             goto raise_thrown;
         }
+        if (self->ready != NULL) {
+            self->phase = S_DONE;
+            *result = Py_NewRef(self->ready);
+            return PYGEN_RETURN;
+        }
         if (self->closing_only) {
             goto closing;
         }
@@ -173,6 +189,13 @@ stream_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
             Py_CLEAR(s->wakeup);
         }
         Py_CLEAR(self->waiting_on);
+        if (exc != NULL && self->close_on_cancel
+                && is_cancelled_error(st, exc)) {
+            /* The consumer was cancelled: close, then let it know. */
+            self->pending = Py_NewRef(exc);
+            self->then = THEN_RAISE_PENDING;
+            goto closing;
+        }
         if (exc != NULL) {
             goto raise_thrown;
         }
@@ -311,6 +334,8 @@ stream_step_traverse(StreamStepObject *self, visitproc visit, void *arg)
     Py_VISIT(self->stream);
     Py_VISIT(self->waiting_on);
     Py_VISIT(self->source_iter);
+    Py_VISIT(self->pending);
+    Py_VISIT(self->ready);
     return 0;
 }
 
@@ -320,6 +345,8 @@ stream_step_clear(StreamStepObject *self)
     Py_CLEAR(self->stream);
     Py_CLEAR(self->waiting_on);
     Py_CLEAR(self->source_iter);
+    Py_CLEAR(self->pending);
+    Py_CLEAR(self->ready);
     return 0;
 }
 
@@ -361,3 +388,14 @@ PyType_Spec stream_step_spec = {
              | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = stream_step_slots,
 };
+
+PyObject *
+stream_step_ready(StreamObject *stream, PyObject *value)
+{
+    StreamStepObject *self = (StreamStepObject *)stream_step_new(stream,
+                                                                 STEP_NEXT);
+    if (self != NULL) {
+        self->ready = Py_NewRef(value);
+    }
+    return (PyObject *)self;
+}

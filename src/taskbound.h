@@ -70,6 +70,7 @@ typedef struct {
     PyTypeObject *stream_type;
     PyTypeObject *stream_step_type;
     PyTypeObject *worker_type;
+    PyTypeObject *stream_iterator_type;
 
     /* From asyncio and taskbound._common. */
     PyObject *get_running_loop;     /* asyncio.events._get_running_loop */
@@ -299,6 +300,15 @@ int close_awaitable(ModuleState *state, PyObject *obj);
 
 /* ---- Streams: gather, as_completed, amap ---- */
 
+/* Values waiting for their turn: slot (head + i) % cap holds the value of
+ * the i-th index from the next one to be taken, or NULL. */
+typedef struct {
+    PyObject **slots;
+    Py_ssize_t head;
+    Py_ssize_t cap;
+    Py_ssize_t count;          /* slots that hold a value */
+} SlotRing;
+
 typedef struct {
     PyObject_HEAD
     ModuleState *state;
@@ -313,7 +323,7 @@ typedef struct {
     Py_ssize_t live;           /* workers not finished */
     Py_ssize_t pulled;         /* index of the next item */
     Py_ssize_t emitted;        /* ordered: index of the next value */
-    PyObject *done;            /* ordered: dict index -> value */
+    SlotRing done;             /* ordered: values by index - emitted */
     WaiterQueue ready;         /* unordered: values in completion order */
     WaiterQueue room;          /* futures of workers waiting for room */
     WaiterQueue pull_line;     /* futures of workers waiting to pull */
@@ -327,6 +337,7 @@ typedef struct {
 extern PyType_Spec stream_spec;
 extern PyType_Spec stream_step_spec;
 extern PyType_Spec worker_spec;
+extern PyType_Spec stream_iterator_spec;
 
 /* stream.c, for the workers and the consumer's awaitables */
 Py_ssize_t stream_buffered(StreamObject *s);
@@ -346,8 +357,12 @@ PyObject *stream_wait_in(StreamObject *s, WaiterQueue *line);
 void stream_wake_first(StreamObject *s, WaiterQueue *line);
 PyObject *worker_new(StreamObject *stream);
 int worker_set_task(PyObject *worker, PyObject *task);
-PyObject *stream_step_new(StreamObject *stream, int closing_only);
+enum { STEP_NEXT, STEP_ANEXT, STEP_CLOSE };
+PyObject *stream_step_new(StreamObject *stream, int mode);
+/* An awaitable that returns `value` at once. */
+PyObject *stream_step_ready(StreamObject *stream, PyObject *value);
 
+void ring_clear(SlotRing *r);
 /* queue helpers shared with the token sources */
 int queue_push(WaiterQueue *q, PyObject *item);
 void queue_clear(WaiterQueue *q);

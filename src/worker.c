@@ -168,11 +168,14 @@ run_in_context(WorkerObject *self, PyObject *value, PyObject *exc,
     }
     PySendResult status = drive_iterator(wstate(self), self->run_iter, value,
                                          exc, result);
-    PyObject *error = PyErr_GetRaisedException();
+    PyObject *error = status == PYGEN_ERROR ? PyErr_GetRaisedException()
+                                            : NULL;
     if (PyContext_Exit(self->context) < 0) {
         PyErr_WriteUnraisable((PyObject *)self);
     }
-    PyErr_SetRaisedException(error);
+    if (error != NULL) {
+        PyErr_SetRaisedException(error);
+    }
     return status;
 }
 

@@ -34,7 +34,8 @@ class Impl:
         self.limiters: list = []
         from taskbound._stream import Helpers
         helpers = Helpers((self.LimiterType, self.RateLimiterType),
-                          getattr(self.module, "Stream", None))
+                          getattr(self.module, "Stream", None),
+                          getattr(self.module, "StreamIterator", None))
         self.gather = helpers.gather
         self.as_completed = helpers.as_completed
         self.amap = helpers.amap

@@ -19,14 +19,16 @@ from ._stream import Helpers as _Helpers
 
 if _os.environ.get("TASKBOUND_PURE_PYTHON", "") not in ("", "0"):
     from ._pycore import BoundedTaskGroup, Limiter, RateLimiter
+    from ._stream import StreamIterator as _StreamIterator
     from ._stream import _Stream
     implementation = "python"
 else:
     from ._taskbound import BoundedTaskGroup, Limiter, RateLimiter
     from ._taskbound import Stream as _Stream
+    from ._taskbound import StreamIterator as _StreamIterator
     implementation = "c"
 
-_helpers = _Helpers((Limiter, RateLimiter), _Stream)
+_helpers = _Helpers((Limiter, RateLimiter), _Stream, _StreamIterator)
 gather = _helpers.gather
 as_completed = _helpers.as_completed
 amap = _helpers.amap

@@ -236,9 +236,11 @@ def peers() -> tuple[list[Contender], list[str]]:
 
 # -- ours --
 
-def ours(module, stream_type, label: str) -> list[Contender]:
+def ours(module, label: str) -> list[Contender]:
     from ._stream import Helpers
-    helpers = Helpers((module.Limiter, module.RateLimiter), stream_type)
+    helpers = Helpers((module.Limiter, module.RateLimiter),
+                      getattr(module, "Stream", None),
+                      getattr(module, "StreamIterator", None))
 
     async def spawn(n: int, limit: int, item: Item) -> None:
         async with module.BoundedTaskGroup(limit) as tg:
@@ -281,7 +283,7 @@ def ours(module, stream_type, label: str) -> list[Contender]:
 
 
 def contenders() -> tuple[list[Contender], list[str]]:
-    from . import _pycore, _stream
+    from . import _pycore
     found = [
         Contender("task floor", "task", task_floor),
         Contender("worker floor", "worker", worker_floor, streaming=True),
@@ -296,10 +298,10 @@ def contenders() -> tuple[list[Contender], list[str]]:
     found += peer_list
     try:
         from . import _taskbound
-        found += ours(_taskbound, _taskbound.Stream, "C")
+        found += ours(_taskbound, "C")
     except ImportError:
         missing.append("taskbound's C core (not built)")
-    found += ours(_pycore, _stream._Stream, "Python")
+    found += ours(_pycore, "Python")
     return found, missing
 
 

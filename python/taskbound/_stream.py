@@ -286,7 +286,8 @@ class _Stream:
             self._outcomes[index] = outcome
         else:
             self._outcomes.append(outcome)
-        self._wake_consumer()
+        if not self._ordered or index == self._emitted:
+            self._wake_consumer()    # in order, only the next one helps
 
     def _as_future(self, outcome: _Outcome):
         if outcome.given:
@@ -372,9 +373,11 @@ class Helpers:
     """gather, as_completed and amap over the limiters of one
     implementation (its Limiter and RateLimiter types)."""
 
-    def __init__(self, limiter_types: tuple, stream_type=None) -> None:
+    def __init__(self, limiter_types: tuple, stream_type=None,
+                 iterator_type=None) -> None:
         self._limiter_types = limiter_types
         self._stream_type = stream_type or _Stream
+        self._iterator_type = iterator_type or StreamIterator
 
     def _limiters(self, limiter) -> tuple:
         if limiter is None:
@@ -425,7 +428,7 @@ class Helpers:
         stream = self._stream(aws, _check_awaitable, limit, limiter,
                               ordered=False, return_exceptions=True,
                               as_futures=True, strict_input=True)
-        return StreamIterator(stream)
+        return self._iterator_type(stream)
 
     def amap(self, fn, items, *, limit=None, limiter=None, ordered=True,
              return_exceptions=False):
@@ -437,4 +440,4 @@ class Helpers:
         stream = self._stream(items, fn, limit, limiter, ordered=ordered,
                               return_exceptions=return_exceptions,
                               as_futures=False, strict_input=False)
-        return StreamIterator(stream)
+        return self._iterator_type(stream)
