@@ -1,0 +1,42 @@
+"""The main command runs: a tiny `python -m taskbound bench` on each loop
+prints every contender of ours, in C and in the reference, with ratios,
+and writes its JSON. (Speed itself is for bench/, not for tests.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_bench_runs_and_reports_every_contender(loop, tmp_path):
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "taskbound", "bench", "--items", "300",
+         "--wait-items", "100", "--wait-ms", "1", "--stream-items", "500",
+         "--rounds", "1", "--loop", loop, "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name in ("task floor", "worker floor",
+                 "TaskGroup + Semaphore before create_task",
+                 "BoundedTaskGroup.spawn [C]", "amap [Python]",
+                 "as_completed [C]", "gather [Python]"):
+        assert name in done.stdout
+    figures = json.loads(out.read_text())
+    rows = figures["workloads"]["trivial"]["rows"]
+    baseline = [r for r in rows
+                if r["contender"].startswith("TaskGroup + Semaphore before")]
+    assert baseline[0]["ratio_to_baseline"] == pytest.approx(1.0)
+    spawn = [r for r in rows if r["contender"] == "BoundedTaskGroup.spawn [C]"]
+    assert spawn[0]["peak_live_tasks"] <= 101
+    assert set(figures["workloads"]) == {"trivial", "short wait",
+                                         "streaming"}
+
+
+def test_bench_usage_error():
+    done = subprocess.run([sys.executable, "-m", "taskbound"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "usage" in done.stderr
