@@ -63,6 +63,7 @@ module_exec(PyObject *module)
     IMPORT(cancelled_error, "asyncio", "CancelledError");
     IMPORT(coroutine_abc, "collections.abc", "Coroutine");
     IMPORT(isfuture, "asyncio", "isfuture");
+    IMPORT(future_type, "asyncio", "Future");
     IMPORT(would_block, "taskbound._common", "WouldBlock");
     IMPORT(limiter_statistics, "taskbound._common", "LimiterStatistics");
     IMPORT(rate_limiter_statistics, "taskbound._common",
@@ -102,7 +103,9 @@ module_exec(PyObject *module)
 #undef INTERN
     st->kwnames_name = Py_BuildValue("(s)", "name");
     st->kwnames_name_context = Py_BuildValue("(ss)", "name", "context");
-    if (st->kwnames_name == NULL || st->kwnames_name_context == NULL) {
+    st->kwnames_loop = Py_BuildValue("(s)", "loop");
+    if (st->kwnames_name == NULL || st->kwnames_name_context == NULL
+            || st->kwnames_loop == NULL) {
         return -1;
     }
     /* Asyncio must take our child and worker coroutines for coroutines. */
@@ -135,7 +138,7 @@ module_exec(PyObject *module)
     X(str_cancelled) X(str_cancelling) X(str_close) X(str_create_future)  \
     X(str_create_task) X(str_done) X(str_exception) X(str_result)         \
     X(str_send) X(str_set_result) X(str_throw) X(str_uncancel)            \
-    X(kwnames_name) X(kwnames_name_context)
+    X(kwnames_name) X(kwnames_name_context) X(kwnames_loop) X(future_type)
 
 static int
 module_traverse(PyObject *module, visitproc visit, void *arg)

@@ -165,7 +165,12 @@ stream_fail(StreamObject *s, PyObject *error, PyObject *current)
 static PyObject *
 done_future(StreamObject *s, PyObject *value, PyObject *error)
 {
-    PyObject *future = call_method0(s->loop, s->state->str_create_future);
+    /* asyncio.Future(loop=loop) straight from C: what the loop's
+     * create_future() does, without its Python frame per item. */
+    PyObject *args[2] = {NULL, s->loop};
+    PyObject *future = PyObject_Vectorcall(
+        s->state->future_type, args + 1, 0 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+        s->state->kwnames_loop);
     if (future == NULL) {
         return NULL;
     }
@@ -373,6 +378,12 @@ stream_next_method(StreamObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+stream_collect_method(StreamObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return stream_step_new(self, STEP_COLLECT);
+}
+
+static PyObject *
 stream_aclose_method(StreamObject *self, PyObject *Py_UNUSED(ignored))
 {
     return stream_step_new(self, STEP_CLOSE);
@@ -464,6 +475,8 @@ stream_dealloc(StreamObject *s)
 static PyMethodDef stream_methods[] = {
     {"next", (PyCFunction)stream_next_method, METH_NOARGS,
      "Await the next value; StopAsyncIteration at the end."},
+    {"collect", (PyCFunction)stream_collect_method, METH_NOARGS,
+     "Await every value, in order, as a list."},
     {"aclose", (PyCFunction)stream_aclose_method, METH_NOARGS,
      "Cancel and await the workers, close the source."},
     {"finalize", (PyCFunction)stream_finalize_method, METH_NOARGS,

@@ -9,7 +9,8 @@
 #include "taskbound.h"
 
 enum { S_START, S_WAITING, S_CLOSE_WORKERS, S_CLOSE_SOURCE, S_DONE };
-enum { THEN_RETURN, THEN_RAISE_ERROR, THEN_STOP, THEN_RAISE_PENDING };
+enum { THEN_RETURN, THEN_RAISE_ERROR, THEN_STOP, THEN_RAISE_PENDING,
+       THEN_RETURN_COLLECTED };
 
 typedef struct {
     PyObject_HEAD
@@ -18,6 +19,7 @@ typedef struct {
     PyObject *source_iter;   /* S_CLOSE_SOURCE: the source's aclose() */
     PyObject *pending;       /* THEN_RAISE_PENDING: what cancelled the wait */
     PyObject *ready;         /* returned at once, when set (__aenter__) */
+    PyObject *collected;     /* STEP_COLLECT: every value, in order */
     char closing_only;
     char close_on_cancel;    /* __anext__: a cancelled wait closes first */
     char then;
@@ -37,8 +39,13 @@ stream_step_new(StreamObject *stream, int mode)
     self->source_iter = NULL;
     self->pending = NULL;
     self->ready = NULL;
+    self->collected = NULL;
     self->closing_only = (char)(mode == STEP_CLOSE);
-    self->close_on_cancel = (char)(mode == STEP_ANEXT);
+    self->close_on_cancel = (char)(mode == STEP_ANEXT || mode == STEP_COLLECT);
+    if (mode == STEP_COLLECT && (self->collected = PyList_New(0)) == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
     self->then = THEN_RETURN;
     self->phase = S_START;
     PyObject_GC_Track(self);
@@ -146,6 +153,11 @@ finish(StreamStepObject *self, PyObject **result)
         PyErr_SetNone(PyExc_StopAsyncIteration);
         return PYGEN_ERROR;
     }
+    if (self->then == THEN_RETURN_COLLECTED) {
+        *result = self->collected;
+        self->collected = NULL;
+        return PYGEN_RETURN;
+    }
     if (self->then == THEN_RAISE_PENDING) {
         PyErr_SetObject((PyObject *)Py_TYPE(self->pending), self->pending);
         Py_CLEAR(self->pending);
@@ -229,19 +241,28 @@ stream_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
         self->then = THEN_RAISE_ERROR;
         goto closing;
     }
-    {
+    for (;;) {
         PyObject *taken = stream_take(s);
-        if (taken != NULL) {
+        if (taken == NULL) {
+            if (PyErr_Occurred()) {
+                goto error;
+            }
+            break;
+        }
+        if (self->collected == NULL) {
             self->phase = S_DONE;
             *result = taken;
             return PYGEN_RETURN;
         }
-        if (PyErr_Occurred()) {
+        int appended = PyList_Append(self->collected, taken);
+        Py_DECREF(taken);
+        if (appended < 0) {
             goto error;
         }
     }
     if (s->closed || (s->exhausted && s->live == 0)) {
-        self->then = THEN_STOP;
+        self->then = self->collected != NULL ? THEN_RETURN_COLLECTED
+                                             : THEN_STOP;
         goto closing;
     }
     {
@@ -336,6 +357,7 @@ stream_step_traverse(StreamStepObject *self, visitproc visit, void *arg)
     Py_VISIT(self->source_iter);
     Py_VISIT(self->pending);
     Py_VISIT(self->ready);
+    Py_VISIT(self->collected);
     return 0;
 }
 
@@ -347,6 +369,7 @@ stream_step_clear(StreamStepObject *self)
     Py_CLEAR(self->source_iter);
     Py_CLEAR(self->pending);
     Py_CLEAR(self->ready);
+    Py_CLEAR(self->collected);
     return 0;
 }
 

@@ -86,6 +86,7 @@ typedef struct {
     PyObject *check_limit;
     PyObject *coroutine_abc;        /* collections.abc.Coroutine */
     PyObject *isfuture;             /* asyncio.isfuture */
+    PyObject *future_type;          /* asyncio.Future */
 
     /* Interned names of the methods called on loops, futures and tasks. */
     PyObject *str_asyncio_future_blocking;
@@ -111,6 +112,7 @@ typedef struct {
     PyObject *str_uncancel;
     PyObject *kwnames_name;          /* ("name",) */
     PyObject *kwnames_name_context;  /* ("name", "context") */
+    PyObject *kwnames_loop;          /* ("loop",) */
 
     /* Limiters take tokens in the order of their creation. */
     unsigned long long next_rank;
@@ -357,7 +359,7 @@ PyObject *stream_wait_in(StreamObject *s, WaiterQueue *line);
 void stream_wake_first(StreamObject *s, WaiterQueue *line);
 PyObject *worker_new(StreamObject *stream);
 int worker_set_task(PyObject *worker, PyObject *task);
-enum { STEP_NEXT, STEP_ANEXT, STEP_CLOSE };
+enum { STEP_NEXT, STEP_ANEXT, STEP_CLOSE, STEP_COLLECT };
 PyObject *stream_step_new(StreamObject *stream, int mode);
 /* An awaitable that returns `value` at once. */
 PyObject *stream_step_ready(StreamObject *stream, PyObject *value);

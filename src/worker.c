@@ -206,7 +206,8 @@ start_item(WorkerObject *self, PyObject **result)
     if (PyContext_Enter(self->context) < 0) {
         return PYGEN_ERROR;
     }
-    awaitable = PyObject_CallOneArg(s->make, self->item);
+    awaitable = s->make == Py_None ? Py_NewRef(self->item)
+                                   : PyObject_CallOneArg(s->make, self->item);
     if (awaitable != NULL) {
         iterator = iterator_of(st, awaitable);
     }

@@ -72,7 +72,7 @@ class _Stream:
     def __init__(self, source, make, *, limit, limiters, ordered,
                  return_exceptions, as_futures, strict_input) -> None:
         self._source = source
-        self._make = make                # item -> awaitable
+        self._make = make                # item -> awaitable; None: the item
         self._strict_input = strict_input  # a bad item fails the stream
         self._limit = limit
         self._limiters = limiters        # rank order
@@ -120,6 +120,18 @@ class _Stream:
                 await self._wakeup
             finally:
                 self._wakeup = None
+
+    async def collect(self) -> list:
+        """Every value, in order."""
+        results = []
+        try:
+            while True:
+                results.append(await self.next())
+        except StopAsyncIteration:
+            return results
+        except CancelledError:
+            await self.aclose()
+            raise
 
     async def aclose(self) -> None:
         if self._closed and not self._workers:
@@ -247,7 +259,8 @@ class _Stream:
     async def _run(self, item) -> _Outcome:
         context = self._context.copy()
         try:
-            awaitable = context.run(self._make, item)
+            awaitable = item if self._make is None \
+                else context.run(self._make, item)
             if not inspect.isawaitable(awaitable):
                 raise TypeError(f"an awaitable was expected, got {awaitable!r}")
         except BaseException as exc:
@@ -403,31 +416,22 @@ class Helpers:
         try:
             for item in aws:
                 _check_awaitable(item)
-            stream = self._stream(aws, _check_awaitable, limit, limiter,
-                                  ordered=True,
+            stream = self._stream(aws, None, limit, limiter, ordered=True,
                                   return_exceptions=return_exceptions,
                                   as_futures=False, strict_input=True)
         except BaseException:
             for item in aws:
                 _close_coroutine(item)
             raise
-        results = []
-        try:
-            while True:
-                results.append(await stream.next())
-        except StopAsyncIteration:
-            return results
-        except CancelledError:
-            await stream.aclose()
-            raise
+        return await stream.collect()
 
     def as_completed(self, aws, *, limit=None, limiter=None):
         """Done futures in completion order: each given Task or Future
         itself, and for each coroutine a done future with its outcome."""
         _check_iterable(aws)
-        stream = self._stream(aws, _check_awaitable, limit, limiter,
-                              ordered=False, return_exceptions=True,
-                              as_futures=True, strict_input=True)
+        stream = self._stream(aws, None, limit, limiter, ordered=False,
+                              return_exceptions=True, as_futures=True,
+                              strict_input=True)
         return self._iterator_type(stream)
 
     def amap(self, fn, items, *, limit=None, limiter=None, ordered=True,
