@@ -155,29 +155,7 @@ acquisition_step(PyObject *op, PyObject *value, PyObject *exc,
     return *result == NULL ? PYGEN_ERROR : PYGEN_RETURN;
 }
 
-static PySendResult
-acquisition_am_send(PyObject *self, PyObject *value, PyObject **result)
-{
-    return acquisition_step(self, value, NULL, result);
-}
-
-static PyObject *
-acquisition_send(PyObject *self, PyObject *value)
-{
-    return step_send_method(self, value, acquisition_step);
-}
-
-static PyObject *
-acquisition_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    return step_throw_method(self, args, nargs, acquisition_step);
-}
-
-static PyObject *
-acquisition_iternext(PyObject *self)
-{
-    return step_iternext(self, acquisition_step);
-}
+STEP_PROTOCOL(acquisition, acquisition_step)
 
 static PyObject *
 acquisition_close(PyObject *op, PyObject *Py_UNUSED(ignored))

@@ -155,29 +155,7 @@ child_close(ChildObject *self)
     return status;
 }
 
-static PySendResult
-child_am_send(PyObject *self, PyObject *value, PyObject **result)
-{
-    return child_step(self, value, NULL, result);
-}
-
-static PyObject *
-child_send(PyObject *self, PyObject *value)
-{
-    return step_send_method(self, value, child_step);
-}
-
-static PyObject *
-child_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    return step_throw_method(self, args, nargs, child_step);
-}
-
-static PyObject *
-child_iternext(PyObject *self)
-{
-    return step_iternext(self, child_step);
-}
+STEP_PROTOCOL(child, child_step)
 
 static PyObject *
 child_close_method(PyObject *self, PyObject *Py_UNUSED(ignored))

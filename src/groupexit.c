@@ -311,29 +311,7 @@ error:
     return PYGEN_ERROR;
 }
 
-static PySendResult
-group_exit_am_send(PyObject *self, PyObject *value, PyObject **result)
-{
-    return group_exit_step(self, value, NULL, result);
-}
-
-static PyObject *
-group_exit_send(PyObject *self, PyObject *value)
-{
-    return step_send_method(self, value, group_exit_step);
-}
-
-static PyObject *
-group_exit_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    return step_throw_method(self, args, nargs, group_exit_step);
-}
-
-static PyObject *
-group_exit_iternext(PyObject *self)
-{
-    return step_iternext(self, group_exit_step);
-}
+STEP_PROTOCOL(group_exit, group_exit_step)
 
 static PyObject *
 group_exit_close(PyObject *self, PyObject *Py_UNUSED(ignored))

@@ -317,29 +317,7 @@ error:
     return PYGEN_ERROR;
 }
 
-static PySendResult
-stream_step_am_send(PyObject *self, PyObject *value, PyObject **result)
-{
-    return stream_step(self, value, NULL, result);
-}
-
-static PyObject *
-stream_step_send(PyObject *self, PyObject *value)
-{
-    return step_send_method(self, value, stream_step);
-}
-
-static PyObject *
-stream_step_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    return step_throw_method(self, args, nargs, stream_step);
-}
-
-static PyObject *
-stream_step_iternext(PyObject *self)
-{
-    return step_iternext(self, stream_step);
-}
+STEP_PROTOCOL(stream_step, stream_step)
 
 static PyObject *
 stream_step_close(PyObject *self, PyObject *Py_UNUSED(ignored))

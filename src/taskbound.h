@@ -408,6 +408,30 @@ PyObject *step_send_method(PyObject *self, PyObject *value, step_func step);
 PyObject *step_throw_method(PyObject *self, PyObject *const *args,
                             Py_ssize_t nargs, step_func step);
 PyObject *step_iternext(PyObject *self, step_func step);
+/* Defines prefix_am_send, prefix_send, prefix_throw and prefix_iternext
+ * for a type whose coroutine protocol is the step function `step`. */
+#define STEP_PROTOCOL(prefix, step)                                         \
+    static PySendResult                                                     \
+    prefix##_am_send(PyObject *self, PyObject *value, PyObject **result)    \
+    {                                                                       \
+        return step(self, value, NULL, result);                             \
+    }                                                                       \
+    static PyObject *                                                       \
+    prefix##_send(PyObject *self, PyObject *value)                          \
+    {                                                                       \
+        return step_send_method(self, value, step);                         \
+    }                                                                       \
+    static PyObject *                                                       \
+    prefix##_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs) \
+    {                                                                       \
+        return step_throw_method(self, args, nargs, step);                  \
+    }                                                                       \
+    static PyObject *                                                       \
+    prefix##_iternext(PyObject *self)                                       \
+    {                                                                       \
+        return step_iternext(self, step);                                   \
+    }
+
 /* The current StopIteration's value (new ref), clearing it; NULL if the
  * error is another one (left set). */
 PyObject *take_stop_iteration_value(void);

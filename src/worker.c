@@ -554,29 +554,7 @@ error:
     return PYGEN_ERROR;
 }
 
-static PySendResult
-worker_am_send(PyObject *self, PyObject *value, PyObject **result)
-{
-    return worker_step(self, value, NULL, result);
-}
-
-static PyObject *
-worker_send(PyObject *self, PyObject *value)
-{
-    return step_send_method(self, value, worker_step);
-}
-
-static PyObject *
-worker_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    return step_throw_method(self, args, nargs, worker_step);
-}
-
-static PyObject *
-worker_iternext(PyObject *self)
-{
-    return step_iternext(self, worker_step);
-}
+STEP_PROTOCOL(worker, worker_step)
 
 static PyObject *
 worker_close(PyObject *op, PyObject *Py_UNUSED(ignored))
