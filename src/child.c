@@ -140,10 +140,16 @@ child_close(ChildObject *self)
     }
     if (self->waiting) {
         int status = claim_abandon(&self->claim);
+        PyObject *exc = PyErr_GetRaisedException();
         if (close_awaitable(child_state(self), self->iterator) < 0) {
             status = -1;
+            if (exc == NULL) {
+                exc = PyErr_GetRaisedException();
+            }
+            else {
+                PyErr_WriteUnraisable((PyObject *)self);
+            }
         }
-        PyObject *exc = PyErr_GetRaisedException();
         group_child_finished(self->group, self, NULL);
         PyErr_SetRaisedException(exc);
         return status;

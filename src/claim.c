@@ -99,18 +99,29 @@ claim_abort(Claim *claim, PyObject *error)
 int
 claim_abandon(Claim *claim)
 {
-    int status = 0;
+    PyObject *error = NULL;
     PyObject *future = claim->waiter;
     if (future != NULL) {
         claim->waiter = NULL;
-        status = source_withdraw(LIMITER_AT(claim, claim->held), future);
+        if (source_withdraw(LIMITER_AT(claim, claim->held), future) < 0) {
+            error = PyErr_GetRaisedException();
+        }
         Py_DECREF(future);
     }
     Py_CLEAR(claim->abort_error);
     if (claim_release(claim) < 0) {
-        status = -1;
+        if (error == NULL) {
+            error = PyErr_GetRaisedException();
+        }
+        else {
+            PyErr_WriteUnraisable(NULL);
+        }
     }
-    return status;
+    if (error != NULL) {
+        PyErr_SetRaisedException(error);
+        return -1;
+    }
+    return 0;
 }
 
 /* Gives back every token held, last taken first. Keeps going after an

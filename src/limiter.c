@@ -20,7 +20,11 @@ limiter_wake(LimiterObject *self)
         if (handed != 1) {
             self->borrowed--;
             if (handed < 0) {
-                return -1;
+                if (!PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+                    return -1;
+                }
+                /* Its loop is closed: that waiter can never run. */
+                PyErr_Clear();
             }
         }
     }

@@ -133,7 +133,6 @@ group_abort(GroupObject *group)
             return -1;
         }
     }
-    int status = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tasks); i++) {
         PyObject *task = PyList_GET_ITEM(tasks, i);
         int done = call_method_bool(task, st->str_done);
@@ -145,13 +144,14 @@ group_abort(GroupObject *group)
             Py_XDECREF(res);
         }
         if (done < 0) {
-            status = -1;
-            PyErr_WriteUnraisable((PyObject *)group);
+            /* As asyncio's _abort(): the first failure stops it. */
+            Py_DECREF(tasks);
+            return -1;
         }
     }
     Py_DECREF(tasks);
     if (PyDict_GET_SIZE(group->pending) == 0) {
-        return status;
+        return 0;
     }
     PyObject *pending = PyDict_Keys(group->pending);
     if (pending == NULL) {
@@ -162,13 +162,14 @@ group_abort(GroupObject *group)
             (AcquisitionObject *)PyList_GET_ITEM(pending, i);
         PyObject *error = group_error(group, "is shutting down");
         if (error == NULL || claim_abort(&acq->claim, error) < 0) {
-            status = -1;
-            PyErr_WriteUnraisable((PyObject *)group);
+            Py_XDECREF(error);
+            Py_DECREF(pending);
+            return -1;
         }
-        Py_XDECREF(error);
+        Py_DECREF(error);
     }
     Py_DECREF(pending);
-    return status;
+    return 0;
 }
 
 static int
@@ -315,8 +316,17 @@ group_child_finished(GroupObject *group, ChildObject *child, PyObject *error)
         Py_DECREF(callback);
     }
     if (res == NULL) {
-        PyErr_WriteUnraisable((PyObject *)group);
-        if (group_on_child_done(group, child, task) < 0) {
+        /* The loop is closed (the task is being destroyed with it): nobody
+         * will await the group any more. Forget the child, give its tokens
+         * back. */
+        if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            PyErr_Clear();
+        }
+        else {
+            PyErr_WriteUnraisable((PyObject *)group);
+        }
+        unlink_child(group, child);
+        if (claim_release(&child->claim) < 0) {
             PyErr_WriteUnraisable((PyObject *)group);
         }
     }

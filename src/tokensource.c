@@ -201,6 +201,10 @@ source_withdraw(TokenSource *self, PyObject *future)
         return 0;
     }
     PyObject *res = call_method0(future, st->str_cancel);
+    if (res == NULL && PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+        PyErr_Clear();      /* its loop is closed: out of line is enough */
+        return 0;
+    }
     Py_XDECREF(res);
     return res == NULL ? -1 : 0;
 }

@@ -504,3 +504,41 @@ def test_task_factory_that_raises_gives_everything_back(impl, run, method):
     closed, stats, borrowed = run(main())
     assert closed and borrowed == [0, 0]
     assert stats == (0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_tasks_destroyed_with_a_closed_loop_give_their_tokens_back(
+        impl, loop_kind):
+    import gc
+    import sys
+    from conftest import new_loop
+
+    def close_under_pending_tasks(make_group):
+        async def body():
+            async with make_group() as tg:
+                tg.create_task(asyncio.sleep(10))
+                tg.create_task(asyncio.sleep(10))
+                await asyncio.sleep(10)
+
+        reported, unraisable = [], []
+        old_hook = sys.unraisablehook
+        sys.unraisablehook = unraisable.append
+        try:
+            loop = new_loop(loop_kind)
+            loop.set_exception_handler(lambda loop, ctx: reported.append(ctx))
+            task = loop.create_task(body())
+            loop.run_until_complete(asyncio.sleep(0.01))
+            loop.close()
+            del task
+            gc.collect()
+        finally:
+            sys.unraisablehook = old_hook
+        return (sorted(repr(u.exc_value) for u in unraisable),
+                sorted(ctx["message"] for ctx in reported))
+
+    limiter = impl.Limiter(2)
+    ours = close_under_pending_tasks(
+        lambda: impl.BoundedTaskGroup(limiter=limiter))
+    # asyncio.TaskGroup in the same spot complains the same way, no more.
+    assert ours == close_under_pending_tasks(asyncio.TaskGroup)
+    assert limiter.borrowed_tokens == 0

@@ -95,7 +95,10 @@ class _TokenSource:
                 self._pass_on()
             return
         self._dequeue(future)
-        future.cancel()
+        try:
+            future.cancel()
+        except RuntimeError:
+            pass        # its loop is closed: out of line is enough
 
     def _prune(self) -> None:
         # Waiters cancelled from outside stay queued until their task runs;
@@ -170,8 +173,11 @@ class Limiter(_TokenSource):
         while waiters and self._borrowed < self._total:
             future = waiters.popleft()
             if not future.done():
+                try:
+                    future.set_result(True)
+                except RuntimeError:
+                    continue    # its loop is closed: it can never run
                 self._borrowed += 1
-                future.set_result(True)
 
 
 class RateLimiter(_TokenSource):
@@ -443,6 +449,12 @@ class _Child(collections.abc.Coroutine):
 
     def __next__(self):
         return self._step(None, None)
+
+    def __del__(self):
+        # A task destroyed before its coroutine finished (its loop closed):
+        # the tokens still go back and the user's coroutine is closed.
+        if not self._finished:
+            self.close()
 
     def _step(self, value, exc):
         if self._finished:
@@ -839,7 +851,13 @@ class BoundedTaskGroup:
         if failed or last:
             # Like asyncio's done callback: after the task has its outcome,
             # behind the task's own done callbacks' turn.
-            self._loop.call_soon(self._on_child_done, child, task)
+            try:
+                self._loop.call_soon(self._on_child_done, child, task)
+            except RuntimeError:
+                # The loop is closed (the task is being destroyed with it):
+                # nobody will await the group any more.
+                self._children.pop(child, None)
+                child._claim.release()
         else:
             del self._children[child]
 
