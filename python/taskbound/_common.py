@@ -55,18 +55,23 @@ def check_total_tokens(value: object) -> int | float:
     return number
 
 
-def check_limit(value: object) -> int:
-    """Return a valid group ``limit`` (an int >= 1), or raise."""
-    if isinstance(value, bool) or isinstance(value, float):
-        raise TypeError(f"limit must be an int or None, not {value!r}")
+def _check_count(name: str, expected: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 1 (not a bool or float), or raise."""
+    if isinstance(value, (bool, float)):
+        raise TypeError(f"{name} must be {expected}, not {value!r}")
     try:
         number = operator.index(value)
     except TypeError:
-        raise TypeError(
-            f"limit must be an int or None, not {type(value).__name__}") from None
+        raise TypeError(f"{name} must be {expected}, "
+                        f"not {type(value).__name__}") from None
     if number < 1:
-        raise ValueError(f"limit must be >= 1, not {number}")
+        raise ValueError(f"{name} must be >= 1, not {number}")
     return number
+
+
+def check_limit(value: object) -> int:
+    """Return a valid group ``limit`` (an int >= 1), or raise."""
+    return _check_count("limit", "an int or None", value)
 
 
 def check_positive(name: str, value: object) -> float:
@@ -81,13 +86,4 @@ def check_positive(name: str, value: object) -> float:
 
 def check_burst(value: object) -> int:
     """Return a valid ``burst`` (an int >= 1), or raise."""
-    if isinstance(value, (bool, float)):
-        raise TypeError(f"burst must be an int, not {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"burst must be an int, not {type(value).__name__}") from None
-    if number < 1:
-        raise ValueError(f"burst must be >= 1, not {number}")
-    return number
+    return _check_count("burst", "an int", value)

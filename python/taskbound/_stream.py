@@ -259,10 +259,8 @@ class _Stream:
     async def _run(self, item) -> _Outcome:
         context = self._context.copy()
         try:
-            awaitable = item if self._make is None \
-                else context.run(self._make, item)
-            if not inspect.isawaitable(awaitable):
-                raise TypeError(f"an awaitable was expected, got {awaitable!r}")
+            awaitable = _check_awaitable(
+                item if self._make is None else context.run(self._make, item))
         except BaseException as exc:
             if self._strict_input:
                 _close_coroutine(item)
