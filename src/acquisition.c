@@ -12,11 +12,12 @@ PyObject *
 acquisition_new(ModuleState *state, PyObject *limiters, GroupObject *group,
                 PyObject *target, PyObject *name, PyObject *context)
 {
-    AcquisitionObject *self = PyObject_GC_New(AcquisitionObject,
-                                              state->acquisition_type);
+    AcquisitionObject *self = (AcquisitionObject *)freelist_new(
+        &state->acquisition_freelist, state->acquisition_type);
     if (self == NULL) {
         return NULL;
     }
+    self->state = state;
     claim_init(&self->claim, limiters);
     self->loop = NULL;
     self->group = (GroupObject *)Py_XNewRef((PyObject *)group);
@@ -34,7 +35,7 @@ acquisition_new(ModuleState *state, PyObject *limiters, GroupObject *group,
 static ModuleState *
 acq_state(AcquisitionObject *self)
 {
-    return state_of_type(Py_TYPE(self));
+    return self->state;
 }
 
 /* The first step: checks, then takes what is free. 1 when all is held, 0
@@ -220,12 +221,18 @@ static void
 acquisition_dealloc(AcquisitionObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+    ModuleState *state = self->state;
+    /* As for a child: a finished acquisition has nothing to finalize. */
+    if (!self->finished
+            && PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
         return;  /* resurrected */
     }
     PyObject_GC_UnTrack(self);
     (void)acquisition_clear(self);
-    PyObject_GC_Del(self);
+    if (!freelist_keep(&state->acquisition_freelist, state->acquisition_type,
+                       (PyObject *)self)) {
+        PyObject_GC_Del(self);
+    }
     Py_DECREF(tp);
 }
 

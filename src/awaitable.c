@@ -28,11 +28,13 @@ outcome_to_result(PySendResult status, PyObject *result)
             PyErr_SetNone(PyExc_StopIteration);
         }
         else {
-            /* Made first, so that a tuple is not taken for arguments. */
+            /* Made first, so that a tuple is not taken for arguments, and
+             * raised as it is: nothing is being handled here for it to
+             * chain to, so PyErr_SetObject's search for a context would
+             * only cost time (it runs once per value an async for gets). */
             PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
             if (stop != NULL) {
-                PyErr_SetObject(PyExc_StopIteration, stop);
-                Py_DECREF(stop);
+                PyErr_SetRaisedException(stop);
             }
         }
         Py_DECREF(result);

@@ -13,8 +13,9 @@ ChildObject *
 child_new(GroupObject *group, PyObject *target, PyObject *iterator,
           Claim *claim, int waiting)
 {
-    ChildObject *self = PyObject_GC_New(ChildObject,
-                                        group->state->child_type);
+    ModuleState *state = group->state;
+    ChildObject *self = (ChildObject *)freelist_new(&state->child_freelist,
+                                                    state->child_type);
     if (self == NULL) {
         return NULL;
     }
@@ -214,12 +215,20 @@ static void
 child_dealloc(ChildObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+    /* A finished child has nothing to finalize; skipping the call leaves
+     * it fit for the free list. */
+    if (!self->finished
+            && PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
         return;  /* resurrected */
     }
+    ModuleState *state = self->group != NULL ? self->group->state
+                                             : state_of_type(tp);
     PyObject_GC_UnTrack(self);
     (void)child_clear(self);
-    PyObject_GC_Del(self);
+    if (!freelist_keep(&state->child_freelist, state->child_type,
+                       (PyObject *)self)) {
+        PyObject_GC_Del(self);
+    }
     Py_DECREF(tp);
 }
 

@@ -103,9 +103,7 @@ module_exec(PyObject *module)
 #undef INTERN
     st->kwnames_name = Py_BuildValue("(s)", "name");
     st->kwnames_name_context = Py_BuildValue("(ss)", "name", "context");
-    st->kwnames_loop = Py_BuildValue("(s)", "loop");
-    if (st->kwnames_name == NULL || st->kwnames_name_context == NULL
-            || st->kwnames_loop == NULL) {
+    if (st->kwnames_name == NULL || st->kwnames_name_context == NULL) {
         return -1;
     }
     /* Asyncio must take our child and worker coroutines for coroutines. */
@@ -138,7 +136,7 @@ module_exec(PyObject *module)
     X(str_cancelled) X(str_cancelling) X(str_close) X(str_create_future)  \
     X(str_create_task) X(str_done) X(str_exception) X(str_result)         \
     X(str_send) X(str_set_result) X(str_throw) X(str_uncancel)            \
-    X(kwnames_name) X(kwnames_name_context) X(kwnames_loop) X(future_type)
+    X(kwnames_name) X(kwnames_name_context) X(future_type)
 
 static int
 module_traverse(PyObject *module, visitproc visit, void *arg)
@@ -154,6 +152,10 @@ static int
 module_clear(PyObject *module)
 {
     ModuleState *st = get_state(module);
+    /* Before the types: freeing a kept object reads its type. */
+    freelist_clear(&st->child_freelist);
+    freelist_clear(&st->acquisition_freelist);
+    freelist_clear(&st->stream_step_freelist);
 #define CLEAR(field) Py_CLEAR(st->field);
     STATE_FIELDS(CLEAR)
 #undef CLEAR

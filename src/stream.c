@@ -166,11 +166,21 @@ static PyObject *
 done_future(StreamObject *s, PyObject *value, PyObject *error)
 {
     /* asyncio.Future(loop=loop) straight from C: what the loop's
-     * create_future() does, without its Python frame per item. */
-    PyObject *args[2] = {NULL, s->loop};
-    PyObject *future = PyObject_Vectorcall(
-        s->state->future_type, args + 1, 0 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-        s->state->kwnames_loop);
+     * create_future() does, without its Python frame per item, and with
+     * one keyword dict for the stream rather than one per call. */
+    if (s->future_kwargs == NULL) {
+        s->future_kwargs = Py_BuildValue("{sO}", "loop", s->loop);
+        if (s->future_kwargs == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *no_args = PyTuple_New(0);
+    if (no_args == NULL) {
+        return NULL;
+    }
+    PyObject *future = PyObject_Call(s->state->future_type, no_args,
+                                     s->future_kwargs);
+    Py_DECREF(no_args);
     if (future == NULL) {
         return NULL;
     }
@@ -426,6 +436,7 @@ stream_traverse(StreamObject *s, visitproc visit, void *arg)
     Py_VISIT(s->limiters);
     Py_VISIT(s->context);
     Py_VISIT(s->loop);
+    Py_VISIT(s->future_kwargs);
     Py_VISIT(s->workers);
     for (Py_ssize_t i = 0; i < s->done.cap; i++) {
         Py_VISIT(s->done.slots[i]);
@@ -451,6 +462,7 @@ stream_clear(StreamObject *s)
     Py_CLEAR(s->limiters);
     Py_CLEAR(s->context);
     Py_CLEAR(s->loop);
+    Py_CLEAR(s->future_kwargs);
     Py_CLEAR(s->workers);
     ring_clear(&s->done);
     Py_CLEAR(s->wakeup);

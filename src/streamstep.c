@@ -29,8 +29,9 @@ typedef struct {
 PyObject *
 stream_step_new(StreamObject *stream, int mode)
 {
-    StreamStepObject *self = PyObject_GC_New(StreamStepObject,
-                                             stream->state->stream_step_type);
+    ModuleState *state = stream->state;
+    StreamStepObject *self = (StreamStepObject *)freelist_new(
+        &state->stream_step_freelist, state->stream_step_type);
     if (self == NULL) {
         return NULL;
     }
@@ -355,9 +356,14 @@ static void
 stream_step_dealloc(StreamStepObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    ModuleState *state = self->stream != NULL ? self->stream->state
+                                              : state_of_type(tp);
     PyObject_GC_UnTrack(self);
     (void)stream_step_clear(self);
-    PyObject_GC_Del(self);
+    if (!freelist_keep(&state->stream_step_freelist, state->stream_step_type,
+                       (PyObject *)self)) {
+        PyObject_GC_Del(self);
+    }
     Py_DECREF(tp);
 }
 

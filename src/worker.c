@@ -158,12 +158,13 @@ is_ours(WorkerObject *self, PyObject *error)
     return cancelling;
 }
 
-/* One step of the item, in its own context. */
+/* One step of the item, in its own context (entered already for the
+ * first step, which follows the item's creation in that context). */
 static PySendResult
 run_in_context(WorkerObject *self, PyObject *value, PyObject *exc,
-               PyObject **result)
+               int entered, PyObject **result)
 {
-    if (PyContext_Enter(self->context) < 0) {
+    if (!entered && PyContext_Enter(self->context) < 0) {
         return PYGEN_ERROR;
     }
     PySendResult status = drive_iterator(wstate(self), self->run_iter, value,
@@ -192,7 +193,9 @@ finish_item(WorkerObject *self, PyObject *value, PyObject *error, int given)
 }
 
 /* Turns the pulled item into an awaitable and starts it. Returns a step
- * result; PYGEN_RETURN with *result NULL means "go on looping". */
+ * result; PYGEN_RETURN with *result NULL means "go on looping". On
+ * PYGEN_NEXT in state W_RUN the item's context is still entered, for the
+ * caller's first step. */
 static PySendResult
 start_item(WorkerObject *self, PyObject **result)
 {
@@ -212,8 +215,12 @@ start_item(WorkerObject *self, PyObject **result)
         iterator = iterator_of(st, awaitable);
     }
     PyObject *error = PyErr_GetRaisedException();
-    if (PyContext_Exit(self->context) < 0) {
-        PyErr_WriteUnraisable((PyObject *)self);
+    int may_be_future = s->as_futures && awaitable != NULL
+                        && !PyCoro_CheckExact(awaitable);
+    if (error != NULL || may_be_future) {
+        if (PyContext_Exit(self->context) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
     }
     if (error != NULL) {
         Py_XDECREF(awaitable);
@@ -234,7 +241,8 @@ start_item(WorkerObject *self, PyObject **result)
         return status < 0 ? PYGEN_ERROR : PYGEN_RETURN;
     }
     Py_CLEAR(self->item);    /* started: the item's own cleanup runs now */
-    if (s->as_futures) {
+    if (may_be_future) {
+        /* (A coroutine is never a future: spares a Python call per item.) */
         PyObject *is_future = PyObject_CallOneArg(st->isfuture, awaitable);
         if (is_future == NULL) {
             Py_DECREF(awaitable);
@@ -270,6 +278,11 @@ start_item(WorkerObject *self, PyObject **result)
             Py_DECREF(res);
             self->given = awaitable;
             return yield_future(self, waiter, W_GIVEN, result);
+        }
+        if (PyContext_Enter(self->context) < 0) {
+            Py_DECREF(awaitable);
+            Py_DECREF(iterator);
+            return PYGEN_ERROR;
         }
     }
     Py_DECREF(awaitable);
@@ -511,10 +524,11 @@ run:
         if (self->state == W_GIVEN) {
             return PYGEN_NEXT;
         }
-        value = Py_None;
-        exc = NULL;
+        status = run_in_context(self, Py_None, NULL, 1, result);
+        goto stepped;
 drive:
-        status = run_in_context(self, value, exc, result);
+        status = run_in_context(self, value, exc, 0, result);
+stepped:
         if (status == PYGEN_NEXT) {
             return status;
         }
