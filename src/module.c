@@ -64,6 +64,15 @@ module_exec(PyObject *module)
     IMPORT(coroutine_abc, "collections.abc", "Coroutine");
     IMPORT(isfuture, "asyncio", "isfuture");
     IMPORT(future_type, "asyncio", "Future");
+    /* Its methods, for the futures as_completed makes (exactly that type):
+     * no lookup by name per item. */
+    st->future_set_result = PyObject_GetAttrString(st->future_type,
+                                                   "set_result");
+    st->future_set_exception = PyObject_GetAttrString(st->future_type,
+                                                      "set_exception");
+    if (st->future_set_result == NULL || st->future_set_exception == NULL) {
+        return -1;
+    }
     IMPORT(would_block, "taskbound._common", "WouldBlock");
     IMPORT(limiter_statistics, "taskbound._common", "LimiterStatistics");
     IMPORT(rate_limiter_statistics, "taskbound._common",
@@ -123,7 +132,8 @@ module_exec(PyObject *module)
 #define STATE_FIELDS(X)                                                   \
     X(limiter_type) X(rate_limiter_type) X(group_type) X(child_type)      \
     X(acquisition_type) X(stream_type) X(stream_step_type) X(worker_type) \
-    X(stream_iterator_type)                                               \
+    X(stream_iterator_type) X(spare_stop_iteration)                       \
+    X(future_set_result) X(future_set_exception)                          \
     X(isfuture) X(str_add_done_callback) X(str_aclose)                    \
     X(str_set_exception)                                                  \
     X(group_exit_type) X(get_running_loop) X(current_task)                \

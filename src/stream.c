@@ -184,9 +184,10 @@ done_future(StreamObject *s, PyObject *value, PyObject *error)
     if (future == NULL) {
         return NULL;
     }
-    PyObject *res = error != NULL
-        ? call_method1(future, s->state->str_set_exception, error)
-        : call_method1(future, s->state->str_set_result, value);
+    PyObject *args[2] = {future, error != NULL ? error : value};
+    PyObject *res = PyObject_Vectorcall(
+        error != NULL ? s->state->future_set_exception
+                      : s->state->future_set_result, args, 2, NULL);
     if (res == NULL) {
         Py_DECREF(future);
         return NULL;

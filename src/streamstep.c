@@ -318,7 +318,75 @@ error:
     return PYGEN_ERROR;
 }
 
-STEP_PROTOCOL(stream_step, stream_step)
+STEP_PROTOCOL_BUT_ITERNEXT(stream_step, stream_step)
+
+/* Raises StopIteration(value). Since 3.12 an async for receives each value
+ * from a C awaitable that way (through __next__, not am_send), and making
+ * the exception was the largest cost per value; the one the consumer let
+ * go last time is reused when nothing else holds it. */
+static void
+raise_stop_iteration(ModuleState *st, PyObject *value)
+{
+    PyObject *stop = st->spare_stop_iteration;
+    if (stop != NULL && Py_REFCNT(stop) == 1) {
+        PyStopIterationObject *e = (PyStopIterationObject *)stop;
+        PyObject *args = PyTuple_Pack(1, value);
+        if (args == NULL) {
+            return;
+        }
+        Py_SETREF(e->args, args);
+        Py_XSETREF(e->value, Py_NewRef(value));
+        Py_CLEAR(e->dict);
+        Py_CLEAR(e->notes);
+        Py_CLEAR(e->traceback);
+        Py_CLEAR(e->context);
+        Py_CLEAR(e->cause);
+        e->suppress_context = 0;
+        PyErr_SetRaisedException(Py_NewRef(stop));
+        return;
+    }
+    /* Made first, so that a tuple is not taken for arguments. */
+    stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (stop == NULL) {
+        return;
+    }
+    if (Py_IS_TYPE(stop, (PyTypeObject *)PyExc_StopIteration)) {
+        Py_XSETREF(st->spare_stop_iteration, Py_NewRef(stop));
+    }
+    PyErr_SetRaisedException(stop);
+}
+
+/* Lets go of the last value the spare StopIteration carried, once the
+ * consumer has taken it: it must not outlive its use there. */
+static void
+drop_spare_value(ModuleState *st)
+{
+    PyObject *stop = st->spare_stop_iteration;
+    if (stop != NULL && Py_REFCNT(stop) == 1) {
+        PyStopIterationObject *e = (PyStopIterationObject *)stop;
+        if (e->value != Py_None) {
+            Py_SETREF(e->value, Py_NewRef(Py_None));
+            Py_CLEAR(e->args);
+            e->args = PyTuple_New(0);  /* the empty tuple: cannot fail */
+        }
+    }
+}
+
+static PyObject *
+stream_step_iternext(PyObject *op)
+{
+    StreamStepObject *self = (StreamStepObject *)op;
+    PyObject *result = NULL;
+    PySendResult status = stream_step(op, Py_None, NULL, &result);
+    if (status != PYGEN_RETURN) {
+        return status == PYGEN_NEXT ? result : NULL;
+    }
+    if (result != Py_None) {
+        raise_stop_iteration(self->stream->state, result);
+    }
+    Py_DECREF(result);
+    return NULL;
+}
 
 static PyObject *
 stream_step_close(PyObject *self, PyObject *Py_UNUSED(ignored))
@@ -358,6 +426,7 @@ stream_step_dealloc(StreamStepObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     ModuleState *state = self->stream != NULL ? self->stream->state
                                               : state_of_type(tp);
+    drop_spare_value(state);
     PyObject_GC_UnTrack(self);
     (void)stream_step_clear(self);
     if (!freelist_keep(&state->stream_step_freelist, state->stream_step_type,

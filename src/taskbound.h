@@ -101,6 +101,8 @@ typedef struct {
     PyObject *coroutine_abc;        /* collections.abc.Coroutine */
     PyObject *isfuture;             /* asyncio.isfuture */
     PyObject *future_type;          /* asyncio.Future */
+    PyObject *future_set_result;    /* asyncio.Future.set_result */
+    PyObject *future_set_exception; /* asyncio.Future.set_exception */
 
     /* Interned names of the methods called on loops, futures and tasks. */
     PyObject *str_asyncio_future_blocking;
@@ -133,6 +135,9 @@ typedef struct {
     FreeList child_freelist;
     FreeList acquisition_freelist;
     FreeList stream_step_freelist;
+    /* The StopIteration that carried a stream's last value to an async
+     * for, for the next value when nothing else holds it. */
+    PyObject *spare_stop_iteration;
 } ModuleState;
 
 /* A new, untracked object of type tp (basicsize bytes), reused from the
@@ -436,9 +441,10 @@ PyObject *step_send_method(PyObject *self, PyObject *value, step_func step);
 PyObject *step_throw_method(PyObject *self, PyObject *const *args,
                             Py_ssize_t nargs, step_func step);
 PyObject *step_iternext(PyObject *self, step_func step);
-/* Defines prefix_am_send, prefix_send, prefix_throw and prefix_iternext
- * for a type whose coroutine protocol is the step function `step`. */
-#define STEP_PROTOCOL(prefix, step)                                         \
+/* Defines prefix_am_send, prefix_send and prefix_throw (and, with
+ * STEP_PROTOCOL, prefix_iternext) for a type whose coroutine protocol is
+ * the step function `step`. */
+#define STEP_PROTOCOL_BUT_ITERNEXT(prefix, step)                            \
     static PySendResult                                                     \
     prefix##_am_send(PyObject *self, PyObject *value, PyObject **result)    \
     {                                                                       \
@@ -453,7 +459,9 @@ PyObject *step_iternext(PyObject *self, step_func step);
     prefix##_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs) \
     {                                                                       \
         return step_throw_method(self, args, nargs, step);                  \
-    }                                                                       \
+    }
+#define STEP_PROTOCOL(prefix, step)                                         \
+    STEP_PROTOCOL_BUT_ITERNEXT(prefix, step)                                \
     static PyObject *                                                       \
     prefix##_iternext(PyObject *self)                                       \
     {                                                                       \

@@ -413,7 +413,8 @@ class Helpers:
         """Like asyncio.gather, running at most ``limit`` at once."""
         try:
             for item in aws:
-                _check_awaitable(item)
+                if type(item) is not types.CoroutineType:  # the common case
+                    _check_awaitable(item)
             stream = self._stream(aws, None, limit, limiter, ordered=True,
                                   return_exceptions=return_exceptions,
                                   as_futures=False, strict_input=True)
