@@ -11,6 +11,10 @@
 typedef struct {
     PyObject_HEAD
     StreamObject *stream;
+    /* The awaitable of the last __anext__(), set up again for the next
+     * one when the consumer has let it go: one object per value was a
+     * large part of the cost of an async for. */
+    PyObject *spare_step;
     PyObject *weakreflist;
 } StreamIteratorObject;
 
@@ -35,7 +39,11 @@ iterator_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static PyObject *
 iterator_anext(StreamIteratorObject *self)
 {
-    return stream_step_new(self->stream, STEP_ANEXT);
+    PyObject *step = stream_step_anew(self->spare_step, self->stream);
+    if (step != NULL && step != self->spare_step) {
+        Py_XSETREF(self->spare_step, Py_NewRef(step));
+    }
+    return step;
 }
 
 static PyObject *
@@ -79,6 +87,7 @@ iterator_traverse(StreamIteratorObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->stream);
+    Py_VISIT(self->spare_step);
     return 0;
 }
 
@@ -86,6 +95,7 @@ static int
 iterator_clear(StreamIteratorObject *self)
 {
     Py_CLEAR(self->stream);
+    Py_CLEAR(self->spare_step);
     return 0;
 }
 

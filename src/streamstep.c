@@ -26,6 +26,20 @@ typedef struct {
     int phase;
 } StreamStepObject;
 
+/* Sets a new or emptied step up for `mode`; 0, or -1 with an error. */
+static int
+stream_step_init(StreamStepObject *self, int mode)
+{
+    self->closing_only = (char)(mode == STEP_CLOSE);
+    self->close_on_cancel = (char)(mode == STEP_ANEXT || mode == STEP_COLLECT);
+    if (mode == STEP_COLLECT && (self->collected = PyList_New(0)) == NULL) {
+        return -1;
+    }
+    self->then = THEN_RETURN;
+    self->phase = S_START;
+    return 0;
+}
+
 PyObject *
 stream_step_new(StreamObject *stream, int mode)
 {
@@ -41,16 +55,30 @@ stream_step_new(StreamObject *stream, int mode)
     self->pending = NULL;
     self->ready = NULL;
     self->collected = NULL;
-    self->closing_only = (char)(mode == STEP_CLOSE);
-    self->close_on_cancel = (char)(mode == STEP_ANEXT || mode == STEP_COLLECT);
-    if (mode == STEP_COLLECT && (self->collected = PyList_New(0)) == NULL) {
+    PyObject_GC_Track(self);
+    if (stream_step_init(self, mode) < 0) {
         Py_DECREF(self);
         return NULL;
     }
-    self->then = THEN_RETURN;
-    self->phase = S_START;
-    PyObject_GC_Track(self);
     return (PyObject *)self;
+}
+
+static int stream_step_clear(StreamStepObject *self);
+static void drop_spare_value(ModuleState *st);
+
+PyObject *
+stream_step_anew(PyObject *spare, StreamObject *stream)
+{
+    StreamStepObject *self = (StreamStepObject *)spare;
+    if (self == NULL || Py_REFCNT(self) != 1) {
+        return stream_step_new(stream, STEP_ANEXT);
+    }
+    /* Only the iterator holds it: the last __anext__() is over. */
+    drop_spare_value(stream->state);
+    (void)stream_step_clear(self);
+    self->stream = (StreamObject *)Py_NewRef((PyObject *)stream);
+    (void)stream_step_init(self, STEP_ANEXT);
+    return Py_NewRef(spare);
 }
 
 static void

@@ -393,6 +393,9 @@ PyObject *worker_new(StreamObject *stream);
 int worker_set_task(PyObject *worker, PyObject *task);
 enum { STEP_NEXT, STEP_ANEXT, STEP_CLOSE, STEP_COLLECT };
 PyObject *stream_step_new(StreamObject *stream, int mode);
+/* The awaitable of __anext__(): `spare` (a step of an earlier one, or
+ * NULL) emptied and set up again when nothing else holds it, else new. */
+PyObject *stream_step_anew(PyObject *spare, StreamObject *stream);
 /* An awaitable that returns `value` at once. */
 PyObject *stream_step_ready(StreamObject *stream, PyObject *value);
 
