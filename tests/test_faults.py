@@ -1,0 +1,182 @@
+"""Faults from outside: a task factory that raises, create_task() on a
+closed loop, a limiter in the sequence that cannot be taken, an error in a
+child's first step under eager tasks, a group dropped without exit. Each
+gives a clear error, closes what never ran (the `run` fixture fails on a
+never-awaited warning) and leaves every limiter's borrowed_tokens right."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+
+
+class Boom(Exception):
+    pass
+
+
+async def work(delay: float = 0.0):
+    await asyncio.sleep(delay)
+    return delay
+
+
+async def fail_at_once():
+    raise Boom("first step")
+
+
+def raising_factory(error):
+    def factory(loop, coro, **kwargs):
+        raise error
+    return factory
+
+
+@pytest.mark.parametrize("error", [ValueError("factory broke"),
+                                   RuntimeError("Event loop is closed")],
+                         ids=["factory-error", "closed-loop"])
+def test_task_factory_that_raises(impl, run, error):
+    async def main():
+        shared = impl.Limiter(2)
+        async with impl.BoundedTaskGroup(2, limiter=shared) as tg:
+            loop = asyncio.get_running_loop()
+            loop.set_task_factory(raising_factory(error))
+            try:
+                with pytest.raises(type(error), match=str(error)):
+                    await tg.spawn(work())
+                assert shared.borrowed_tokens == 0
+                with pytest.raises(type(error), match=str(error)):
+                    tg.create_task(work())
+                assert shared.borrowed_tokens == 0
+                assert tg.statistics().running == 0
+            finally:
+                loop.set_task_factory(None)
+            # The group still works once the factory does.
+            assert await (await tg.spawn(work())) == 0.0
+        assert shared.borrowed_tokens == 0
+
+    run(main())
+
+
+def test_create_task_on_a_closed_loop(impl, run):
+    """A loop raises in create_task() once it is closed. A running loop
+    cannot close, so asyncio's has its closed flag set for the call alone;
+    uvloop's flag cannot be set from Python, so its create_task is made to
+    raise what it raises when closed."""
+
+    async def main():
+        shared = impl.Limiter(1)
+        async with impl.BoundedTaskGroup(limiter=shared) as tg:
+            loop = asyncio.get_running_loop()
+            if run.loop_kind == "asyncio":
+                def close():
+                    loop._closed = True
+
+                def reopen():
+                    loop._closed = False
+            else:
+                def close():
+                    loop.set_task_factory(raising_factory(
+                        RuntimeError("Event loop is closed")))
+
+                def reopen():
+                    loop.set_task_factory(None)
+            close()
+            try:
+                with pytest.raises(RuntimeError, match="closed"):
+                    await tg.spawn(work())
+                with pytest.raises(RuntimeError, match="closed"):
+                    tg.create_task(work())
+            finally:
+                reopen()
+            assert shared.borrowed_tokens == 0
+            assert await (await tg.spawn(work())) == 0.0
+        assert shared.borrowed_tokens == 0
+
+    run(main())
+
+
+def bound_to_another_loop(limiter):
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(limiter.acquire())
+        limiter.release()
+    finally:
+        loop.close()
+    return limiter
+
+
+@pytest.mark.parametrize("other_first", [False, True])
+def test_a_limiter_in_the_sequence_that_cannot_be_taken(impl, run,
+                                                        other_first):
+    """A limiter bound to another loop raises when its token is taken: the
+    tokens already taken from the others go back."""
+    if other_first:
+        other = bound_to_another_loop(impl.Limiter(3))
+        first = impl.Limiter(3)
+    else:
+        first = impl.Limiter(3)
+        other = bound_to_another_loop(impl.Limiter(3))
+
+    async def main():
+        async with impl.BoundedTaskGroup(limiter=[first, other]) as tg:
+            with pytest.raises(RuntimeError, match="different event loop"):
+                await tg.spawn(work())
+            assert first.borrowed_tokens == 0
+            with pytest.raises(RuntimeError, match="different event loop"):
+                tg.create_task(work())
+            assert first.borrowed_tokens == 0
+            assert tg.statistics().spawned == 0
+        with pytest.raises(RuntimeError, match="different event loop"):
+            async with other:
+                pass
+        assert first.borrowed_tokens == 0
+
+    run(main())
+    assert other.borrowed_tokens == 0
+
+
+def test_error_in_a_childs_first_step(impl, run, eager):
+    """Under eager tasks (3.12+) the first step runs inside create_task()
+    and spawn(): the group is aborting before they return."""
+    async def main():
+        shared = impl.Limiter(2)
+        with pytest.raises(ExceptionGroup) as caught:
+            async with impl.BoundedTaskGroup(2, limiter=shared) as tg:
+                slow = tg.create_task(work(10))
+                failed = tg.create_task(fail_at_once())
+                if eager:
+                    assert failed.done()
+                    with pytest.raises(RuntimeError, match="shutting down"):
+                        tg.create_task(work())
+                await asyncio.sleep(1)      # cancelled by the abort
+        assert [type(e) for e in caught.value.exceptions] == [Boom]
+        assert slow.cancelled()
+        assert shared.borrowed_tokens == 0
+
+        with pytest.raises(ExceptionGroup):
+            async with impl.BoundedTaskGroup(2, limiter=shared) as tg:
+                task = await tg.spawn(fail_at_once())
+                assert task.done() == eager
+                await asyncio.sleep(1)      # cancelled by the abort
+        assert shared.borrowed_tokens == 0
+
+    run(main(), eager=eager)
+
+
+def test_group_dropped_without_exit(impl, run, eager):
+    """A group entered and then dropped: its tasks still run to their end
+    and give their tokens back, the waiting ones included."""
+    async def main():
+        shared = impl.Limiter(2)
+        tg = impl.BoundedTaskGroup(limiter=shared)
+        await tg.__aenter__()
+        tasks = [await tg.spawn(work(0.001)), tg.create_task(work(0.001)),
+                 tg.create_task(work(0.001))]     # the last one waits
+        assert shared.borrowed_tokens == 2
+        del tg
+        gc.collect()
+        await asyncio.gather(*tasks)
+        assert [t.result() for t in tasks] == [0.001] * 3
+        assert shared.borrowed_tokens == 0
+
+    run(main(), eager=eager)
