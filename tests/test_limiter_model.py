@@ -1,0 +1,131 @@
+"""A stateful hypothesis test of Limiter against a counting model: a total,
+a number borrowed and a FIFO line of waiting tasks. Any sequence of
+acquire_nowait(), acquire() by new tasks, release(), cancellation of a
+waiting task and total_tokens changes must leave the limiter where the
+model says, on both implementations and both loops."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (RuleBasedStateMachine, invariant,
+                                 precondition, rule,
+                                 run_state_machine_as_test)
+
+from conftest import new_loop
+from taskbound import WouldBlock
+
+
+def machine_for(impl, loop_kind):
+    class LimiterMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loop = new_loop(loop_kind)
+            self.handler_calls: list = []
+            self.loop.set_exception_handler(
+                lambda loop, context: self.handler_calls.append(context))
+            self.limiter = impl.LimiterType(2)
+            self.total = 2
+            self.borrowed = 0
+            self.line: collections.deque = collections.deque()
+            self.tasks: dict = {}
+            self.next_id = 0
+
+        def settle(self) -> None:
+            for _ in range(4):
+                self.loop.run_until_complete(asyncio.sleep(0))
+
+        def free(self) -> bool:
+            return self.borrowed < self.total
+
+        def hand_on(self) -> None:
+            while self.line and self.free():
+                self.line.popleft()
+                self.borrowed += 1
+
+        @rule()
+        def acquire_nowait(self):
+            async def attempt():
+                self.limiter.acquire_nowait()
+            if self.free() and not self.line:
+                self.loop.run_until_complete(attempt())
+                self.borrowed += 1
+            else:
+                with pytest.raises(WouldBlock):
+                    self.loop.run_until_complete(attempt())
+
+        @rule()
+        def acquire_in_a_task(self):
+            task_id = self.next_id
+            self.next_id += 1
+            self.tasks[task_id] = self.loop.create_task(
+                self.limiter.acquire())
+            if self.free() and not self.line:
+                self.borrowed += 1
+            else:
+                self.line.append(task_id)
+            self.settle()
+
+        @rule()
+        def release(self):
+            if self.borrowed == 0:
+                with pytest.raises(RuntimeError):
+                    self.limiter.release()
+                return
+            self.limiter.release()
+            self.borrowed -= 1
+            self.hand_on()
+            self.settle()
+
+        @precondition(lambda self: bool(self.line))
+        @rule(data=st.data())
+        def cancel_a_waiter(self, data):
+            task_id = data.draw(st.sampled_from(list(self.line)))
+            self.tasks[task_id].cancel()
+            self.line.remove(task_id)
+            self.settle()
+            assert self.tasks[task_id].cancelled()
+
+        @rule(total=st.one_of(st.integers(1, 5), st.just(math.inf)))
+        def set_total(self, total):
+            self.limiter.total_tokens = total
+            self.total = total
+            self.hand_on()
+            self.settle()
+
+        @invariant()
+        def agrees_with_the_model(self):
+            limiter = self.limiter
+            assert limiter.total_tokens == self.total
+            assert limiter.borrowed_tokens == self.borrowed
+            expected = (math.inf if self.total == math.inf
+                        else max(0, self.total - self.borrowed))
+            assert limiter.available_tokens == expected
+            assert limiter.statistics().waiting == len(self.line)
+            assert limiter.locked() == (not self.free() or bool(self.line))
+            for task_id, task in self.tasks.items():
+                assert task.done() == (task_id not in self.line)
+            assert self.handler_calls == []
+
+        def teardown(self):
+            for task_id in list(self.line):
+                self.tasks[task_id].cancel()
+            self.line.clear()
+            self.settle()
+            while self.limiter.borrowed_tokens:
+                self.limiter.release()
+            self.loop.close()
+
+    return LimiterMachine
+
+
+def test_limiter_follows_the_counting_model(impl, run):
+    run_state_machine_as_test(
+        machine_for(impl, run.loop_kind),
+        settings=settings(max_examples=40, stateful_step_count=30,
+                          deadline=None, derandomize=True))
