@@ -19,6 +19,7 @@ import types
 from asyncio import CancelledError, current_task, get_running_loop, sleep
 from asyncio.events import _get_running_loop
 
+from . import _deadlock
 from ._common import (
     GroupStatistics,
     LimiterStatistics,
@@ -58,10 +59,12 @@ class _TokenSource:
         loop = get_running_loop()
         if not claim.try_take(loop):
             await _wait_for_claim(claim, loop)
+        self._note_holder()
 
     def acquire_nowait(self) -> None:
         if not self._try_take(get_running_loop()):
             raise WouldBlock(f"no token of {self!r} is free")
+        self._note_holder()
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -110,6 +113,14 @@ class _TokenSource:
     def _waiting(self) -> int:
         return sum(1 for future in self._waiters if not future.done())
 
+    # -- who holds what, for deadlock detection (see _deadlock) --
+
+    def _note_holder(self) -> None:
+        pass
+
+    def _deadlock_state(self):
+        return None
+
 
 class Limiter(_TokenSource):
     """A FIFO counting limiter, shareable by any number of groups on one loop."""
@@ -117,6 +128,11 @@ class Limiter(_TokenSource):
     def __init__(self, total_tokens: int | float) -> None:
         self._total = check_total_tokens(total_tokens)
         self._borrowed = 0
+        # Tokens taken with acquire()/acquire_nowait(), by task; groups'
+        # children hold theirs in their claims.
+        self._holders: dict = {}
+        self._unattributed = 0      # taken outside any task
+        self._lost_track = False    # a task released what it never took
         super().__init__()
 
     def __repr__(self) -> str:
@@ -154,8 +170,52 @@ class Limiter(_TokenSource):
         if self._borrowed <= 0:
             raise RuntimeError(
                 f"release() called on {self!r}, which has no borrowed tokens")
+        task = current_task() if _get_running_loop() is not None else None
+        count = self._holders.get(task, 0)
+        if count > 1:
+            self._holders[task] = count - 1
+        elif count == 1:
+            del self._holders[task]
+        elif self._unattributed > 0:
+            self._unattributed -= 1
+        else:
+            self._lost_track = True
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """A token comes back (from a claim, or from release())."""
+        if self._borrowed <= 0:
+            raise RuntimeError(
+                f"release() called on {self!r}, which has no borrowed tokens")
         self._borrowed -= 1
+        if self._borrowed == 0:
+            # Nothing is held: whoever was recorded is stale.
+            self._holders.clear()
+            self._unattributed = 0
+            self._lost_track = False
         self._wake()
+
+    def _note_holder(self) -> None:
+        task = current_task()
+        if task is None:
+            self._unattributed += 1
+        else:
+            self._holders[task] = self._holders.get(task, 0) + 1
+
+    def _deadlock_state(self):
+        if (self._total == math.inf or self._borrowed < self._total
+                or self._lost_track or self._unattributed):
+            return None
+        waiters = [future for future in self._waiters if not future.done()]
+        if not waiters:
+            return None
+        return self._loop, self._borrowed, self._holders, waiters
+
+    def _fail_waiters(self, futures, message: str) -> None:
+        for future in futures:
+            self._dequeue(future)
+            if not future.done():
+                future.set_exception(_deadlock.DeadlockError(message))
 
     def _try_take(self, loop) -> bool:
         """Take a token if one is free and nobody is queued ahead."""
@@ -166,7 +226,7 @@ class Limiter(_TokenSource):
         self._borrowed += 1
         return True
 
-    _pass_on = release
+    _pass_on = _give_back
 
     def _wake(self) -> None:
         waiters = self._waiters
@@ -234,6 +294,9 @@ class RateLimiter(_TokenSource):
 
     def release(self) -> None:
         """A rate limiter has nothing to give back."""
+
+    def _give_back(self) -> None:
+        pass
 
     def _interval(self) -> float:
         return self._per / self._rate
@@ -366,12 +429,13 @@ class _Claim:
     def release(self) -> None:
         held, self.held = self.held, 0
         for limiter in reversed(self.limiters[:held]):
-            limiter.release()
+            limiter._give_back()
 
 
 async def _wait_for_claim(claim: _Claim, loop) -> None:
     try:
         while True:
+            _deadlock.on_block(claim.limiters[claim.held], claim.waiter)
             await claim.waiter
             if claim.resume(loop):
                 return
@@ -494,6 +558,9 @@ class _Child(collections.abc.Coroutine):
             while True:
                 future = claim.waiter
                 if not future.done():
+                    if self._group._exit_waiter is not None:
+                        _deadlock.on_block(claim.limiters[claim.held],
+                                           future)
                     future._asyncio_future_blocking = True
                     return future
                 if claim.resume(loop):
@@ -503,6 +570,12 @@ class _Child(collections.abc.Coroutine):
         except BaseException:
             claim.abandon()
             raise
+
+    def _holds(self, limiter) -> bool:
+        """Whether this child holds a token of ``limiter``."""
+        claim = self._claim
+        return not self._finished and any(
+            lim is limiter for lim in claim.limiters[:claim.held])
 
     # What asyncio reads to describe a task's coroutine.
     @property
@@ -697,6 +770,7 @@ class BoundedTaskGroup:
         while self._children or self._pending:
             if self._on_completed_fut is None:
                 self._on_completed_fut = self._loop.create_future()
+                _deadlock.on_exit_wait(self, self._on_completed_fut)
             try:
                 await self._on_completed_fut
             except CancelledError as ex:
@@ -789,6 +863,15 @@ class BoundedTaskGroup:
             self._parent_task.cancel()
 
     # -- internals --
+
+    @property
+    def _exit_waiter(self):
+        """The future the exit waits on for the children, if it does."""
+        return self._on_completed_fut if self._exiting else None
+
+    def _child_tasks(self) -> list:
+        return [child._task for child in self._children
+                if not child._finished]
 
     def _check_can_create(self, coro) -> None:
         if not self._entered:

@@ -1,0 +1,160 @@
+"""Deadlock detection: when every token of a limiter is held by tasks that
+wait for a token of that same limiter (in spawn(), acquire(), or in a
+group's exit for children that wait for it), those waits fail with
+taskbound.DeadlockError naming the limiter instead of hanging. The layout
+is the one from the discussion that asked for this library: a limiter of 4,
+ten intermediate tasks that each hold a token and start sub-tasks on the
+same limiter. A wait that is only slow is never called a deadlock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from taskbound import DeadlockError
+
+TOKENS = 4
+INTERMEDIATES = 10
+
+
+async def sub():
+    await asyncio.sleep(0)
+    return "sub"
+
+
+def leaves(error):
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from leaves(inner)
+    else:
+        yield error
+
+
+def assert_deadlocks_named(error, limiter):
+    found = list(leaves(error))
+    assert found and all(isinstance(e, DeadlockError) for e in found), found
+    assert all(repr(limiter).split(" borrowed")[0] in str(e) for e in found)
+
+
+def test_intermediates_spawning_on_the_limiter_they_hold(impl, run, eager):
+    async def main():
+        limiter = impl.Limiter(TOKENS)
+
+        async def intermediate():
+            # (So that, eager or not, all four start before any spawns.)
+            await asyncio.sleep(0)
+            async with impl.BoundedTaskGroup(limiter=limiter) as inner:
+                for _ in range(3):
+                    await inner.spawn(sub())
+
+        async with asyncio.timeout(10):
+            with pytest.raises(ExceptionGroup) as caught:
+                async with impl.BoundedTaskGroup(limiter=limiter) as outer:
+                    for _ in range(INTERMEDIATES):
+                        await outer.spawn(intermediate())
+        assert_deadlocks_named(caught.value, limiter)
+        assert limiter.borrowed_tokens == 0
+
+    run(main(), eager=eager)
+
+
+def test_intermediates_waiting_in_exit_for_children_on_the_limiter(
+        impl, run, eager):
+    async def main():
+        limiter = impl.Limiter(TOKENS)
+
+        async def intermediate():
+            await asyncio.sleep(0)
+            async with impl.BoundedTaskGroup(limiter=limiter) as inner:
+                for _ in range(3):
+                    inner.create_task(sub())
+
+        async with asyncio.timeout(10):
+            with pytest.raises(ExceptionGroup) as caught:
+                async with impl.BoundedTaskGroup(limiter=limiter) as outer:
+                    for _ in range(INTERMEDIATES):
+                        outer.create_task(intermediate())
+        assert_deadlocks_named(caught.value, limiter)
+        assert limiter.borrowed_tokens == 0
+
+    run(main(), eager=eager)
+
+
+def test_nested_acquire_fails_and_a_bystander_goes_on(impl, run):
+    """Holders that wait for the limiter in `async with` fail; a task that
+    waits without holding a token is not part of the deadlock and gets a
+    token once the failed ones give theirs back."""
+    async def main():
+        limiter = impl.Limiter(TOKENS)
+        holding = asyncio.Event()
+        held = 0
+
+        async def holder():
+            nonlocal held
+            async with limiter:
+                held += 1
+                if held == TOKENS:
+                    holding.set()
+                await holding.wait()
+                async with limiter:
+                    return "never"
+
+        async def bystander():
+            await holding.wait()
+            async with limiter:
+                return "bystander"
+
+        async with asyncio.timeout(10):
+            results = await asyncio.gather(
+                *(holder() for _ in range(TOKENS)), bystander(),
+                return_exceptions=True)
+        assert all(isinstance(r, DeadlockError) for r in results[:TOKENS])
+        assert "Limiter total_tokens=4" in str(results[0])
+        assert results[TOKENS] == "bystander"
+        assert limiter.borrowed_tokens == 0
+
+    run(main())
+
+
+def test_no_deadlock_while_a_holder_is_busy(impl, run, eager):
+    """Holders wait for the limiter they hold, but one holder is only
+    sleeping: it will give its token back, so nothing fails."""
+    async def main():
+        limiter = impl.Limiter(2)
+
+        async def nested():
+            async with impl.BoundedTaskGroup(limiter=limiter) as inner:
+                await inner.spawn(sub())
+            return "nested"
+
+        async def sleeper():
+            await asyncio.sleep(0.05)
+            return "slept"
+
+        async with asyncio.timeout(10):
+            async with impl.BoundedTaskGroup(limiter=limiter) as outer:
+                first = await outer.spawn(nested())
+                second = await outer.spawn(sleeper())
+        assert (first.result(), second.result()) == ("nested", "slept")
+        assert limiter.borrowed_tokens == 0
+
+    run(main(), eager=eager)
+
+
+def test_nested_use_with_tokens_to_spare_is_not_a_deadlock(impl, run, eager):
+    async def main():
+        limiter = impl.Limiter(TOKENS)
+
+        async def intermediate():
+            async with impl.BoundedTaskGroup(limiter=limiter) as inner:
+                for _ in range(5):
+                    await inner.spawn(sub())
+            return "done"
+
+        async with impl.BoundedTaskGroup(limiter=limiter) as outer:
+            tasks = [await outer.spawn(intermediate()) for _ in range(2)]
+        assert [t.result() for t in tasks] == ["done", "done"]
+        assert limiter.borrowed_tokens == 0
+
+    run(main(), eager=eager)
