@@ -129,11 +129,20 @@ acquisition_step(PyObject *op, PyObject *value, PyObject *exc,
     else {
         status = claim_resume(&self->claim, self->loop);
     }
-    if (status < 0) {
-        acquisition_fail(self);
-        return PYGEN_ERROR;
-    }
-    if (status == 0) {
+    while (status == 0) {
+        /* A wait that would complete a deadlock fails at once, without a
+         * trip through the loop (as awaiting a done future does). */
+        TokenSource *busy = LIMITER_AT(&self->claim, self->claim.held);
+        if (limiter_may_deadlock(busy)) {
+            deadlock_on_block(acq_state(self), busy, self->claim.waiter);
+            int done = call_method_bool(self->claim.waiter,
+                                        acq_state(self)->str_done);
+            if (done != 0) {
+                status = done < 0 ? -1
+                    : claim_resume(&self->claim, self->loop);
+                continue;
+            }
+        }
         if (mark_blocking(acq_state(self), self->claim.waiter) < 0) {
             acquisition_fail(self);
             return PYGEN_ERROR;
@@ -141,8 +150,19 @@ acquisition_step(PyObject *op, PyObject *value, PyObject *exc,
         *result = Py_NewRef(self->claim.waiter);
         return PYGEN_NEXT;
     }
+    if (status < 0) {
+        acquisition_fail(self);
+        return PYGEN_ERROR;
+    }
     self->finished = 1;
     if (self->group == NULL) {
+        /* acquire(): the current task holds the tokens from now on. */
+        for (Py_ssize_t i = 0; i < self->claim.held; i++) {
+            TokenSource *source = LIMITER_AT(&self->claim, i);
+            if (source->ops->note_holder != NULL) {
+                source->ops->note_holder(source, self->loop);
+            }
+        }
         *result = Py_NewRef(Py_None);
         return PYGEN_RETURN;
     }

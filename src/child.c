@@ -69,6 +69,19 @@ child_wait_for_tokens(ChildObject *self, PyObject *exc, PyObject **result)
             goto fail;
         }
         if (!done) {
+            /* Once the group's exit waits for this child, the child's wait
+             * may be what completes a deadlock; it then fails at once. */
+            TokenSource *busy = LIMITER_AT(claim, claim->held);
+            if (self->group->exiting && self->group->on_completed_fut != NULL
+                    && limiter_may_deadlock(busy)) {
+                deadlock_on_block(child_state(self), busy, future);
+                done = call_method_bool(future, child_state(self)->str_done);
+                if (done < 0) {
+                    goto fail;
+                }
+            }
+        }
+        if (!done) {
             if (mark_blocking(child_state(self), future) < 0) {
                 goto fail;
             }
@@ -306,7 +319,29 @@ child_get_await(ChildObject *self, void *Py_UNUSED(closure))
     return or_none(forward(self, "cr_await", "gi_yieldfrom"));
 }
 
+/* For deadlock detection: whether this child holds a token of `limiter`. */
+static PyObject *
+child_holds(ChildObject *self, PyObject *limiter)
+{
+    if (!self->finished && self->claim.limiters != NULL) {
+        for (Py_ssize_t i = 0; i < self->claim.held; i++) {
+            if ((PyObject *)LIMITER_AT(&self->claim, i) == limiter) {
+                Py_RETURN_TRUE;
+            }
+        }
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+child_get_group(ChildObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->group != NULL ? (PyObject *)self->group
+                                         : Py_None);
+}
+
 static PyMethodDef child_methods[] = {
+    {"_holds", (PyCFunction)child_holds, METH_O, NULL},
     {"send", (PyCFunction)child_send, METH_O, NULL},
     {"throw", (PyCFunction)(void (*)(void))child_throw, METH_FASTCALL, NULL},
     {"close", (PyCFunction)child_close_method, METH_NOARGS, NULL},
@@ -320,6 +355,7 @@ static PyGetSetDef child_getset[] = {
     {"cr_frame", (getter)child_get_frame, NULL, NULL, NULL},
     {"cr_running", (getter)child_get_running, NULL, NULL, NULL},
     {"cr_await", (getter)child_get_await, NULL, NULL, NULL},
+    {"_group", (getter)child_get_group, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

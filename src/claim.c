@@ -7,9 +7,6 @@
  */
 #include "taskbound.h"
 
-#define LIMITER_AT(claim, i) \
-    ((TokenSource *)PyTuple_GET_ITEM((claim)->limiters, (i)))
-
 void
 claim_init(Claim *claim, PyObject *limiters)
 {

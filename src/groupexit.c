@@ -290,6 +290,8 @@ group_exit_step(PyObject *op, PyObject *value, PyObject *exc,
             if (group->on_completed_fut == NULL) {
                 goto error;
             }
+            deadlock_on_exit_wait(st, (PyObject *)group,
+                                  group->on_completed_fut);
         }
         if (mark_blocking(st, group->on_completed_fut) < 0) {
             goto error;

@@ -46,17 +46,128 @@ limiter_try_take(TokenSource *base, PyObject *loop)
 }
 
 static int
-limiter_give_back(TokenSource *base)
+check_borrowed(LimiterObject *self)
 {
-    LimiterObject *self = (LimiterObject *)base;
     if (self->borrowed <= 0) {
         PyErr_Format(PyExc_RuntimeError,
                      "release() called on %R, which has no borrowed tokens",
                      self);
         return -1;
     }
+    return 0;
+}
+
+static int
+limiter_give_back(TokenSource *base)
+{
+    LimiterObject *self = (LimiterObject *)base;
+    if (check_borrowed(self) < 0) {
+        return -1;
+    }
     self->borrowed--;
+    if (self->borrowed == 0) {
+        /* Nothing is held: whoever was recorded is stale. */
+        if (self->holders != NULL) {
+            PyDict_Clear(self->holders);
+        }
+        self->unattributed = 0;
+        self->lost_track = 0;
+    }
     return limiter_wake(self);
+}
+
+/* ---- who holds what, for deadlock detection (taskbound._deadlock) ---- */
+
+/* The current task of `loop` (None when there is none), or NULL. */
+static PyObject *
+task_of(ModuleState *st, PyObject *loop)
+{
+    if (loop == NULL || loop == Py_None) {
+        return Py_NewRef(Py_None);
+    }
+    return PyObject_CallOneArg(st->current_task, loop);
+}
+
+/* Adds `delta` to the count of `task` in the holders; 0 when it had none
+ * to take from. */
+static int
+count_holder(LimiterObject *self, PyObject *task, int delta)
+{
+    if (self->holders == NULL && (self->holders = PyDict_New()) == NULL) {
+        return -1;
+    }
+    PyObject *count = PyDict_GetItemWithError(self->holders, task);
+    if (count == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    Py_ssize_t n = count == NULL ? 0 : PyLong_AsSsize_t(count);
+    if (n + delta < 0) {
+        return 0;
+    }
+    if (n + delta == 0) {
+        return PyDict_DelItem(self->holders, task) < 0 ? -1 : 1;
+    }
+    PyObject *next = PyLong_FromSsize_t(n + delta);
+    if (next == NULL) {
+        return -1;
+    }
+    int status = PyDict_SetItem(self->holders, task, next);
+    Py_DECREF(next);
+    return status < 0 ? -1 : 1;
+}
+
+/* What cannot be recorded is lost track of: detection then stays quiet
+ * until every token is back, which is always safe. */
+static void
+lose_track(LimiterObject *self)
+{
+    PyErr_WriteUnraisable((PyObject *)self);
+    self->lost_track = 1;
+}
+
+static void
+limiter_note_holder(TokenSource *base, PyObject *loop)
+{
+    LimiterObject *self = (LimiterObject *)base;
+    PyObject *task = task_of(base->state, loop);
+    if (task == NULL) {
+        lose_track(self);
+        return;
+    }
+    if (task == Py_None) {
+        self->unattributed++;
+    }
+    else if (count_holder(self, task, 1) < 0) {
+        lose_track(self);
+    }
+    Py_DECREF(task);
+}
+
+static int
+limiter_release(TokenSource *base)
+{
+    LimiterObject *self = (LimiterObject *)base;
+    if (check_borrowed(self) < 0) {
+        return -1;
+    }
+    PyObject *loop = PyObject_CallNoArgs(base->state->get_running_loop);
+    PyObject *task = loop == NULL ? NULL : task_of(base->state, loop);
+    Py_XDECREF(loop);
+    int counted = task == NULL ? -1
+        : task == Py_None ? 0 : count_holder(self, task, -1);
+    Py_XDECREF(task);
+    if (counted < 0) {
+        lose_track(self);
+    }
+    else if (counted == 0) {
+        if (self->unattributed > 0) {
+            self->unattributed--;
+        }
+        else {
+            self->lost_track = 1;
+        }
+    }
+    return limiter_give_back(base);
 }
 
 static const TokenSourceOps limiter_ops = {
@@ -65,7 +176,111 @@ static const TokenSourceOps limiter_ops = {
     .dequeue = source_dequeue,
     .pass_on = limiter_give_back,
     .give_back = limiter_give_back,
+    .release = limiter_release,
+    .note_holder = limiter_note_holder,
 };
+
+int
+limiter_may_deadlock(TokenSource *source)
+{
+    LimiterObject *self = (LimiterObject *)source;
+    return source->ops == &limiter_ops && self->total != TOTAL_INFINITE
+           && self->borrowed >= self->total;
+}
+
+void
+deadlock_on_block(ModuleState *st, TokenSource *source, PyObject *future)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *res = PyObject_CallFunctionObjArgs(st->on_block, source,
+                                                 future, NULL);
+    if (res == NULL) {
+        PyErr_WriteUnraisable(st->on_block);
+    }
+    Py_XDECREF(res);
+    PyErr_SetRaisedException(exc);
+}
+
+void
+deadlock_on_exit_wait(ModuleState *st, PyObject *group, PyObject *future)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *res = PyObject_CallFunctionObjArgs(st->on_exit_wait, group,
+                                                 future, NULL);
+    if (res == NULL) {
+        PyErr_WriteUnraisable(st->on_exit_wait);
+    }
+    Py_XDECREF(res);
+    PyErr_SetRaisedException(exc);
+}
+
+/* (loop, borrowed, holders, live waiters), or None when this limiter
+ * cannot be deadlocked now or does not know who holds its tokens. */
+static PyObject *
+limiter_deadlock_state(LimiterObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!limiter_may_deadlock(&self->base) || self->lost_track
+            || self->unattributed > 0 || self->base.loop == NULL) {
+        Py_RETURN_NONE;
+    }
+    WaiterQueue *q = &self->base.waiters;
+    PyObject *waiters = PyList_New(0);
+    if (waiters == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < q->len; i++) {
+        PyObject *future = queue_at(q, i);
+        int done = call_method_bool(future, self->base.state->str_done);
+        if (done < 0 || (!done && PyList_Append(waiters, future) < 0)) {
+            Py_DECREF(waiters);
+            return NULL;
+        }
+    }
+    if (PyList_GET_SIZE(waiters) == 0) {
+        Py_DECREF(waiters);
+        Py_RETURN_NONE;
+    }
+    if (self->holders == NULL && (self->holders = PyDict_New()) == NULL) {
+        Py_DECREF(waiters);
+        return NULL;
+    }
+    return Py_BuildValue("OnON", self->base.loop, self->borrowed,
+                         self->holders, waiters);
+}
+
+/* Takes the futures out of the line and fails them with DeadlockError. */
+static PyObject *
+limiter_fail_waiters(LimiterObject *self, PyObject *const *args,
+                     Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_fail_waiters(futures, message)");
+        return NULL;
+    }
+    ModuleState *st = self->base.state;
+    PyObject *futures = PySequence_Fast(args[0], "futures must be a list");
+    if (futures == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(futures); i++) {
+        PyObject *future = PySequence_Fast_GET_ITEM(futures, i);
+        if (source_dequeue(&self->base, future) != 1) {
+            continue;   /* not in this line: not ours to fail */
+        }
+        PyObject *error = PyObject_CallOneArg(st->deadlock_error, args[1]);
+        PyObject *res = error == NULL ? NULL
+            : call_method1(future, st->str_set_exception, error);
+        Py_XDECREF(error);
+        if (res == NULL) {
+            Py_DECREF(futures);
+            return NULL;
+        }
+        Py_DECREF(res);
+    }
+    Py_DECREF(futures);
+    Py_RETURN_NONE;
+}
 
 /* ---- the Python type ---- */
 
@@ -132,12 +347,14 @@ limiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static int
 limiter_traverse(LimiterObject *self, visitproc visit, void *arg)
 {
+    Py_VISIT(self->holders);
     return source_traverse(&self->base, visit, arg);
 }
 
 static int
 limiter_clear(LimiterObject *self)
 {
+    Py_CLEAR(self->holders);
     source_clear(&self->base);
     return 0;
 }
@@ -248,6 +465,10 @@ static PyMethodDef limiter_methods[] = {
     {"__aenter__", source_acquire, METH_NOARGS, NULL},
     {"__aexit__", (PyCFunction)(void (*)(void))source_aexit, METH_FASTCALL,
      NULL},
+    {"_deadlock_state", (PyCFunction)limiter_deadlock_state, METH_NOARGS,
+     NULL},
+    {"_fail_waiters", (PyCFunction)(void (*)(void))limiter_fail_waiters,
+     METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 

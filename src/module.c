@@ -74,6 +74,9 @@ module_exec(PyObject *module)
         return -1;
     }
     IMPORT(would_block, "taskbound._common", "WouldBlock");
+    IMPORT(deadlock_error, "taskbound._common", "DeadlockError");
+    IMPORT(on_block, "taskbound._deadlock", "on_block");
+    IMPORT(on_exit_wait, "taskbound._deadlock", "on_exit_wait");
     IMPORT(limiter_statistics, "taskbound._common", "LimiterStatistics");
     IMPORT(rate_limiter_statistics, "taskbound._common",
            "RateLimiterStatistics");
@@ -134,6 +137,7 @@ module_exec(PyObject *module)
     X(acquisition_type) X(stream_type) X(stream_step_type) X(worker_type) \
     X(stream_iterator_type) X(spare_stop_iteration)                       \
     X(future_set_result) X(future_set_exception)                          \
+    X(deadlock_error) X(on_block) X(on_exit_wait)                         \
     X(isfuture) X(str_add_done_callback) X(str_aclose)                    \
     X(str_set_exception)                                                  \
     X(group_exit_type) X(get_running_loop) X(current_task)                \

@@ -149,6 +149,7 @@ static const TokenSourceOps rate_limiter_ops = {
     .dequeue = rate_dequeue,
     .pass_on = rate_pass_on,
     .give_back = rate_give_back,
+    .release = rate_give_back,
 };
 
 /* ---- the Python type ---- */

@@ -91,6 +91,9 @@ typedef struct {
     PyObject *current_task;         /* asyncio.current_task */
     PyObject *cancelled_error;      /* asyncio.CancelledError */
     PyObject *would_block;          /* taskbound.WouldBlock */
+    PyObject *deadlock_error;       /* taskbound.DeadlockError */
+    PyObject *on_block;             /* taskbound._deadlock.on_block */
+    PyObject *on_exit_wait;         /* taskbound._deadlock.on_exit_wait */
     PyObject *limiter_statistics;   /* taskbound.LimiterStatistics */
     PyObject *rate_limiter_statistics;
     PyObject *check_positive;
@@ -201,8 +204,12 @@ typedef struct {
     int (*dequeue)(TokenSource *self, PyObject *future);
     /* a waiter handed a token gave up: pass it on */
     int (*pass_on)(TokenSource *self);
-    /* release() */
+    /* a token comes back from a claim */
     int (*give_back)(TokenSource *self);
+    /* release(), by whoever took a token with acquire() */
+    int (*release)(TokenSource *self);
+    /* acquire()/acquire_nowait() took a token (NULL: nothing to note) */
+    void (*note_holder)(TokenSource *self, PyObject *loop);
 } TokenSourceOps;
 
 struct TokenSource {
@@ -219,7 +226,24 @@ typedef struct {
     TokenSource base;
     Py_ssize_t total;        /* TOTAL_INFINITE for math.inf */
     Py_ssize_t borrowed;     /* includes tokens handed to woken waiters */
+    /* For deadlock detection: tokens taken with acquire()/acquire_nowait()
+     * by task (a dict, made on first use); groups' children hold theirs in
+     * their claims. */
+    PyObject *holders;
+    Py_ssize_t unattributed; /* taken outside any task */
+    char lost_track;         /* a task released what it never took */
 } LimiterObject;
+
+/* Whether a wait on this source could be part of a deadlock: a finite
+ * Limiter with no token free. */
+int limiter_may_deadlock(TokenSource *source);
+/* Lets taskbound._deadlock look at a wait that may be part of a deadlock
+ * (on_block) or at a group's exit about to wait (on_exit_wait). Reports
+ * its own errors as unraisable. */
+void deadlock_on_block(ModuleState *state, TokenSource *source,
+                       PyObject *future);
+void deadlock_on_exit_wait(ModuleState *state, PyObject *group,
+                           PyObject *future);
 
 typedef struct {
     TokenSource base;
@@ -262,6 +286,10 @@ typedef struct {
 } Claim;
 
 void claim_init(Claim *claim, PyObject *limiters);
+/* The i-th source of a claim, in rank order. */
+#define LIMITER_AT(claim, i) \
+    ((TokenSource *)PyTuple_GET_ITEM((claim)->limiters, (i)))
+
 int claim_try_take(Claim *claim, PyObject *loop);
 int claim_resume(Claim *claim, PyObject *loop);
 int claim_abort(Claim *claim, PyObject *error);

@@ -768,7 +768,47 @@ group_get_limiters(GroupObject *self, void *Py_UNUSED(closure))
     return Py_NewRef(self->limiters);
 }
 
+/* ---- views for deadlock detection (taskbound._deadlock) ---- */
+
+/* The future the exit waits on for the children, or None. */
+static PyObject *
+group_get_exit_waiter(GroupObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *future = self->exiting ? self->on_completed_fut : NULL;
+    return Py_NewRef(future != NULL ? future : Py_None);
+}
+
+static PyObject *
+group_get_parent_task(GroupObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->parent_task != NULL ? self->parent_task
+                                               : Py_None);
+}
+
+/* The task of each unfinished child (None for one without a task yet). */
+static PyObject *
+group_child_tasks(GroupObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *tasks = PyList_New(0);
+    if (tasks == NULL) {
+        return NULL;
+    }
+    for (ChildObject *child = self->first_child; child != NULL;
+            child = child->next) {
+        if (child->finished) {
+            continue;
+        }
+        if (PyList_Append(tasks, child->task != NULL ? child->task
+                                                     : Py_None) < 0) {
+            Py_DECREF(tasks);
+            return NULL;
+        }
+    }
+    return tasks;
+}
+
 static PyMethodDef group_methods[] = {
+    {"_child_tasks", (PyCFunction)group_child_tasks, METH_NOARGS, NULL},
     {"spawn", (PyCFunction)(void (*)(void))group_spawn,
      METH_FASTCALL | METH_KEYWORDS,
      "spawn(coro, *, name=None, context=None)\n--\n\n"
@@ -794,6 +834,8 @@ static PyGetSetDef group_getset[] = {
      "The group's own bound, or None.", NULL},
     {"limiters", (getter)group_get_limiters, NULL,
      "Every limiter a task takes a token of, in the order taken.", NULL},
+    {"_exit_waiter", (getter)group_get_exit_waiter, NULL, NULL, NULL},
+    {"_parent_task", (getter)group_get_parent_task, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -186,7 +186,18 @@ source_withdraw(TokenSource *self, PyObject *future)
             return -1;
         }
         if (!cancelled) {
-            /* Woken already: the token it was handed (if any) goes on. */
+            /* Woken already: the token it was handed (if any) goes on. A
+             * waiter failed by deadlock detection was handed nothing. */
+            PyObject *error = call_method0(future, st->str_exception);
+            if (error == NULL) {
+                return -1;
+            }
+            int failed = error != Py_None;
+            Py_DECREF(error);
+            if (failed) {
+                self->ops->dequeue(self, future);
+                return 0;
+            }
             PyObject *handed = call_method0(future, st->str_result);
             if (handed == NULL) {
                 return -1;
@@ -264,6 +275,9 @@ source_acquire_nowait(PyObject *op, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     int taken = self->ops->try_take(self, loop);
+    if (taken == 1 && self->ops->note_holder != NULL) {
+        self->ops->note_holder(self, loop);
+    }
     Py_DECREF(loop);
     if (taken < 0) {
         return NULL;
@@ -280,7 +294,7 @@ PyObject *
 source_release(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     TokenSource *self = (TokenSource *)op;
-    if (self->ops->give_back(self) < 0) {
+    if (self->ops->release(self) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -290,7 +304,7 @@ PyObject *
 source_aexit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     TokenSource *self = (TokenSource *)op;
-    if (self->ops->give_back(self) < 0) {
+    if (self->ops->release(self) < 0) {
         return NULL;
     }
     /* An acquisition of no tokens: an awaitable that returns None. */

@@ -129,8 +129,9 @@ def _check(limiter, state, hint_task, hint_future) -> None:
             if child not in seen:
                 seen.add(child)
                 part.append(child)
+    failing = {id(stuck[task]) for task in seen if stuck[task] is not None}
     limiter._fail_waiters(
-        [stuck[task] for task in seen if stuck.get(task) is not None],
+        [future for future in waiters if id(future) in failing],  # in line
         f"deadlock: every token of {limiter!r} is held by a task that "
         "waits for a token of it (itself, or in a group's exit for "
         "children that do)")

@@ -94,7 +94,8 @@ class _TokenSource:
     def _withdraw(self, future) -> None:
         """The owner of ``future`` gives up: pass its token on if it has one."""
         if future.done() and not future.cancelled():
-            if future.result():
+            # (A waiter failed by deadlock detection was handed nothing.)
+            if future.exception() is None and future.result():
                 self._pass_on()
             return
         self._dequeue(future)
@@ -557,10 +558,11 @@ class _Child(collections.abc.Coroutine):
         try:
             while True:
                 future = claim.waiter
+                if not future.done() and self._group._exit_waiter is not None:
+                    # Once the exit waits for this child, its wait may be
+                    # what completes a deadlock; it then fails at once.
+                    _deadlock.on_block(claim.limiters[claim.held], future)
                 if not future.done():
-                    if self._group._exit_waiter is not None:
-                        _deadlock.on_block(claim.limiters[claim.held],
-                                           future)
                     future._asyncio_future_blocking = True
                     return future
                 if claim.resume(loop):
