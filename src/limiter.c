@@ -188,30 +188,30 @@ limiter_may_deadlock(TokenSource *source)
            && self->borrowed >= self->total;
 }
 
-void
-deadlock_on_block(ModuleState *st, TokenSource *source, PyObject *future)
+/* detector(subject, future), keeping any error already set. */
+static void
+call_detector(PyObject *detector, PyObject *subject, PyObject *future)
 {
     PyObject *exc = PyErr_GetRaisedException();
-    PyObject *res = PyObject_CallFunctionObjArgs(st->on_block, source,
-                                                 future, NULL);
+    PyObject *res = PyObject_CallFunctionObjArgs(detector, subject, future,
+                                                 NULL);
     if (res == NULL) {
-        PyErr_WriteUnraisable(st->on_block);
+        PyErr_WriteUnraisable(detector);
     }
     Py_XDECREF(res);
     PyErr_SetRaisedException(exc);
 }
 
 void
+deadlock_on_block(ModuleState *st, TokenSource *source, PyObject *future)
+{
+    call_detector(st->on_block, (PyObject *)source, future);
+}
+
+void
 deadlock_on_exit_wait(ModuleState *st, PyObject *group, PyObject *future)
 {
-    PyObject *exc = PyErr_GetRaisedException();
-    PyObject *res = PyObject_CallFunctionObjArgs(st->on_exit_wait, group,
-                                                 future, NULL);
-    if (res == NULL) {
-        PyErr_WriteUnraisable(st->on_exit_wait);
-    }
-    Py_XDECREF(res);
-    PyErr_SetRaisedException(exc);
+    call_detector(st->on_exit_wait, group, future);
 }
 
 /* (loop, borrowed, holders, live waiters), or None when this limiter

@@ -37,44 +37,30 @@ def assert_deadlocks_named(error, limiter):
     assert all(repr(limiter).split(" borrowed")[0] in str(e) for e in found)
 
 
-def test_intermediates_spawning_on_the_limiter_they_hold(impl, run, eager):
+@pytest.mark.parametrize("start", ["spawn", "create_task"])
+def test_intermediates_starting_sub_tasks_on_the_limiter_they_hold(
+        impl, run, eager, start):
+    """With spawn() each intermediate waits for a token in its own spawn;
+    with create_task() it waits in its group's exit for sub-tasks that all
+    wait for one."""
     async def main():
         limiter = impl.Limiter(TOKENS)
 
         async def intermediate():
-            # (So that, eager or not, all four start before any spawns.)
+            # (So that, eager or not, all four start before any sub-task.)
             await asyncio.sleep(0)
             async with impl.BoundedTaskGroup(limiter=limiter) as inner:
                 for _ in range(3):
-                    await inner.spawn(sub())
+                    if start == "spawn":
+                        await inner.spawn(sub())
+                    else:
+                        inner.create_task(sub())
 
         async with asyncio.timeout(10):
             with pytest.raises(ExceptionGroup) as caught:
                 async with impl.BoundedTaskGroup(limiter=limiter) as outer:
                     for _ in range(INTERMEDIATES):
                         await outer.spawn(intermediate())
-        assert_deadlocks_named(caught.value, limiter)
-        assert limiter.borrowed_tokens == 0
-
-    run(main(), eager=eager)
-
-
-def test_intermediates_waiting_in_exit_for_children_on_the_limiter(
-        impl, run, eager):
-    async def main():
-        limiter = impl.Limiter(TOKENS)
-
-        async def intermediate():
-            await asyncio.sleep(0)
-            async with impl.BoundedTaskGroup(limiter=limiter) as inner:
-                for _ in range(3):
-                    inner.create_task(sub())
-
-        async with asyncio.timeout(10):
-            with pytest.raises(ExceptionGroup) as caught:
-                async with impl.BoundedTaskGroup(limiter=limiter) as outer:
-                    for _ in range(INTERMEDIATES):
-                        outer.create_task(intermediate())
         assert_deadlocks_named(caught.value, limiter)
         assert limiter.borrowed_tokens == 0
 
