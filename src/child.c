@@ -52,6 +52,36 @@ child_fail(ChildObject *self)
     PyErr_SetRaisedException(exc);
 }
 
+/* Whether the group's parent task may hold a token of `busy` (one of its
+ * acquire()s, or a token of its own group's claim): only then can this
+ * child's wait complete a deadlock, and only then is the detector asked,
+ * so that a create_task() flood does not ask once per task. */
+static int
+parent_may_hold(GroupObject *group, TokenSource *busy)
+{
+    if (group->parent_task == NULL) {
+        return 0;
+    }
+    if (limiter_has_holders(busy)) {
+        return 1;
+    }
+    PyObject *coro = PyObject_CallMethod(group->parent_task, "get_coro",
+                                         NULL);
+    if (coro == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int holds = 0;
+    if (Py_IS_TYPE(coro, group->state->child_type)) {
+        Claim *claim = &((ChildObject *)coro)->claim;
+        for (Py_ssize_t i = 0; i < claim->held; i++) {
+            holds |= LIMITER_AT(claim, i) == busy;
+        }
+    }
+    Py_DECREF(coro);
+    return holds;
+}
+
 /* One step while waiting for tokens: 1 with a future to yield in *result,
  * 0 once every token is held, -1 on error (tokens given back). */
 static int
@@ -73,7 +103,8 @@ child_wait_for_tokens(ChildObject *self, PyObject *exc, PyObject **result)
              * may be what completes a deadlock; it then fails at once. */
             TokenSource *busy = LIMITER_AT(claim, claim->held);
             if (self->group->exiting && self->group->on_completed_fut != NULL
-                    && limiter_may_deadlock(busy)) {
+                    && limiter_may_deadlock(busy)
+                    && parent_may_hold(self->group, busy)) {
                 deadlock_on_block(child_state(self), busy, future);
                 done = call_method_bool(future, child_state(self)->str_done);
                 if (done < 0) {

@@ -181,6 +181,13 @@ static const TokenSourceOps limiter_ops = {
 };
 
 int
+limiter_has_holders(TokenSource *source)
+{
+    LimiterObject *self = (LimiterObject *)source;
+    return self->holders != NULL && PyDict_GET_SIZE(self->holders) > 0;
+}
+
+int
 limiter_may_deadlock(TokenSource *source)
 {
     LimiterObject *self = (LimiterObject *)source;

@@ -237,6 +237,8 @@ typedef struct {
 /* Whether a wait on this source could be part of a deadlock: a finite
  * Limiter with no token free. */
 int limiter_may_deadlock(TokenSource *source);
+/* Whether some task holds tokens of this Limiter taken with acquire(). */
+int limiter_has_holders(TokenSource *source);
 /* Lets taskbound._deadlock look at a wait that may be part of a deadlock
  * (on_block) or at a group's exit about to wait (on_exit_wait). Reports
  * its own errors as unraisable. */

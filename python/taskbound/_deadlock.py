@@ -56,9 +56,18 @@ def on_block(limiter, future) -> None:
     task = current_task()
     if task is None:
         return
-    holds = state[2].get(task, 0) + _child_holds(task, limiter)
+    holders = state[2]
+    if holders.get(task, 0) or _child_holds(task, limiter):
+        _check(limiter, state, task, future)
+        return
+    # A child waiting while its group's exit waits for it completes a
+    # deadlock only if the group's parent holds a token (checking every
+    # such child would cost a walk over all tasks per task created).
     group = _group_of(task)
-    if holds or (group is not None and group._exit_waiter is not None):
+    parent = group._parent_task if group is not None else None
+    if (group is not None and group._exit_waiter is not None
+            and parent is not None
+            and (holders.get(parent, 0) or _child_holds(parent, limiter))):
         _check(limiter, state, task, future)
 
 

@@ -558,10 +558,12 @@ class _Child(collections.abc.Coroutine):
         try:
             while True:
                 future = claim.waiter
-                if not future.done() and self._group._exit_waiter is not None:
+                busy = claim.limiters[claim.held]
+                if (not future.done() and self._group._exit_waiter is not None
+                        and _parent_may_hold(self._group, busy)):
                     # Once the exit waits for this child, its wait may be
                     # what completes a deadlock; it then fails at once.
-                    _deadlock.on_block(claim.limiters[claim.held], future)
+                    _deadlock.on_block(busy, future)
                 if not future.done():
                     future._asyncio_future_blocking = True
                     return future
@@ -607,6 +609,19 @@ class _Child(collections.abc.Coroutine):
     @property
     def cr_await(self):
         return getattr(self._target, "cr_await", None)
+
+
+def _parent_may_hold(group, limiter) -> bool:
+    """Whether the group's parent may hold a token of ``limiter``: only
+    then is a waiting child worth a deadlock check (checking every child of
+    a create_task() flood would walk all tasks once per task)."""
+    parent = group._parent_task
+    if parent is None:
+        return False
+    if getattr(limiter, "_holders", None):
+        return True
+    coro = parent.get_coro()
+    return isinstance(coro, _Child) and coro._holds(limiter)
 
 
 def _exception_of(typ, val=None, tb=None):
