@@ -20,6 +20,17 @@ next_start(RateLimiterObject *self)
     return self->tat - interval(self) * (double)(self->burst - 1);
 }
 
+/* A start is due a microsecond early: loop clocks are floats (uvloop's
+ * counts milliseconds), so a timer set for a start can wake to a time that
+ * rounds a hair below it. */
+#define START_SLACK 1e-6
+
+static int
+due(RateLimiterObject *self, double now)
+{
+    return now + START_SLACK >= next_start(self);
+}
+
 static void
 start(RateLimiterObject *self, double now)
 {
@@ -86,7 +97,7 @@ rate_try_take(TokenSource *base, PyObject *loop)
     if (loop_time(self, loop, &now) < 0) {
         return -1;
     }
-    if (now < next_start(self)) {
+    if (!due(self, now)) {
         return 0;
     }
     start(self, now);
@@ -267,7 +278,7 @@ rate_on_timer(RateLimiterObject *self, PyObject *Py_UNUSED(ignored))
     /* The timer may fire a clock tick early: the first waiter goes anyway,
      * and start() keeps the schedule from there. */
     int first = 1;
-    while (base->waiters.len > 0 && (first || now >= next_start(self))) {
+    while (base->waiters.len > 0 && (first || due(self, now))) {
         PyObject *future = queue_pop(&base->waiters);
         int handed = set_result_if_pending(base->state, future, Py_True);
         Py_DECREF(future);
@@ -316,7 +327,7 @@ rate_locked(RateLimiterObject *self, PyObject *Py_UNUSED(ignored))
     if (loop_time(self, self->base.loop, &now) < 0) {
         return NULL;
     }
-    return PyBool_FromLong(now < next_start(self));
+    return PyBool_FromLong(!due(self, now));
 }
 
 static PyObject *

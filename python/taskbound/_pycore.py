@@ -291,7 +291,7 @@ class RateLimiter(_TokenSource):
         self._prune()
         if self._waiters:
             return True
-        return self._loop is not None and self._loop.time() < self._next_start()
+        return self._loop is not None and not self._due(self._loop.time())
 
     def release(self) -> None:
         """A rate limiter has nothing to give back."""
@@ -305,6 +305,12 @@ class RateLimiter(_TokenSource):
     def _next_start(self) -> float:
         return self._tat - self._interval() * (self._burst - 1)
 
+    def _due(self, now: float) -> bool:
+        # A microsecond early counts: loop clocks are floats (uvloop's counts
+        # milliseconds), so a timer set for a start can wake to a time that
+        # rounds a hair below it.
+        return now + 1e-6 >= self._next_start()
+
     def _start(self, now: float) -> None:
         self._tat = max(self._tat, now) + self._interval()
 
@@ -312,7 +318,7 @@ class RateLimiter(_TokenSource):
         self._bind(loop)
         self._prune()
         now = loop.time()
-        if self._waiters or now < self._next_start():
+        if self._waiters or not self._due(now):
             return False
         self._start(now)
         return True
@@ -354,7 +360,7 @@ class RateLimiter(_TokenSource):
         self._prune()
         # The timer may fire a clock tick early: the first waiter goes
         # anyway, and _start() keeps the schedule from there.
-        while self._waiters and (first or now >= self._next_start()):
+        while self._waiters and (first or self._due(now)):
             self._start(now)
             self._waiters.popleft().set_result(True)
             first = False
