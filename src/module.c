@@ -42,6 +42,8 @@ module_exec(PyObject *module)
     if (add_type(module, &limiter_spec, &st->limiter_type, 1) < 0
             || add_type(module, &rate_limiter_spec, &st->rate_limiter_type,
                         1) < 0
+            || add_type(module, &external_source_spec,
+                        &st->external_source_type, 1) < 0
             || add_type(module, &group_spec, &st->group_type, 1) < 0
             || add_type(module, &child_spec, &st->child_type, 0) < 0
             || add_type(module, &acquisition_spec, &st->acquisition_type, 0) < 0
@@ -112,6 +114,11 @@ module_exec(PyObject *module)
     INTERN(str_throw, "throw");
     INTERN(str_time, "time");
     INTERN(str_uncancel, "uncancel");
+    INTERN(str__try_take, "_try_take");
+    INTERN(str__enqueue, "_enqueue");
+    INTERN(str__dequeue, "_dequeue");
+    INTERN(str__pass_on, "_pass_on");
+    INTERN(str__give_back, "_give_back");
 #undef INTERN
     st->kwnames_name = Py_BuildValue("(s)", "name");
     st->kwnames_name_context = Py_BuildValue("(ss)", "name", "context");
@@ -150,7 +157,9 @@ module_exec(PyObject *module)
     X(str_cancelled) X(str_cancelling) X(str_close) X(str_create_future)  \
     X(str_create_task) X(str_done) X(str_exception) X(str_result)         \
     X(str_send) X(str_set_result) X(str_throw) X(str_uncancel)            \
-    X(kwnames_name) X(kwnames_name_context) X(future_type)
+    X(kwnames_name) X(kwnames_name_context) X(future_type)                \
+    X(external_source_type) X(str__try_take) X(str__enqueue)              \
+    X(str__dequeue) X(str__pass_on) X(str__give_back)
 
 static int
 module_traverse(PyObject *module, visitproc visit, void *arg)

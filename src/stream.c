@@ -346,9 +346,10 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(limiters); i++) {
         PyObject *item = PyTuple_GET_ITEM(limiters, i);
         if (!PyObject_TypeCheck(item, st->limiter_type)
-                && !PyObject_TypeCheck(item, st->rate_limiter_type)) {
+                && !PyObject_TypeCheck(item, st->rate_limiter_type)
+                && !PyObject_TypeCheck(item, st->external_source_type)) {
             PyErr_Format(PyExc_TypeError,
-                         "limiters must be Limiters or RateLimiters, not %R",
+                         "limiters must be taskbound limiters, not %R",
                          item);
             return NULL;
         }

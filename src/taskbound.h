@@ -77,6 +77,7 @@ typedef struct {
 typedef struct {
     PyTypeObject *limiter_type;
     PyTypeObject *rate_limiter_type;
+    PyTypeObject *external_source_type;
     PyTypeObject *group_type;
     PyTypeObject *child_type;
     PyTypeObject *acquisition_type;
@@ -129,6 +130,11 @@ typedef struct {
     PyObject *str_throw;
     PyObject *str_time;
     PyObject *str_uncancel;
+    PyObject *str__try_take;
+    PyObject *str__enqueue;
+    PyObject *str__dequeue;
+    PyObject *str__pass_on;
+    PyObject *str__give_back;
     PyObject *kwnames_name;          /* ("name",) */
     PyObject *kwnames_name_context;  /* ("name", "context") */
 
@@ -258,6 +264,7 @@ typedef struct {
 
 extern PyType_Spec limiter_spec;
 extern PyType_Spec rate_limiter_spec;
+extern PyType_Spec external_source_spec;
 
 PyObject *queue_at(WaiterQueue *q, Py_ssize_t i);
 PyObject *queue_pop(WaiterQueue *q);

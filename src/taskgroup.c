@@ -409,10 +409,12 @@ add_limiter(PyObject *list, PyObject *limiter, ModuleState *st,
             PyObject *given)
 {
     if (!PyObject_TypeCheck(limiter, st->limiter_type)
-            && !PyObject_TypeCheck(limiter, st->rate_limiter_type)) {
+            && !PyObject_TypeCheck(limiter, st->rate_limiter_type)
+            && !PyObject_TypeCheck(limiter, st->external_source_type)) {
         PyErr_Format(PyExc_TypeError,
-                     "limiter must be a Limiter, a RateLimiter or a sequence "
-                     "of them, not %s%s",
+                     "limiter must be a taskbound limiter (Limiter, "
+                     "RateLimiter, RedisLimiter, ...) or a sequence of them, "
+                     "not %s%s",
                      given == limiter ? "" : "a sequence holding ",
                      Py_TYPE(limiter)->tp_name);
         return -1;

@@ -11,6 +11,7 @@ from ._common import (
     DeadlockError,
     GroupStatistics,
     LimiterStatistics,
+    LimiterUnavailable,
     RateLimiterStatistics,
     WouldBlock,
 )
@@ -19,16 +20,19 @@ from ._stream import Helpers as _Helpers
 
 if _os.environ.get("TASKBOUND_PURE_PYTHON", "") not in ("", "0"):
     from ._pycore import BoundedTaskGroup, Limiter, RateLimiter
+    from ._pycore import ExternalSource as _ExternalSource
     from ._stream import StreamIterator as _StreamIterator
     from ._stream import _Stream
     implementation = "python"
 else:
     from ._taskbound import BoundedTaskGroup, Limiter, RateLimiter
+    from ._taskbound import ExternalSource as _ExternalSource
     from ._taskbound import Stream as _Stream
     from ._taskbound import StreamIterator as _StreamIterator
     implementation = "c"
 
-_helpers = _Helpers((Limiter, RateLimiter), _Stream, _StreamIterator)
+_helpers = _Helpers((Limiter, RateLimiter, _ExternalSource),
+                    _Stream, _StreamIterator)
 gather = _helpers.gather
 as_completed = _helpers.as_completed
 amap = _helpers.amap
@@ -41,6 +45,7 @@ __all__ = [
     "GroupStatistics",
     "Limiter",
     "LimiterStatistics",
+    "LimiterUnavailable",
     "RateLimiter",
     "RateLimiterStatistics",
     "WouldBlock",

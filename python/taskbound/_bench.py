@@ -238,7 +238,7 @@ def peers() -> tuple[list[Contender], list[str]]:
 
 def ours(module, label: str) -> list[Contender]:
     from ._stream import Helpers
-    helpers = Helpers((module.Limiter, module.RateLimiter),
+    helpers = Helpers((module.Limiter, module.RateLimiter, module.ExternalSource),
                       getattr(module, "Stream", None),
                       getattr(module, "StreamIterator", None))
 

@@ -11,6 +11,12 @@ class DeadlockError(RuntimeError):
     """A wait on a limiter that can never end: every holder of its tokens waits too."""
 
 
+class LimiterUnavailable(OSError):
+    """A limiter whose tokens live elsewhere (a Redis server) could not be
+    reached: the wait failed and nothing is held. An OSError, like the
+    network errors it stands for; the client's own error is ``__cause__``."""
+
+
 class WouldBlock(Exception):
     """``acquire_nowait()`` found no free token (or others queued ahead)."""
 

@@ -368,6 +368,32 @@ class RateLimiter(_TokenSource):
         self._schedule()
 
 
+class ExternalSource(_TokenSource):
+    """The base of limiters whose tokens live outside this process
+    (taskbound.redis). A claim drives it through the same methods as any
+    token source; the subclass implements them and keeps its own line:
+
+    - ``_try_take(loop) -> bool``: take a token now, without waiting;
+    - ``_enqueue(loop) -> future``: queue a waiter, whose result is True once
+      it holds a token (False: the claim aborted);
+    - ``_dequeue(future)``: the waiter leaves the line, unserved;
+    - ``_pass_on()``: a waiter handed a token gave up: pass it on;
+    - ``_give_back()``: a token comes back.
+    """
+
+    def release(self) -> None:
+        self._give_back()
+
+    def _try_take(self, loop) -> bool:
+        raise NotImplementedError
+
+    def _pass_on(self) -> None:
+        raise NotImplementedError
+
+    def _give_back(self) -> None:
+        raise NotImplementedError
+
+
 class _Claim:
     """One token of each of several limiters, taken in rank order.
 
@@ -691,14 +717,15 @@ class BoundedTaskGroup:
                       else limiter)
             if not isinstance(shared, (list, tuple)):
                 raise TypeError(
-                    "limiter must be a Limiter, a RateLimiter or a sequence "
-                    f"of them, not {type(limiter).__name__}")
+                    "limiter must be a taskbound limiter (Limiter, "
+                    "RateLimiter, RedisLimiter, ...) or a sequence of them, "
+                    f"not {type(limiter).__name__}")
             for item in shared:
                 if not isinstance(item, _TokenSource):
                     raise TypeError(
-                        "limiter must be a Limiter, a RateLimiter or a "
-                        "sequence of them, not a sequence holding "
-                        f"{type(item).__name__}")
+                        "limiter must be a taskbound limiter (Limiter, "
+                        "RateLimiter, RedisLimiter, ...) or a sequence of "
+                        f"them, not a sequence holding {type(item).__name__}")
                 if not any(item is known for known in limiters):
                     limiters.append(item)
         self._limit = limit

@@ -382,7 +382,7 @@ def _check_iterable(items) -> None:
 
 class Helpers:
     """gather, as_completed and amap over the limiters of one
-    implementation (its Limiter and RateLimiter types)."""
+    implementation (its Limiter, RateLimiter and ExternalSource types)."""
 
     def __init__(self, limiter_types: tuple, stream_type=None,
                  iterator_type=None) -> None:
@@ -397,8 +397,9 @@ class Helpers:
             else limiter
         if not isinstance(items, (list, tuple)) or not all(
                 isinstance(item, self._limiter_types) for item in items):
-            raise TypeError("limiter must be a Limiter, a RateLimiter or a "
-                            f"sequence of them, not {limiter!r}")
+            raise TypeError("limiter must be a taskbound limiter (Limiter, "
+                            "RateLimiter, RedisLimiter, ...) or a sequence "
+                            f"of them, not {limiter!r}")
         unique = list({id(item): item for item in items}.values())
         return tuple(sorted(unique, key=lambda item: item._rank))
 

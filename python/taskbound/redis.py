@@ -1,0 +1,661 @@
+"""Limiters shared by many processes and hosts, kept in Redis.
+
+``RedisLimiter(client, name, total_tokens, *, lease=30.0)`` lets at most
+``total_tokens`` tasks hold a token at once across every process that uses
+the same ``name`` on the same Redis; ``RedisRateLimiter(client, name, rate,
+per=1.0, burst=1)`` spreads starts across all of them. Both take part in
+``BoundedTaskGroup(limiter=...)``, ``acquire()``/``release()``/``async with``
+and the streaming helpers exactly as ``Limiter`` and ``RateLimiter`` do.
+
+How a RedisLimiter works: every token is a lease in a sorted set, held until
+its holder gives it back or stops renewing it (a process that dies gives its
+tokens back within ``lease`` seconds). Waiters take a ticket in one line
+shared by all processes and are served in arrival order. Each process has
+one background task per limiter that talks to Redis for all of its waiters
+and holders in one server-side script per exchange; it waits for a
+notification on a pub/sub channel (published when tokens come back), with a
+timer as the fallback (for leases that lapse, and lost messages).
+
+Needs redis-py (``pip install 'taskbound[redis]'``) and its asyncio client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import secrets
+from typing import Any
+
+try:
+    import redis.asyncio as _aioredis
+    from redis.exceptions import ConnectionError as _RedisConnectionError
+    from redis.exceptions import TimeoutError as _RedisTimeoutError
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError("taskbound.redis needs redis-py: "
+                      "pip install 'taskbound[redis]'") from exc
+
+from . import _ExternalSource
+from ._common import (
+    LimiterStatistics,
+    LimiterUnavailable,
+    RateLimiterStatistics,
+    WouldBlock,
+    check_burst,
+    check_positive,
+)
+
+__all__ = ["RedisLimiter", "RedisRateLimiter"]
+
+# Errors that mean "Redis cannot be reached": they become LimiterUnavailable.
+_UNREACHABLE = (_RedisConnectionError, _RedisTimeoutError, OSError,
+                asyncio.TimeoutError)
+
+# One exchange of a process with a RedisLimiter's state.
+#
+# KEYS: meta (hash: total, epoch, seq, grace), holders (zset: lease -> expiry,
+#       ms of the server's clock), line (zset: ticket -> arrival number),
+#       alive (zset: ticket -> expiry).
+# ARGV: lease ms, total to create the state with, the epoch this process
+#       last saw ('' if none), a fresh epoch, a new total ('' to keep), then
+#       n and n leases given back, n and n tickets that left the line, n and
+#       n leases to renew, and the rest: this process's tickets in line, in
+#       arrival order.
+# Returns: epoch, total, holders, in line, ms until the next lapse (-1 if
+#          none), then the tickets granted (now lease ids).
+_LIMITER_SCRIPT = """
+local meta, holders, line, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local lease = tonumber(ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local freed = false
+
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('HSET', meta, 'epoch', epoch, 'total', ARGV[2], 'seq', 0)
+  if ARGV[3] ~= '' then
+    -- The state was lost (a restart, a flush) while this process used it.
+    -- Holders that are still running re-register with their next renewal;
+    -- until a lease has passed nobody new is let in.
+    redis.call('HSET', meta, 'grace', now + lease)
+  end
+end
+if ARGV[5] ~= '' then
+  redis.call('HSET', meta, 'total', ARGV[5])
+  freed = true
+end
+local total = tonumber(redis.call('HGET', meta, 'total'))
+
+if redis.call('ZREMRANGEBYSCORE', holders, '-inf', now) > 0 then
+  freed = true
+end
+for _, ticket in ipairs(redis.call('ZRANGEBYSCORE', alive, '-inf', now)) do
+  redis.call('ZREM', line, ticket)
+  redis.call('ZREM', alive, ticket)
+  freed = true
+end
+
+local i = 6
+local n = tonumber(ARGV[i])
+for j = i + 1, i + n do
+  if redis.call('ZREM', holders, ARGV[j]) > 0 then freed = true end
+end
+i = i + n + 1
+n = tonumber(ARGV[i])
+for j = i + 1, i + n do
+  if redis.call('ZREM', line, ARGV[j]) > 0 then freed = true end
+  redis.call('ZREM', alive, ARGV[j])
+end
+i = i + n + 1
+n = tonumber(ARGV[i])
+for j = i + 1, i + n do
+  redis.call('ZADD', holders, now + lease, ARGV[j])
+end
+
+local granted = {}
+local mine = {}
+for j = i + n + 1, #ARGV do
+  local ticket = ARGV[j]
+  if redis.call('ZSCORE', holders, ticket) then
+    -- granted by an exchange whose reply was lost
+    table.insert(granted, ticket)
+  else
+    if not redis.call('ZSCORE', line, ticket) then
+      redis.call('ZADD', line, redis.call('HINCRBY', meta, 'seq', 1), ticket)
+    end
+    redis.call('ZADD', alive, now + lease, ticket)
+    mine[ticket] = true
+  end
+end
+
+local grace = tonumber(redis.call('HGET', meta, 'grace') or '0')
+local free = total - redis.call('ZCARD', holders)
+if now >= grace and free > 0 and next(mine) ~= nil then
+  for _, ticket in ipairs(redis.call('ZRANGE', line, 0, free - 1)) do
+    if mine[ticket] then
+      redis.call('ZREM', line, ticket)
+      redis.call('ZREM', alive, ticket)
+      redis.call('ZADD', holders, now + lease, ticket)
+      table.insert(granted, ticket)
+    end
+  end
+end
+
+local waiting = redis.call('ZCARD', line)
+if freed and waiting > 0 and now >= grace
+    and redis.call('ZCARD', holders) < total then
+  redis.call('PUBLISH', KEYS[5], 'freed')
+end
+
+local next_lapse = -1
+for _, key in ipairs({holders, alive}) do
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if first[2] then
+    local wait = tonumber(first[2]) - now
+    if next_lapse < 0 or wait < next_lapse then next_lapse = wait end
+  end
+end
+if grace > now and (next_lapse < 0 or grace - now < next_lapse) then
+  next_lapse = grace - now
+end
+
+local reply = {epoch, total, redis.call('ZCARD', holders), waiting,
+               next_lapse}
+for _, ticket in ipairs(granted) do table.insert(reply, ticket) end
+return reply
+"""
+
+# Statistics: KEYS as above; returns total (or -1 if no state), holders, in
+# line, after dropping what has lapsed.
+_LIMITER_STATISTICS_SCRIPT = """
+local meta, holders, line, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local total = redis.call('HGET', meta, 'total')
+redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
+for _, ticket in ipairs(redis.call('ZRANGEBYSCORE', alive, '-inf', now)) do
+  redis.call('ZREM', line, ticket)
+  redis.call('ZREM', alive, ticket)
+end
+return {total or -1, redis.call('ZCARD', holders), redis.call('ZCARD', line)}
+"""
+
+# GCRA with reservations: KEYS[1] holds the theoretical arrival time (ms of
+# the server's clock) of the next start. ARGV: interval ms, burst, how many
+# starts to reserve. Returns each start's delay from now, in ms, as strings
+# (a script's numbers come back as truncated integers).
+_RATE_SCRIPT = """
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local delays = {}
+for j = 1, tonumber(ARGV[3]) do
+  local allowed = tat - interval * (burst - 1)
+  local delay = allowed - now
+  if delay < 0 then delay = 0 end
+  table.insert(delays, string.format('%.3f', delay))
+  tat = tat + interval
+end
+redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX',
+           math.ceil(tat - now + interval * burst) + 1000)
+return delays
+"""
+
+
+def _check_client(client: object) -> Any:
+    if not isinstance(client, _aioredis.Redis):
+        raise TypeError("client must be a redis.asyncio.Redis, not "
+                        f"{type(client).__name__}")
+    return client
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+    if not name or len(name) > 200 or "{" in name or "}" in name \
+            or not name.isprintable():
+        raise ValueError("name must be 1 to 200 printable characters "
+                         f"without braces, not {name!r}")
+    return name
+
+
+def _check_tokens(value: object) -> int:
+    if isinstance(value, (bool, float)) or not isinstance(value, int):
+        raise TypeError("total_tokens must be an int, not "
+                        f"{type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"total_tokens must be >= 0, not {value}")
+    return value
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _unavailable(limiter: object, error: BaseException) -> LimiterUnavailable:
+    failure = LimiterUnavailable(f"{limiter!r}: Redis could not be reached "
+                                 f"({type(error).__name__}: {error})")
+    failure.__cause__ = error
+    return failure
+
+
+class _Remote:
+    """What both Redis limiters share: the client, the event loop they are
+    bound to, the local line of waiter futures, and the background task that
+    talks to Redis for them."""
+
+    def __init__(self, client: object, name: object) -> None:
+        super().__init__()
+        self._client = _check_client(client)
+        self._name = _check_name(name)
+        self._prefix = f"taskbound:{{{self._name}}}:"   # one cluster slot
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._line: dict = {}          # future -> ticket, in arrival order
+        self._worker: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def acquire_nowait(self) -> None:
+        raise WouldBlock(f"{self!r} needs a round trip to Redis for a "
+                         "token: use await acquire()")
+
+    # -- the protocol a claim uses --
+
+    def _try_take(self, loop) -> bool:
+        if self._event_loop is None:
+            self._event_loop = loop
+            self._wake = asyncio.Event()
+        elif self._event_loop is not loop:
+            raise RuntimeError(f"{self!r} is bound to a different event loop")
+        return False
+
+    def _enqueue(self, loop):
+        future = loop.create_future()
+        self._line[future] = self._new_ticket()
+        self._kick()
+        return future
+
+    def _new_ticket(self) -> Any:
+        return None
+
+    def _kick(self) -> None:
+        """Have the background task run an exchange soon."""
+        self._wake.set()
+        if self._worker is None:
+            # asyncio.Task, not loop.create_task: an eager task factory
+            # would run the exchange inside the caller's claim.
+            self._worker = asyncio.Task(self._work(), loop=self._event_loop,
+                                        name=f"taskbound.redis {self._name}")
+
+    async def _work(self) -> None:
+        try:
+            while self._busy():
+                self._wake.clear()
+                try:
+                    timeout = await self._exchange()
+                except Exception as error:
+                    # Not a connection problem (those are handled inside):
+                    # a server that refuses the script, say. The waiters
+                    # fail with it rather than wait for ever.
+                    self._fail_line(list(self._line), error)
+                    timeout = 1.0
+                if not self._busy():
+                    break
+                if not self._wake.is_set():
+                    try:
+                        async with asyncio.timeout(
+                                None if math.isinf(timeout) else timeout):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
+        finally:
+            self._worker = None
+            self._stopped()
+
+    def _stopped(self) -> None:
+        pass
+
+    def _failing(self) -> bool:
+        return False
+
+    def _fail_line(self, futures, error: BaseException) -> None:
+        for future in futures:
+            self._line.pop(future, None)
+            if not future.done():
+                future.set_exception(error)
+
+    async def aclose(self) -> None:
+        """Send what is due (tokens given back) and stop the background
+        task. The limiter may be used again afterwards."""
+        worker = self._worker
+        if worker is not None:
+            self._kick()
+            # (An exchange that fails gives up: what it had to give back
+            # lapses on the server by itself.)
+            while self._worker is worker and self._pending_return() \
+                    and not self._failing():
+                await asyncio.sleep(0.01)
+            worker = self._worker
+            if worker is not None:
+                worker.cancel()
+                try:
+                    await worker
+                except asyncio.CancelledError:
+                    pass
+
+
+class _RedisLimiter(_Remote):
+    """RedisLimiter(client, name, total_tokens, *, lease=30.0)"""
+
+    def __init__(self, client, name, total_tokens, *, lease=30.0) -> None:
+        super().__init__(client, name)
+        self._total = _check_tokens(total_tokens)
+        self._lease = check_positive("lease", lease)
+        if self._lease < 0.1:
+            raise ValueError(f"lease must be at least 0.1 s, not {lease!r}")
+        prefix = self._prefix
+        self._keys = [prefix + "meta", prefix + "holders", prefix + "line",
+                      prefix + "alive", prefix + "freed"]
+        self._script = client.register_script(_LIMITER_SCRIPT)
+        self._statistics_script = client.register_script(
+            _LIMITER_STATISTICS_SCRIPT)
+        self._id = secrets.token_hex(8)
+        self._numbers = itertools.count()
+        self._epoch = ""            # the state's epoch, once seen
+        self._held: list = []       # lease ids this object holds
+        self._returns: list = []    # (lease id, lapse time) to give back
+        self._left: list = []       # tickets that left the line
+        self._renew_at = math.inf
+        self._retry = 0.0           # the back-off after a failed exchange
+        self._listener: asyncio.Task | None = None
+
+    def __repr__(self) -> str:
+        return (f"<RedisLimiter {self._name!r} total_tokens={self._total} "
+                f"held here={len(self._held)} waiting here={len(self._line)}>")
+
+    @property
+    def total_tokens(self) -> int:
+        """The total as last read from Redis (or given, before that)."""
+        return self._total
+
+    @property
+    def lease(self) -> float:
+        return self._lease
+
+    @property
+    def held_tokens(self) -> int:
+        """Tokens held through this object (this process's share)."""
+        return len(self._held)
+
+    async def set_total_tokens(self, total_tokens: int) -> None:
+        """Store a new total in Redis, for every process: raising it lets
+        waiters in; lowering it lets holders finish."""
+        await self._call(str(_check_tokens(total_tokens)), [], [], [], [])
+
+    async def statistics(self) -> LimiterStatistics:
+        """LimiterStatistics(total, borrowed, waiting), read from Redis:
+        for every process, not only this one."""
+        try:
+            total, borrowed, waiting = await self._statistics_script(
+                keys=self._keys[:4])
+        except _UNREACHABLE as error:
+            raise _unavailable(self, error) from error
+        total = int(total)
+        return LimiterStatistics(self._total if total < 0 else total,
+                                 int(borrowed), int(waiting))
+
+    # -- the protocol a claim uses --
+
+    def _new_ticket(self) -> str:
+        return f"{self._id}:{next(self._numbers)}"
+
+    def _dequeue(self, future) -> None:
+        ticket = self._line.pop(future, None)
+        if ticket is not None:
+            self._left.append(ticket)
+            self._kick()
+
+    def _pass_on(self) -> None:
+        self._give_back()
+
+    def _give_back(self) -> None:
+        if not self._held:
+            raise RuntimeError(
+                f"release() called on {self!r}, which holds no tokens")
+        lease = self._held.pop()
+        self._returns.append((lease, self._event_loop.time() + self._lease))
+        if not self._held:
+            self._renew_at = math.inf
+        self._kick()
+
+    # -- the background task --
+
+    def _busy(self) -> bool:
+        return bool(self._line or self._held or self._returns or self._left)
+
+    def _pending_return(self) -> bool:
+        return bool(self._returns or self._left)
+
+    def _failing(self) -> bool:
+        return self._retry > 0
+
+    async def _call(self, new_total, returns, left, renew, tickets):
+        args = [int(self._lease * 1000), self._total, self._epoch,
+                secrets.token_hex(8), new_total,
+                len(returns), *returns, len(left), *left,
+                len(renew), *renew, *tickets]
+        try:
+            reply = await self._script(keys=self._keys, args=args)
+        except _UNREACHABLE as error:
+            raise _unavailable(self, error) from error
+        self._epoch = _text(reply[0])
+        self._total = int(reply[1])
+        return reply
+
+    async def _exchange(self) -> float:
+        """One script call for everything due; returns how long to wait for
+        a notification before the next one."""
+        loop = self._event_loop
+        now = loop.time()
+        self._returns = [(lease, lapse) for lease, lapse in self._returns
+                         if lapse > now]          # the others have lapsed
+        returns, self._returns = self._returns, []
+        left, self._left = self._left, []
+        renew = list(self._held) if now >= self._renew_at else []
+        futures = list(self._line)
+        tickets = list(self._line.values())
+        try:
+            reply = await self._call("", [lease for lease, _ in returns],
+                                     left, renew, tickets)
+        except LimiterUnavailable as error:
+            # Nothing is held by a waiter that failed; whatever Redis may
+            # have granted it before the reply was lost is given back later.
+            self._returns[:0] = returns
+            self._left[:0] = left
+            lapse = now + self._lease
+            for future, ticket in zip(futures, tickets):
+                if self._line.pop(future, None) is not None:
+                    self._left.append(ticket)
+                    self._returns.append((ticket, lapse))
+                if not future.done():
+                    future.set_exception(error)
+            self._retry = min(max(self._retry * 2, 0.05), self._lease / 4)
+            if renew:
+                self._renew_at = now + self._retry
+            return self._retry
+        self._retry = 0.0
+        if renew:
+            self._renew_at = now + self._lease / 3
+        granted = [_text(ticket) for ticket in reply[5:]]
+        if granted:
+            by_ticket = {ticket: future for future, ticket in
+                         self._line.items()}
+            for lease in granted:
+                future = by_ticket.get(lease)
+                if future is None or future.done():
+                    # It left the line while the script ran.
+                    self._line.pop(future, None)
+                    self._returns.append((lease, now + self._lease))
+                    continue
+                del self._line[future]
+                if not self._held:
+                    self._renew_at = now + self._lease / 3
+                self._held.append(lease)
+                future.set_result(True)
+        wait = self._renew_at - now if self._held else math.inf
+        if self._returns or self._left:
+            wait = 0.0
+        elif self._line:
+            if self._listener is None:
+                self._listener = asyncio.Task(
+                    self._listen(), loop=loop,
+                    name=f"taskbound.redis {self._name} notifications")
+            next_lapse = int(reply[4]) / 1000
+            fallback = min(self._lease / 3, 5.0)
+            if next_lapse >= 0:
+                fallback = min(fallback, next_lapse + 0.001)
+            wait = min(wait, fallback)
+        return max(wait, 0.0)
+
+    async def _listen(self) -> None:
+        """Wake the exchange whenever some process gives tokens back."""
+        backoff = 0.05
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await pubsub.subscribe(self._keys[4])
+                # Whatever was freed before the subscription took effect
+                # is seen by the exchange this starts.
+                self._wake.set()
+                backoff = 0.05
+                while True:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True,
+                        timeout=min(self._lease / 3, 5.0))
+                    if message is not None:
+                        self._wake.set()
+            except _UNREACHABLE:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._lease / 4)
+            finally:
+                await pubsub.aclose()
+
+    def _stopped(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+
+
+class _RedisRateLimiter(_Remote):
+    """RedisRateLimiter(client, name, rate, per=1.0, burst=1)"""
+
+    def __init__(self, client, name, rate, per=1.0, burst=1) -> None:
+        super().__init__(client, name)
+        self._rate = check_positive("rate", rate)
+        self._per = check_positive("per", per)
+        self._burst = check_burst(burst)
+        self._key = self._prefix + "tat"
+        self._script = client.register_script(_RATE_SCRIPT)
+        self._timers: dict = {}     # future -> its start's timer
+
+    def __repr__(self) -> str:
+        return (f"<RedisRateLimiter {self._name!r} rate={self._rate} "
+                f"per={self._per} burst={self._burst} "
+                f"waiting here={len(self._line) + len(self._timers)}>")
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @property
+    def per(self) -> float:
+        return self._per
+
+    @property
+    def burst(self) -> int:
+        return self._burst
+
+    def statistics(self) -> RateLimiterStatistics:
+        """RateLimiterStatistics(rate, per, burst, waiting here)."""
+        return RateLimiterStatistics(self._rate, self._per, self._burst,
+                                     len(self._line) + len(self._timers))
+
+    def release(self) -> None:
+        """A rate limiter has nothing to give back."""
+
+    # -- the protocol a claim uses --
+
+    def _new_ticket(self) -> bool:
+        return True
+
+    def _dequeue(self, future) -> None:
+        # A start already reserved in Redis is not given back: the others
+        # were spread around it, and a rate limiter errs on the slow side.
+        self._line.pop(future, None)
+        timer = self._timers.pop(future, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _pass_on(self) -> None:
+        pass
+
+    def _give_back(self) -> None:
+        pass
+
+    # -- the background task --
+
+    def _busy(self) -> bool:
+        return bool(self._line)
+
+    def _pending_return(self) -> bool:
+        return False
+
+    async def _exchange(self) -> float:
+        futures = list(self._line)
+        interval = self._per / self._rate * 1000
+        try:
+            delays = await self._script(
+                keys=[self._key],
+                args=[repr(interval), self._burst, len(futures)])
+        except _UNREACHABLE as error:
+            self._fail_line(futures, _unavailable(self, error))
+            return 0.0
+        loop = self._event_loop
+        for future, delay in zip(futures, delays):
+            if self._line.pop(future, None) is None or future.done():
+                continue
+            delay = float(_text(delay)) / 1000
+            if delay <= 0:
+                future.set_result(True)
+            else:
+                self._timers[future] = loop.call_later(
+                    delay, self._start, future)
+        return 0.0
+
+    def _start(self, future) -> None:
+        self._timers.pop(future, None)
+        if not future.done():
+            future.set_result(True)
+
+
+def _classes(base: type) -> tuple[type, type]:
+    """RedisLimiter and RedisRateLimiter on one implementation's base."""
+
+    class RedisLimiter(_RedisLimiter, base):
+        __doc__ = _RedisLimiter.__doc__
+
+    class RedisRateLimiter(_RedisRateLimiter, base):
+        __doc__ = _RedisRateLimiter.__doc__
+
+    RedisLimiter.__module__ = RedisRateLimiter.__module__ = __name__
+    return RedisLimiter, RedisRateLimiter
+
+
+RedisLimiter, RedisRateLimiter = _classes(_ExternalSource)

@@ -1,0 +1,156 @@
+/* ExternalSource: the base of limiters whose tokens live outside this
+ * process (taskbound.redis), written in Python.
+ *
+ * A claim drives every token source through the same few operations. For
+ * Limiter and RateLimiter they are C functions; here each one calls the
+ * Python method of the same name on the subclass, so a group, acquire()
+ * and the streaming helpers take such a limiter unchanged, in the global
+ * rank order. The subclass keeps its own line of waiter futures:
+ *
+ *   _try_take(loop) -> bool      take a token now, without waiting
+ *   _enqueue(loop) -> future     queue a waiter; its result is True once it
+ *                                holds a token (False: the claim aborted)
+ *   _dequeue(future)             the waiter leaves the line, unserved
+ *   _pass_on()                   a waiter handed a token gave up: pass it on
+ *   _give_back()                 a token comes back
+ */
+#include "taskbound.h"
+
+static int
+external_try_take(TokenSource *self, PyObject *loop)
+{
+    PyObject *res = call_method1((PyObject *)self,
+                                 self->state->str__try_take, loop);
+    if (res == NULL) {
+        return -1;
+    }
+    int taken = PyObject_IsTrue(res);
+    Py_DECREF(res);
+    return taken;
+}
+
+static PyObject *
+external_enqueue(TokenSource *self, PyObject *loop)
+{
+    return call_method1((PyObject *)self, self->state->str__enqueue, loop);
+}
+
+/* Claims call this while unwinding, with their own error to report: a
+ * failure here is reported as unraisable rather than replacing it. */
+static int
+external_dequeue(TokenSource *self, PyObject *future)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *res = call_method1((PyObject *)self,
+                                 self->state->str__dequeue, future);
+    if (res == NULL) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    Py_XDECREF(res);
+    PyErr_SetRaisedException(exc);
+    return 1;
+}
+
+static int
+call_status(TokenSource *self, PyObject *name)
+{
+    PyObject *res = call_method0((PyObject *)self, name);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 0;
+}
+
+static int
+external_pass_on(TokenSource *self)
+{
+    return call_status(self, self->state->str__pass_on);
+}
+
+static int
+external_give_back(TokenSource *self)
+{
+    return call_status(self, self->state->str__give_back);
+}
+
+static const TokenSourceOps external_ops = {
+    .try_take = external_try_take,
+    .enqueue = external_enqueue,
+    .dequeue = external_dequeue,
+    .pass_on = external_pass_on,
+    .give_back = external_give_back,
+    .release = external_give_back,
+    .note_holder = NULL,
+};
+
+/* Subclasses take their own constructor arguments in __init__. */
+static PyObject *
+external_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
+             PyObject *Py_UNUSED(kwargs))
+{
+    TokenSource *self = (TokenSource *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    if (source_init(self, type, &external_ops) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+external_traverse(TokenSource *self, visitproc visit, void *arg)
+{
+    return source_traverse(self, visit, arg);
+}
+
+static int
+external_clear(TokenSource *self)
+{
+    source_clear(self);
+    return 0;
+}
+
+static void
+external_dealloc(TokenSource *self)
+{
+    source_dealloc(self, (inquiry)external_clear);
+}
+
+static PyMethodDef external_methods[] = {
+    {"acquire", source_acquire, METH_NOARGS,
+     "Wait for a token (FIFO)."},
+    {"release", source_release, METH_NOARGS, "Give a token back."},
+    {"__aenter__", source_acquire, METH_NOARGS, NULL},
+    {"__aexit__", (PyCFunction)(void (*)(void))source_aexit, METH_FASTCALL,
+     NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef external_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(TokenSource, weakreflist),
+     READONLY, NULL},
+    {"_rank", T_ULONGLONG, offsetof(TokenSource, rank), READONLY,
+     "The order in which tasks take this limiter's tokens."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot external_slots[] = {
+    {Py_tp_doc, "The base of limiters whose tokens live outside this "
+                "process; subclasses implement _try_take, _enqueue, "
+                "_dequeue, _pass_on and _give_back."},
+    {Py_tp_new, external_new},
+    {Py_tp_dealloc, external_dealloc},
+    {Py_tp_traverse, external_traverse},
+    {Py_tp_clear, external_clear},
+    {Py_tp_methods, external_methods},
+    {Py_tp_members, external_members},
+    {0, NULL},
+};
+
+PyType_Spec external_source_spec = {
+    .name = "taskbound._taskbound.ExternalSource",
+    .basicsize = sizeof(TokenSource),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE
+             | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = external_slots,
+};
