@@ -22,6 +22,9 @@ LOOPS = ["asyncio", "uvloop"]
 HAS_EAGER = sys.version_info >= (3, 12)
 
 
+REDIS_CLASSES: dict = {}
+
+
 class Impl:
     """One implementation, recording every limiter and group a test makes."""
 
@@ -33,12 +36,21 @@ class Impl:
         self.GroupType = self.module.BoundedTaskGroup
         self.limiters: list = []
         from taskbound._stream import Helpers
-        helpers = Helpers((self.LimiterType, self.RateLimiterType),
+        helpers = Helpers((self.LimiterType, self.RateLimiterType,
+                           self.module.ExternalSource),
                           getattr(self.module, "Stream", None),
                           getattr(self.module, "StreamIterator", None))
         self.gather = helpers.gather
         self.as_completed = helpers.as_completed
         self.amap = helpers.amap
+
+    @property
+    def redis(self):
+        """RedisLimiter and RedisRateLimiter on this implementation."""
+        from taskbound.redis import _classes
+        if self.name not in REDIS_CLASSES:
+            REDIS_CLASSES[self.name] = _classes(self.module.ExternalSource)
+        return REDIS_CLASSES[self.name]
 
     def Limiter(self, total_tokens):
         limiter = self.LimiterType(total_tokens)
@@ -162,3 +174,23 @@ def timed_run(request):
     allows for the machine's lateness (never for earliness)."""
     kind = "virtual" if request.param == "asyncio" else "uvloop"
     return Runner(kind)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One redis-server for the whole run (tests use names of their own)."""
+    from redisserver import RedisServer
+    server = RedisServer(str(tmp_path_factory.mktemp("redis")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis_server(tmp_path):
+    """A redis-server of the test's own, which it may stop and restart."""
+    from redisserver import RedisServer
+    server = RedisServer(str(tmp_path))
+    server.start()
+    yield server
+    server.stop()

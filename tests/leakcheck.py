@@ -113,7 +113,7 @@ def main() -> int:
     cycles = int(cycles)
     module = importlib.import_module(MODULES[impl])
     from taskbound._stream import Helpers
-    helpers = Helpers((module.Limiter, module.RateLimiter),
+    helpers = Helpers((module.Limiter, module.RateLimiter, module.ExternalSource),
                       getattr(module, "Stream", None),
                       getattr(module, "StreamIterator", None))
     shared = module.Limiter(3)

@@ -43,7 +43,8 @@ async def deadlock() -> None:
 
 
 def main() -> int:
-    helpers = Helpers((_taskbound.Limiter, _taskbound.RateLimiter),
+    helpers = Helpers((_taskbound.Limiter, _taskbound.RateLimiter,
+                       _taskbound.ExternalSource),
                       _taskbound.Stream, _taskbound.StreamIterator)
     for new_loop in (asyncio.new_event_loop, uvloop.new_event_loop):
         shared = _taskbound.Limiter(3)   # a limiter belongs to one loop
