@@ -53,16 +53,19 @@ _UNREACHABLE = (_RedisConnectionError, _RedisTimeoutError, OSError,
 
 # One exchange of a process with a RedisLimiter's state.
 #
-# KEYS: meta (hash: total, epoch, seq, grace), holders (zset: lease -> expiry,
+# KEYS: meta (hash: total, epoch, seq, grace, longest lease), holders (zset:
+#       lease -> expiry,
 #       ms of the server's clock), line (zset: ticket -> arrival number),
 #       alive (zset: ticket -> expiry).
 # ARGV: lease ms, total to create the state with, the epoch this process
-#       last saw ('' if none), a fresh epoch, a new total ('' to keep), then
+#       last saw ('' if none), a fresh epoch, a new total ('' to keep), the
+#       longest lease of any process this one has heard of, then
 #       n and n leases given back, n and n tickets that left the line, n and
 #       n leases to renew, and the rest: this process's tickets in line, in
 #       arrival order.
 # Returns: epoch, total, holders, in line, ms until the next lapse (-1 if
-#          none), then the tickets granted (now lease ids).
+#          none), the longest lease in use, then the tickets granted (now
+#          lease ids).
 _LIMITER_SCRIPT = """
 local meta, holders, line, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local lease = tonumber(ARGV[1])
@@ -77,9 +80,14 @@ if not epoch then
   if ARGV[3] ~= '' then
     -- The state was lost (a restart, a flush) while this process used it.
     -- Holders that are still running re-register with their next renewal;
-    -- until a lease has passed nobody new is let in.
-    redis.call('HSET', meta, 'grace', now + lease)
+    -- until the longest lease has passed nobody new is let in.
+    redis.call('HSET', meta, 'grace', now + tonumber(ARGV[6]))
   end
+end
+local longest = tonumber(redis.call('HGET', meta, 'longest') or '0')
+if lease > longest then
+  longest = lease
+  redis.call('HSET', meta, 'longest', longest)
 end
 if ARGV[5] ~= '' then
   redis.call('HSET', meta, 'total', ARGV[5])
@@ -96,7 +104,7 @@ for _, ticket in ipairs(redis.call('ZRANGEBYSCORE', alive, '-inf', now)) do
   freed = true
 end
 
-local i = 6
+local i = 7
 local n = tonumber(ARGV[i])
 for j = i + 1, i + n do
   if redis.call('ZREM', holders, ARGV[j]) > 0 then freed = true end
@@ -161,7 +169,7 @@ if grace > now and (next_lapse < 0 or grace - now < next_lapse) then
 end
 
 local reply = {epoch, total, redis.call('ZCARD', holders), waiting,
-               next_lapse}
+               next_lapse, longest}
 for _, ticket in ipairs(granted) do table.insert(reply, ticket) end
 return reply
 """
@@ -369,6 +377,7 @@ class _RedisLimiter(_Remote):
         self._id = secrets.token_hex(8)
         self._numbers = itertools.count()
         self._epoch = ""            # the state's epoch, once seen
+        self._longest = self._lease  # the longest lease of any process
         self._held: list = []       # lease ids this object holds
         self._returns: list = []    # (lease id, lapse time) to give back
         self._left: list = []       # tickets that left the line
@@ -448,7 +457,7 @@ class _RedisLimiter(_Remote):
 
     async def _call(self, new_total, returns, left, renew, tickets):
         args = [int(self._lease * 1000), self._total, self._epoch,
-                secrets.token_hex(8), new_total,
+                secrets.token_hex(8), new_total, int(self._longest * 1000),
                 len(returns), *returns, len(left), *left,
                 len(renew), *renew, *tickets]
         try:
@@ -457,6 +466,7 @@ class _RedisLimiter(_Remote):
             raise _unavailable(self, error) from error
         self._epoch = _text(reply[0])
         self._total = int(reply[1])
+        self._longest = max(self._longest, int(reply[5]) / 1000)
         return reply
 
     async def _exchange(self) -> float:
@@ -493,7 +503,7 @@ class _RedisLimiter(_Remote):
         self._retry = 0.0
         if renew:
             self._renew_at = now + self._lease / 3
-        granted = [_text(ticket) for ticket in reply[5:]]
+        granted = [_text(ticket) for ticket in reply[6:]]
         if granted:
             by_ticket = {ticket: future for future, ticket in
                          self._line.items()}

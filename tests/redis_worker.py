@@ -1,0 +1,132 @@
+"""One worker process of the multi-process Redis tests.
+
+    python redis_worker.py ROLE LOOP PORT NAME [OPTIONS as JSON]
+
+The implementation is the one TASKBOUND_PURE_PYTHON selects. A worker
+reports to the test through Redis itself, under keys beside the limiter's
+(`NAME:...`), or through a second server (`observer` port) when the
+limiter's server is to be restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import redis.asyncio as aioredis
+
+import taskbound
+from taskbound.redis import RedisLimiter, RedisRateLimiter
+
+# Count a task in, keep the high-water mark; count it out.
+ENTER = """
+local now = redis.call('INCR', KEYS[1])
+if now > tonumber(redis.call('GET', KEYS[2]) or '0') then
+  redis.call('SET', KEYS[2], now)
+end
+return now
+"""
+
+
+class Census:
+    """Tasks running at once across every worker, kept in Redis."""
+
+    def __init__(self, client, name: str) -> None:
+        self.client = client
+        self.keys = [f"{name}:running", f"{name}:peak"]
+        self.enter = client.register_script(ENTER)
+
+    async def work(self, seconds: float) -> None:
+        await self.enter(keys=self.keys)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            await self.client.decr(self.keys[0])
+
+
+async def cap(client, name, options):
+    """A group of tasks under the shared limiter."""
+    census = Census(client, name)
+    limiter = RedisLimiter(client, name, options["total"],
+                           lease=options["lease"])
+    async with taskbound.BoundedTaskGroup(limiter=limiter) as tg:
+        for _ in range(options["tasks"]):
+            await tg.spawn(census.work(options["seconds"]))
+    await limiter.aclose()
+
+
+async def hold(client, name, options):
+    """Take tokens, say so, and hold them until killed."""
+    limiter = RedisLimiter(client, name, options["total"],
+                           lease=options["lease"])
+    async with taskbound.BoundedTaskGroup(limiter=limiter) as tg:
+        for _ in range(options["tokens"]):
+            await tg.spawn(asyncio.sleep(3600))
+        await client.set(f"{name}:holding", options["tokens"])
+
+
+async def line_up(client, name, options):
+    """Wait once; record the order in which waiters are served."""
+    limiter = RedisLimiter(client, name, options["total"],
+                           lease=options["lease"])
+    async with limiter:
+        await client.rpush(f"{name}:served", options["tag"])
+        await asyncio.sleep(0.02)
+    await limiter.aclose()
+
+
+async def rate(client, name, options):
+    """Start at the shared rate; record each start's time."""
+    limiter = RedisRateLimiter(client, name, options["rate"])
+    for _ in range(options["starts"]):
+        await limiter.acquire()
+        await client.rpush(f"{name}:starts", repr(time.time()))
+
+
+async def churn(client, name, options):
+    """Take and give back tokens until a deadline, riding out a restart of
+    the limiter's server; the census lives on the observer server."""
+    observer = aioredis.Redis(port=options["observer"])
+    census = Census(observer, name)
+    limiter = RedisLimiter(client, name, options["total"],
+                           lease=options["lease"])
+    deadline = time.time() + options["seconds"]
+
+    async def loop_once():
+        while time.time() < deadline:
+            try:
+                async with limiter:
+                    await census.work(0.02)
+                    await observer.incr(f"{name}:rounds")
+            except taskbound.LimiterUnavailable:
+                await observer.incr(f"{name}:unavailable")
+                await asyncio.sleep(0.05)
+
+    await asyncio.gather(*[loop_once() for _ in range(options["tasks"])])
+    await limiter.aclose()
+    await observer.aclose()
+
+
+ROLES = {"cap": cap, "hold": hold, "line_up": line_up, "rate": rate,
+         "churn": churn}
+
+
+async def main(role, port, name, options):
+    client = aioredis.Redis(port=port)
+    try:
+        await ROLES[role](client, name, options)
+    finally:
+        await client.aclose()
+
+
+if __name__ == "__main__":
+    role, loop, port, name = sys.argv[1:5]
+    options = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    coroutine = main(role, int(port), name, options)
+    if loop == "uvloop":
+        import uvloop
+        uvloop.run(coroutine)
+    else:
+        asyncio.run(coroutine)

@@ -1,0 +1,176 @@
+"""Real worker processes (tests/redis_worker.py) sharing Redis limiters, on
+the implementation and loop of the test's parameters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import redis
+import redis.asyncio as aioredis
+
+from taskbound import LimiterStatistics
+
+from test_redis import assert_spread
+
+WORKER = os.path.join(os.path.dirname(__file__), "redis_worker.py")
+
+
+def start_worker(impl, run, server, role, name, **options):
+    env = dict(os.environ,
+               TASKBOUND_PURE_PYTHON="1" if impl.name == "python" else "0")
+    return subprocess.Popen(
+        [sys.executable, WORKER, role, run.loop_kind, str(server.port), name,
+         json.dumps(options)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(worker, timeout=60.0) -> None:
+    output, _ = worker.communicate(timeout=timeout)
+    assert worker.returncode == 0, output
+
+
+def unique_name() -> str:
+    return f"proc-{uuid.uuid4().hex[:12]}"
+
+
+def test_four_processes_never_exceed_the_shared_cap(impl, run, redis_server):
+    name = unique_name()
+    workers = [start_worker(impl, run, redis_server, "cap", name, total=6,
+                            lease=5.0, tasks=12, seconds=0.1)
+               for _ in range(4)]
+    for worker in workers:
+        finish(worker)
+    client = redis.Redis(port=redis_server.port)
+    peak, running = client.get(f"{name}:peak"), client.get(f"{name}:running")
+    client.close()
+    # Reached, never exceeded, and every task counted out again.
+    assert (int(peak), int(running)) == (6, 0)
+    assert run(statistics(impl, redis_server, name, 6)) == \
+        LimiterStatistics(6, 0, 0)
+
+
+async def statistics(impl, server, name, total):
+    RedisLimiter, _ = impl.redis
+    client = aioredis.Redis(port=server.port)
+    try:
+        return await RedisLimiter(client, name, total).statistics()
+    finally:
+        await client.aclose()
+
+
+def test_tokens_of_a_killed_process_come_back_within_the_lease(
+        impl, run, redis_server):
+    RedisLimiter, _ = impl.redis
+    name = unique_name()
+    lease = 1.0
+    holder = start_worker(impl, run, redis_server, "hold", name, total=3,
+                          lease=lease, tokens=3)
+
+    async def main():
+        client = aioredis.Redis(port=redis_server.port)
+        limiter = RedisLimiter(client, name, 3, lease=lease)
+        try:
+            while await client.get(f"{name}:holding") is None:
+                assert holder.poll() is None, holder.communicate()[0]
+                await asyncio.sleep(0.01)
+            before = await limiter.statistics()
+            holder.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            await asyncio.wait_for(limiter.acquire(), 10 * lease)
+            recovered = time.monotonic() - killed
+            limiter.release()
+            await limiter.aclose()
+            return before, recovered, await limiter.statistics()
+        finally:
+            await client.aclose()
+
+    try:
+        before, recovered, after = run(main())
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert before == LimiterStatistics(3, 3, 0)
+    # Leases are renewed every lease/3: the last renewal lapses between
+    # 2/3 of a lease and a lease after the kill (plus the machine's delay).
+    assert lease * 0.5 <= recovered <= lease + 0.75, recovered
+    assert after == LimiterStatistics(3, 0, 0)
+
+
+def test_processes_are_served_in_arrival_order(impl, run, redis_server):
+    RedisLimiter, _ = impl.redis
+    name = unique_name()
+    tags = ["first", "second", "third", "fourth"]
+
+    async def main():
+        client = aioredis.Redis(port=redis_server.port)
+        limiter = RedisLimiter(client, name, 1, lease=5.0)
+        workers = []
+        try:
+            await limiter.acquire()
+            for count, tag in enumerate(tags, 1):
+                workers.append(start_worker(impl, run, redis_server,
+                                            "line_up", name, total=1,
+                                            lease=5.0, tag=tag))
+                while (await limiter.statistics()).waiting < count:
+                    assert workers[-1].poll() is None, \
+                        workers[-1].communicate()[0]
+                    await asyncio.sleep(0.01)
+            limiter.release()
+            await limiter.aclose()
+            while await client.llen(f"{name}:served") < len(tags):
+                await asyncio.sleep(0.01)
+            served = await client.lrange(f"{name}:served", 0, -1)
+            return [tag.decode() for tag in served]
+        finally:
+            for worker in workers:
+                finish(worker)
+            await client.aclose()
+
+    assert run(main()) == tags
+
+
+def test_a_rate_is_spread_across_processes(impl, run, redis_server):
+    name = unique_name()
+    workers = [start_worker(impl, run, redis_server, "rate", name, rate=20,
+                            starts=5)
+               for _ in range(4)]
+    for worker in workers:
+        finish(worker)
+    client = redis.Redis(port=redis_server.port)
+    starts = sorted(float(t) for t in client.lrange(f"{name}:starts", 0, -1))
+    client.close()
+    assert len(starts) == 20
+    assert_spread(starts, 1 / 20, jitter=0.03)
+
+
+def test_processes_ride_out_a_restart_of_the_server(
+        impl, run, redis_server, own_redis_server):
+    """The limiter's server restarts mid-run, losing every lease; the census
+    lives on another server. The cap holds throughout and work resumes."""
+    name = unique_name()
+    observer = redis.Redis(port=redis_server.port)
+    workers = [start_worker(impl, run, own_redis_server, "churn", name,
+                            total=3, lease=1.0, tasks=3, seconds=5.0,
+                            observer=redis_server.port)
+               for _ in range(4)]
+    try:
+        time.sleep(1.5)
+        own_redis_server.restart()
+        rounds_at_restart = int(observer.get(f"{name}:rounds") or 0)
+    finally:
+        for worker in workers:
+            finish(worker)
+    rounds = int(observer.get(f"{name}:rounds"))
+    peak = int(observer.get(f"{name}:peak"))
+    running = int(observer.get(f"{name}:running"))
+    observer.close()
+    assert rounds_at_restart > 0
+    assert rounds > rounds_at_restart + 10     # work resumed after it
+    assert (peak, running) == (3, 0)
