@@ -1,6 +1,6 @@
 """The main command runs: a tiny `python -m taskbound bench` on each loop
 prints every contender of ours, in C and in the reference, with ratios,
-and writes its JSON. (Speed itself is for bench/, not for tests.)"""
+and writes its JSON, with the Redis row (on a redis-server it starts). (Speed itself is for bench/, not for tests.)"""
 
 from __future__ import annotations
 
@@ -17,13 +17,16 @@ def test_bench_runs_and_reports_every_contender(loop, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "taskbound", "bench", "--items", "300",
          "--wait-items", "100", "--wait-ms", "1", "--stream-items", "500",
-         "--rounds", "1", "--loop", loop, "--json", str(out)],
+         "--rounds", "1", "--loop", loop, "--redis-pairs", "50",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     for name in ("task floor", "worker floor",
                  "TaskGroup + Semaphore before create_task",
                  "BoundedTaskGroup.spawn [C]", "amap [Python]",
-                 "as_completed [C]", "gather [Python]"):
+                 "as_completed [C]", "gather [Python]",
+                 "INCR/DECR pair (redis-py)",
+                 "RedisLimiter acquire/release [C]"):
         assert name in done.stdout
     figures = json.loads(out.read_text())
     rows = figures["workloads"]["trivial"]["rows"]
@@ -33,7 +36,12 @@ def test_bench_runs_and_reports_every_contender(loop, tmp_path):
     spawn = [r for r in rows if r["contender"] == "BoundedTaskGroup.spawn [C]"]
     assert spawn[0]["peak_live_tasks"] <= 101
     assert set(figures["workloads"]) == {"trivial", "short wait",
-                                         "streaming"}
+                                         "streaming", "redis"}
+    redis_rows = figures["workloads"]["redis"]["rows"]
+    assert [r["contender"] for r in redis_rows] == [
+        "INCR/DECR pair (redis-py)", "RedisLimiter acquire/release [C]",
+        "RedisLimiter acquire/release [Python]"]
+    assert redis_rows[0]["ratio_to_incr_decr"] == pytest.approx(1.0)
 
 
 def test_bench_usage_error():

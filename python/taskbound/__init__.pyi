@@ -14,6 +14,7 @@ from typing import Literal, Self, TypeVar, overload
 from ._common import DeadlockError as DeadlockError
 from ._common import GroupStatistics as GroupStatistics
 from ._common import LimiterStatistics as LimiterStatistics
+from ._common import LimiterUnavailable as LimiterUnavailable
 from ._common import RateLimiterStatistics as RateLimiterStatistics
 from ._common import WouldBlock as WouldBlock
 

@@ -468,6 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-memory", action="store_true",
                         help="also trace memory in the streaming run "
                              "(slow: tracemalloc over every item)")
+    parser.add_argument("--redis-pairs", type=int, default=2_000,
+                        help="acquire/release pairs per round of the Redis "
+                             "row (0 to skip it)")
+    parser.add_argument("--redis", metavar="URL",
+                        help="the Redis server of the Redis row (default: "
+                             "a redis-server started for the run, if one "
+                             "is on PATH)")
     parser.add_argument("--json", metavar="FILE",
                         help="write the raw figures to FILE")
     parser.add_argument("--plot", metavar="FILE",
@@ -512,6 +519,18 @@ def main(argv: list[str] | None = None) -> int:
         report["workloads"]["streaming"] = {
             "items": args.stream_items, "delay": 0.0,
             "rows": table(title, results, args.stream_items)}
+    if args.redis_pairs > 0:
+        from . import _benchredis
+        title = (f"Redis over loopback: {args.redis_pairs:,} acquire/release "
+                 "pairs, one after another")
+        rows = _benchredis.measure(args.redis, args.redis_pairs, args.rounds,
+                                   new_loop, args.loop, progress)
+        if isinstance(rows, str):
+            print(f"\nskipped: the Redis row ({rows})")
+        else:
+            _benchredis.table(title, rows)
+            report["workloads"]["redis"] = {"pairs": args.redis_pairs,
+                                            "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
