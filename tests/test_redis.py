@@ -366,6 +366,12 @@ def test_unreachable_redis_fails_the_wait_and_holds_nothing(impl, run):
             async with impl.BoundedTaskGroup(limiter=limiter) as tg:
                 await tg.spawn(asyncio.sleep(1))    # closed, never run
         errors.extend(group.value.exceptions)
+        with pytest.raises(ExceptionGroup) as group:
+            async with impl.BoundedTaskGroup(limiter=limiter) as tg:
+                child = tg.create_task(asyncio.sleep(1))
+        errors.extend(group.value.exceptions)
+        assert child.done() and isinstance(child.exception(),
+                                           LimiterUnavailable)
         with pytest.raises(LimiterUnavailable):
             await limiter.statistics()
         held = limiter.held_tokens
@@ -375,7 +381,7 @@ def test_unreachable_redis_fails_the_wait_and_holds_nothing(impl, run):
         return errors, held
 
     errors, held = run(main())
-    assert [type(e) for e in errors] == [LimiterUnavailable] * 3
+    assert [type(e) for e in errors] == [LimiterUnavailable] * 4
     assert all(isinstance(e, OSError) and e.__cause__ is not None
                and "could not be reached" in str(e) for e in errors)
     assert held == 0
