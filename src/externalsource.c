@@ -51,24 +51,37 @@ external_dequeue(TokenSource *self, PyObject *future)
     return 1;
 }
 
+/* Claims give tokens back while unwinding too, with their own error under
+ * way: that error stays the one raised, and a failure here is reported as
+ * unraisable. Without one, a failure is returned. */
 static int
-call_status(TokenSource *self, PyObject *name)
+call_keeping_error(TokenSource *self, PyObject *name)
 {
+    PyObject *pending = PyErr_GetRaisedException();
     PyObject *res = call_method0((PyObject *)self, name);
-    Py_XDECREF(res);
-    return res == NULL ? -1 : 0;
+    if (res != NULL) {
+        Py_DECREF(res);
+        PyErr_SetRaisedException(pending);
+        return 0;
+    }
+    if (pending == NULL) {
+        return -1;
+    }
+    PyErr_WriteUnraisable((PyObject *)self);
+    PyErr_SetRaisedException(pending);
+    return 0;
 }
 
 static int
 external_pass_on(TokenSource *self)
 {
-    return call_status(self, self->state->str__pass_on);
+    return call_keeping_error(self, self->state->str__pass_on);
 }
 
 static int
 external_give_back(TokenSource *self)
 {
-    return call_status(self, self->state->str__give_back);
+    return call_keeping_error(self, self->state->str__give_back);
 }
 
 static const TokenSourceOps external_ops = {

@@ -4,7 +4,8 @@
 
 Runs every leak-check scenario (spawn/success, spawn/error, spawn/cancel,
 create_task/abort, streaming break) on asyncio's loop and on uvloop, then
-the nested-limiter deadlock, a few hundred times each.
+the nested-limiter deadlock and a group bounded by an external source (the
+protocol taskbound.redis uses), a few hundred times each.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 
 import leakcheck
 import uvloop
+from toysource import toy_source_type
 
 from taskbound import DeadlockError, _taskbound
 from taskbound._stream import Helpers
@@ -42,6 +44,19 @@ async def deadlock() -> None:
     assert limiter.borrowed_tokens == 0
 
 
+ToySource = toy_source_type(_taskbound.ExternalSource)
+
+
+async def external() -> None:
+    toy = ToySource(2)
+    async with _taskbound.BoundedTaskGroup(limiter=toy) as tg:
+        for _ in range(4):
+            await tg.spawn(asyncio.sleep(0))
+        waiting = [tg.create_task(asyncio.sleep(0)) for _ in range(3)]
+        waiting[1].cancel()
+    assert toy.borrowed == 0 and not toy.line
+
+
 def main() -> int:
     helpers = Helpers((_taskbound.Limiter, _taskbound.RateLimiter,
                        _taskbound.ExternalSource),
@@ -50,6 +65,7 @@ def main() -> int:
         shared = _taskbound.Limiter(3)   # a limiter belongs to one loop
         scenarios = leakcheck.scenarios(_taskbound, helpers, shared)
         scenarios["deadlock"] = lambda i: deadlock()
+        scenarios["external source"] = lambda i: external()
         loop = new_loop()
         for name, scenario in scenarios.items():
             async def run(scenario=scenario):

@@ -296,9 +296,10 @@ class _Remote:
     def _kick(self) -> None:
         """Have the background task run an exchange soon."""
         self._wake.set()
-        if self._worker is None:
+        if self._worker is None and not self._event_loop.is_closed():
             # asyncio.Task, not loop.create_task: an eager task factory
-            # would run the exchange inside the caller's claim.
+            # would run the exchange inside the caller's claim. (On a
+            # closed loop nothing can be sent: what is held lapses.)
             self._worker = asyncio.Task(self._work(), loop=self._event_loop,
                                         name=f"taskbound.redis {self._name}")
 
@@ -379,8 +380,11 @@ class _RedisLimiter(_Remote):
         self._epoch = ""            # the state's epoch, once seen
         self._longest = self._lease  # the longest lease of any process
         self._held: list = []       # lease ids this object holds
-        self._returns: list = []    # (lease id, lapse time) to give back
-        self._left: list = []       # tickets that left the line
+        # (lease id, lapse time) to give back, and (ticket, lapse time) of
+        # tickets that left the line: after the lapse time Redis has
+        # dropped them by itself.
+        self._returns: list = []
+        self._left: list = []
         self._renew_at = math.inf
         self._retry = 0.0           # the back-off after a failed exchange
         self._listener: asyncio.Task | None = None
@@ -428,7 +432,7 @@ class _RedisLimiter(_Remote):
     def _dequeue(self, future) -> None:
         ticket = self._line.pop(future, None)
         if ticket is not None:
-            self._left.append(ticket)
+            self._left.append((ticket, self._event_loop.time() + self._lease))
             self._kick()
 
     def _pass_on(self) -> None:
@@ -474,16 +478,16 @@ class _RedisLimiter(_Remote):
         a notification before the next one."""
         loop = self._event_loop
         now = loop.time()
-        self._returns = [(lease, lapse) for lease, lapse in self._returns
-                         if lapse > now]          # the others have lapsed
-        returns, self._returns = self._returns, []
-        left, self._left = self._left, []
+        returns = [item for item in self._returns if item[1] > now]
+        left = [item for item in self._left if item[1] > now]
+        self._returns, self._left = [], []
         renew = list(self._held) if now >= self._renew_at else []
         futures = list(self._line)
         tickets = list(self._line.values())
         try:
             reply = await self._call("", [lease for lease, _ in returns],
-                                     left, renew, tickets)
+                                     [ticket for ticket, _ in left], renew,
+                                     tickets)
         except LimiterUnavailable as error:
             # Nothing is held by a waiter that failed; whatever Redis may
             # have granted it before the reply was lost is given back later.
@@ -492,7 +496,7 @@ class _RedisLimiter(_Remote):
             lapse = now + self._lease
             for future, ticket in zip(futures, tickets):
                 if self._line.pop(future, None) is not None:
-                    self._left.append(ticket)
+                    self._left.append((ticket, lapse))
                     self._returns.append((ticket, lapse))
                 if not future.done():
                     future.set_exception(error)
@@ -551,11 +555,16 @@ class _RedisLimiter(_Remote):
                         timeout=min(self._lease / 3, 5.0))
                     if message is not None:
                         self._wake.set()
-            except _UNREACHABLE:
+            except Exception:
+                # Whatever it was, the exchange's timer covers for the
+                # notifications; subscribe again after a pause.
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._lease / 4)
             finally:
-                await pubsub.aclose()
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
 
     def _stopped(self) -> None:
         listener, self._listener = self._listener, None
