@@ -501,3 +501,30 @@ def assert_spread(starts, interval, jitter=0.02):
             assert starts[j] - starts[i] >= (j - i) * interval - jitter, \
                 (i, j, starts)
     assert starts[-1] - starts[0] <= (len(starts) - 1) * interval + 1.0
+
+
+def test_aclose_sends_what_is_due_and_fails_the_waiters(
+        impl, run, redis_server):
+    RedisLimiter, _ = impl.redis
+    name = unique_name()
+
+    async def main():
+        async with clients(redis_server, 2) as (ca, cb):
+            a = RedisLimiter(ca, name, 1, lease=5)
+            b = RedisLimiter(cb, name, 1, lease=5)
+            await a.acquire()
+            stuck = asyncio.create_task(b.acquire())
+            await until(lambda: _at_least(waiting(a), 1))
+            await b.aclose()
+            with pytest.raises(RuntimeError, match="was closed"):
+                await stuck
+            a.release()
+            await a.aclose()        # the release is sent before it returns
+            after = await a.statistics()
+            async with b:           # usable again
+                again = b.held_tokens
+            await b.aclose()
+            return after, again, await b.statistics()
+
+    assert run(main()) == (LimiterStatistics(1, 0, 0), 1,
+                           LimiterStatistics(1, 0, 0))

@@ -55,6 +55,39 @@ BAD = textwrap.dedent('''
 ''')
 
 
+REDIS = textwrap.dedent('''
+    import asyncio
+    import redis.asyncio
+    from taskbound import BoundedTaskGroup, Limiter, LimiterStatistics, amap
+    from taskbound.redis import RedisLimiter, RedisRateLimiter
+
+    async def length(text: str) -> int:
+        return len(text)
+
+    async def main(client: redis.asyncio.Redis) -> tuple[
+            LimiterStatistics, int, list[int]]:
+        api = RedisLimiter(client, "api", 20, lease=10.0)
+        starts = RedisRateLimiter(client, "api", 50, burst=5)
+        async with BoundedTaskGroup(limit=2,
+                                    limiter=[api, starts, Limiter(3)]) as tg:
+            task: asyncio.Task[int] = await tg.spawn(length("abc"))
+        lengths = [n async for n in amap(length, ["ab"], limiter=api)]
+        await api.set_total_tokens(30)
+        await api.aclose()
+        await starts.aclose()
+        return await api.statistics(), task.result(), lengths
+''')
+
+BAD_REDIS = textwrap.dedent('''
+    import redis.asyncio
+    from taskbound.redis import RedisLimiter
+
+    async def main(client: redis.asyncio.Redis) -> int:
+        api = RedisLimiter(client, "api", 20)
+        return api.statistics().borrowed_tokens
+''')
+
+
 @functools.lru_cache(maxsize=None)
 def mypy(source: str, tmp: str) -> subprocess.CompletedProcess:
     path = f"{tmp}/example_{abs(hash(source))}.py"
@@ -89,3 +122,30 @@ def test_wrong_task_type_is_rejected(impl, run, tmp_path_factory):
     exec(compile(BAD, "bad.py", "exec"), namespace)
     namespace["BoundedTaskGroup"] = impl.BoundedTaskGroup
     assert run(namespace["main"]()) is None   # runs: the error is in types
+
+
+def test_typed_redis_example_checks_and_runs(impl, run, tmp_path_factory,
+                                             redis_server):
+    checked = mypy(REDIS, str(tmp_path_factory.getbasetemp()))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    namespace: dict = {}
+    exec(compile(REDIS, "redis_example.py", "exec"), namespace)
+    for name in ("BoundedTaskGroup", "Limiter", "amap"):
+        namespace[name] = getattr(impl, name)
+    namespace["RedisLimiter"], namespace["RedisRateLimiter"] = impl.redis
+
+    async def main():
+        import redis.asyncio
+        client = redis.asyncio.Redis(port=redis_server.port)
+        try:
+            return await namespace["main"](client)
+        finally:
+            await client.aclose()
+
+    assert run(main()) == ((30, 0, 0), 3, [2])
+
+
+def test_redis_statistics_must_be_awaited(tmp_path_factory):
+    checked = mypy(BAD_REDIS, str(tmp_path_factory.getbasetemp()))
+    assert checked.returncode == 1
+    assert "Coroutine" in checked.stdout and "borrowed_tokens" in checked.stdout

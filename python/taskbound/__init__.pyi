@@ -75,7 +75,12 @@ class RateLimiter:
         tb: TracebackType | None,
     ) -> None: ...
 
-AnyLimiter = Limiter | RateLimiter
+class _ExternalSource:
+    """The base of limiters kept outside the process (taskbound.redis)."""
+    async def acquire(self) -> None: ...
+    def release(self) -> None: ...
+
+AnyLimiter = Limiter | RateLimiter | _ExternalSource
 
 class BoundedTaskGroup:
     def __init__(

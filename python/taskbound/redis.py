@@ -265,6 +265,7 @@ class _Remote:
         self._line: dict = {}          # future -> ticket, in arrival order
         self._worker: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
+        self._closing = False
 
     @property
     def name(self) -> str:
@@ -315,7 +316,8 @@ class _Remote:
                     # fail with it rather than wait for ever.
                     self._fail_line(list(self._line), error)
                     timeout = 1.0
-                if not self._busy():
+                if not self._busy() or self._closing and (
+                        not self._pending_return() or self._failing()):
                     break
                 if not self._wake.is_set():
                     try:
@@ -342,22 +344,26 @@ class _Remote:
 
     async def aclose(self) -> None:
         """Send what is due (tokens given back) and stop the background
-        task. The limiter may be used again afterwards."""
+        task. Tasks still waiting fail with RuntimeError; tokens still held
+        lapse after the lease. The limiter may be used again afterwards."""
         worker = self._worker
-        if worker is not None:
-            self._kick()
-            # (An exchange that fails gives up: what it had to give back
-            # lapses on the server by itself.)
-            while self._worker is worker and self._pending_return() \
-                    and not self._failing():
-                await asyncio.sleep(0.01)
-            worker = self._worker
-            if worker is not None:
-                worker.cancel()
-                try:
-                    await worker
-                except asyncio.CancelledError:
-                    pass
+        if worker is None:
+            return
+        self._closing = True
+        try:
+            closed = RuntimeError(f"{self!r} was closed while this task "
+                                  "waited")
+            for future in list(self._line):
+                self._dequeue(future)
+                if not future.done():
+                    future.set_exception(closed)
+            self._wake.set()
+            # It stops after the exchange under way, or the next one if
+            # something is still to be sent (unless Redis is unreachable:
+            # then what it had to give back lapses by itself).
+            await asyncio.shield(worker)
+        finally:
+            self._closing = False
 
 
 class _RedisLimiter(_Remote):
