@@ -528,3 +528,34 @@ def test_aclose_sends_what_is_due_and_fails_the_waiters(
 
     assert run(main()) == (LimiterStatistics(1, 0, 0), 1,
                            LimiterStatistics(1, 0, 0))
+
+
+def test_a_flood_of_waiting_children_is_served_in_order(
+        impl, run, redis_server):
+    """create_task() children all wait at once: the line holds them all in
+    Redis, and they start in the order they were created."""
+    RedisLimiter, _ = impl.redis
+
+    async def main():
+        async with clients(redis_server) as (client,):
+            shared = RedisLimiter(client, unique_name(), 5, lease=5)
+            gauge, order = Gauge(), []
+
+            async def work(i):
+                order.append(i)
+                await gauge.work(0.001)
+
+            async with impl.BoundedTaskGroup(limiter=shared) as tg:
+                for i in range(300):
+                    tg.create_task(work(i))
+                await asyncio.sleep(0.05)
+                during = await shared.statistics()
+            await shared.aclose()
+            return (gauge.peak, order, during.total_tokens,
+                    during.borrowed_tokens + during.waiting,
+                    await shared.statistics())
+
+    peak, order, total, in_play, after = run(main())
+    assert peak == 5 and order == list(range(300))
+    assert total == 5 and 0 < in_play <= 300
+    assert after == LimiterStatistics(5, 0, 0)

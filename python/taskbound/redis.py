@@ -59,10 +59,11 @@ _UNREACHABLE = (_RedisConnectionError, _RedisTimeoutError, OSError,
 #       alive (zset: ticket -> expiry).
 # ARGV: lease ms, total to create the state with, the epoch this process
 #       last saw ('' if none), a fresh epoch, a new total ('' to keep), the
-#       longest lease of any process this one has heard of, then
-#       n and n leases given back, n and n tickets that left the line, n and
-#       n leases to renew, and the rest: this process's tickets in line, in
-#       arrival order.
+#       longest lease of any process this one has heard of, the prefix of
+#       this limiter object's tickets, '1' if it has waiters, then n and n
+#       leases given back, n and n tickets that left the line, n and n leases
+#       to renew, n and n new tickets (in arrival order), and the rest:
+#       tickets still waiting whose place in line is to be kept alive.
 # Returns: epoch, total, holders, in line, ms until the next lapse (-1 if
 #          none), the longest lease in use, then the tickets granted (now
 #          lease ids).
@@ -104,7 +105,7 @@ for _, ticket in ipairs(redis.call('ZRANGEBYSCORE', alive, '-inf', now)) do
   freed = true
 end
 
-local i = 7
+local i = 9
 local n = tonumber(ARGV[i])
 for j = i + 1, i + n do
   if redis.call('ZREM', holders, ARGV[j]) > 0 then freed = true end
@@ -121,27 +122,28 @@ for j = i + 1, i + n do
   redis.call('ZADD', holders, now + lease, ARGV[j])
 end
 
-local granted = {}
-local mine = {}
+i = i + n + 1
+n = tonumber(ARGV[i])
+for j = i + 1, i + n do
+  redis.call('ZADD', line, redis.call('HINCRBY', meta, 'seq', 1), ARGV[j])
+  redis.call('ZADD', alive, now + lease, ARGV[j])
+end
 for j = i + n + 1, #ARGV do
-  local ticket = ARGV[j]
-  if redis.call('ZSCORE', holders, ticket) then
-    -- granted by an exchange whose reply was lost
-    table.insert(granted, ticket)
-  else
-    if not redis.call('ZSCORE', line, ticket) then
-      redis.call('ZADD', line, redis.call('HINCRBY', meta, 'seq', 1), ticket)
-    end
-    redis.call('ZADD', alive, now + lease, ticket)
-    mine[ticket] = true
+  if not redis.call('ZSCORE', line, ARGV[j]) then
+    -- dropped as dead while this process stalled: back of the line
+    redis.call('ZADD', line, redis.call('HINCRBY', meta, 'seq', 1), ARGV[j])
   end
+  redis.call('ZADD', alive, now + lease, ARGV[j])
 end
 
+-- The first `free` tickets in line may go; this object takes its own.
+local granted = {}
 local grace = tonumber(redis.call('HGET', meta, 'grace') or '0')
 local free = total - redis.call('ZCARD', holders)
-if now >= grace and free > 0 and next(mine) ~= nil then
+if now >= grace and free > 0 and ARGV[8] == '1' then
+  local prefix = ARGV[7]
   for _, ticket in ipairs(redis.call('ZRANGE', line, 0, free - 1)) do
-    if mine[ticket] then
+    if string.sub(ticket, 1, #prefix) == prefix then
       redis.call('ZREM', line, ticket)
       redis.call('ZREM', alive, ticket)
       redis.call('ZADD', holders, now + lease, ticket)
@@ -338,7 +340,7 @@ class _Remote:
 
     def _fail_line(self, futures, error: BaseException) -> None:
         for future in futures:
-            self._line.pop(future, None)
+            self._dequeue(future)
             if not future.done():
                 future.set_exception(error)
 
@@ -353,10 +355,7 @@ class _Remote:
         try:
             closed = RuntimeError(f"{self!r} was closed while this task "
                                   "waited")
-            for future in list(self._line):
-                self._dequeue(future)
-                if not future.done():
-                    future.set_exception(closed)
+            self._fail_line(list(self._line), closed)
             self._wake.set()
             # It stops after the exchange under way, or the next one if
             # something is still to be sent (unless Redis is unreachable:
@@ -391,6 +390,9 @@ class _RedisLimiter(_Remote):
         # dropped them by itself.
         self._returns: list = []
         self._left: list = []
+        self._waiter_of: dict = {}  # ticket -> future, for those in _line
+        self._unsent: dict = {}     # tickets not yet in Redis's line
+        # When the leases held and the tickets waiting are next renewed.
         self._renew_at = math.inf
         self._retry = 0.0           # the back-off after a failed exchange
         self._listener: asyncio.Task | None = None
@@ -416,7 +418,7 @@ class _RedisLimiter(_Remote):
     async def set_total_tokens(self, total_tokens: int) -> None:
         """Store a new total in Redis, for every process: raising it lets
         waiters in; lowering it lets holders finish."""
-        await self._call(str(_check_tokens(total_tokens)), [], [], [], [])
+        await self._call(str(_check_tokens(total_tokens)))
 
     async def statistics(self) -> LimiterStatistics:
         """LimiterStatistics(total, borrowed, waiting), read from Redis:
@@ -433,13 +435,26 @@ class _RedisLimiter(_Remote):
     # -- the protocol a claim uses --
 
     def _new_ticket(self) -> str:
-        return f"{self._id}:{next(self._numbers)}"
+        ticket = f"{self._id}:{next(self._numbers)}"
+        self._unsent[ticket] = None
+        if self._renew_at == math.inf:
+            self._renew_at = self._event_loop.time() + self._lease / 3
+        return ticket
+
+    def _enqueue(self, loop):
+        future = super()._enqueue(loop)
+        self._waiter_of[self._line[future]] = future
+        return future
 
     def _dequeue(self, future) -> None:
         ticket = self._line.pop(future, None)
-        if ticket is not None:
-            self._left.append((ticket, self._event_loop.time() + self._lease))
-            self._kick()
+        if ticket is None:
+            return
+        del self._waiter_of[ticket]
+        if self._unsent.pop(ticket, 0) is None:
+            return                  # never reached Redis
+        self._left.append((ticket, self._event_loop.time() + self._lease))
+        self._kick()
 
     def _pass_on(self) -> None:
         self._give_back()
@@ -450,7 +465,7 @@ class _RedisLimiter(_Remote):
                 f"release() called on {self!r}, which holds no tokens")
         lease = self._held.pop()
         self._returns.append((lease, self._event_loop.time() + self._lease))
-        if not self._held:
+        if not self._held and not self._line:
             self._renew_at = math.inf
         self._kick()
 
@@ -465,11 +480,13 @@ class _RedisLimiter(_Remote):
     def _failing(self) -> bool:
         return self._retry > 0
 
-    async def _call(self, new_total, returns, left, renew, tickets):
+    async def _call(self, new_total, returns=(), left=(), renew=(), new=(),
+                    refresh=(), grant=False):
         args = [int(self._lease * 1000), self._total, self._epoch,
                 secrets.token_hex(8), new_total, int(self._longest * 1000),
+                f"{self._id}:", "1" if grant else "0",
                 len(returns), *returns, len(left), *left,
-                len(renew), *renew, *tickets]
+                len(renew), *renew, len(new), *new, *refresh]
         try:
             reply = await self._script(keys=self._keys, args=args)
         except _UNREACHABLE as error:
@@ -487,49 +504,52 @@ class _RedisLimiter(_Remote):
         returns = [item for item in self._returns if item[1] > now]
         left = [item for item in self._left if item[1] > now]
         self._returns, self._left = [], []
-        renew = list(self._held) if now >= self._renew_at else []
+        due = now >= self._renew_at
+        renew = list(self._held) if due else []
+        refresh = [ticket for ticket in self._line.values()
+                   if ticket not in self._unsent] if due else []
+        new = list(self._unsent)
+        self._unsent.clear()
         futures = list(self._line)
-        tickets = list(self._line.values())
         try:
             reply = await self._call("", [lease for lease, _ in returns],
                                      [ticket for ticket, _ in left], renew,
-                                     tickets)
+                                     new, refresh, bool(self._line))
         except LimiterUnavailable as error:
-            # Nothing is held by a waiter that failed; whatever Redis may
-            # have granted it before the reply was lost is given back later.
+            # The waiters fail, holding nothing; whatever Redis may have
+            # granted them before the reply was lost is given back later.
             self._returns[:0] = returns
             self._left[:0] = left
             lapse = now + self._lease
-            for future, ticket in zip(futures, tickets):
-                if self._line.pop(future, None) is not None:
-                    self._left.append((ticket, lapse))
+            for future in futures:
+                ticket = self._line.get(future)
+                if ticket is not None:
+                    self._dequeue(future)
                     self._returns.append((ticket, lapse))
                 if not future.done():
                     future.set_exception(error)
             self._retry = min(max(self._retry * 2, 0.05), self._lease / 4)
-            if renew:
+            if due:
                 self._renew_at = now + self._retry
             return self._retry
         self._retry = 0.0
-        if renew:
+        if due:
             self._renew_at = now + self._lease / 3
-        granted = [_text(ticket) for ticket in reply[6:]]
-        if granted:
-            by_ticket = {ticket: future for future, ticket in
-                         self._line.items()}
-            for lease in granted:
-                future = by_ticket.get(lease)
-                if future is None or future.done():
-                    # It left the line while the script ran.
-                    self._line.pop(future, None)
-                    self._returns.append((lease, now + self._lease))
-                    continue
-                del self._line[future]
-                if not self._held:
-                    self._renew_at = now + self._lease / 3
-                self._held.append(lease)
-                future.set_result(True)
-        wait = self._renew_at - now if self._held else math.inf
+        for lease in reply[6:]:
+            lease = _text(lease)
+            future = self._waiter_of.pop(lease, None)
+            if future is None or future.done():
+                # It left the line while the script ran.
+                if future is not None:
+                    del self._line[future]
+                self._returns.append((lease, now + self._lease))
+                continue
+            del self._line[future]
+            self._held.append(lease)
+            future.set_result(True)
+        if not self._held and not self._line:
+            self._renew_at = math.inf
+        wait = self._renew_at - now
         if self._returns or self._left:
             wait = 0.0
         elif self._line:
