@@ -41,6 +41,21 @@ async def clients(server, count=1, **options):
             await client.aclose()
 
 
+@contextlib.asynccontextmanager
+async def two_processes(RedisLimiter, server, total, leases=(5, 5)):
+    """Two limiter objects of one name on separate clients, as two
+    processes would have them; closed at the end."""
+    name = unique_name()
+    async with clients(server, 2) as made:
+        pair = [RedisLimiter(client, name, total, lease=lease)
+                for client, lease in zip(made, leases)]
+        try:
+            yield pair
+        finally:
+            for limiter in pair:
+                await limiter.aclose()
+
+
 class Gauge:
     """Counts tasks running at once."""
 
@@ -113,12 +128,10 @@ def test_limiters_on_separate_clients_share_one_cap(impl, run, redis_server):
 def test_waiters_of_every_client_are_served_in_arrival_order(
         impl, run, redis_server):
     RedisLimiter, _ = impl.redis
-    name = unique_name()
 
     async def main():
-        async with clients(redis_server, 2) as (ca, cb):
-            a = RedisLimiter(ca, name, 1, lease=5)
-            b = RedisLimiter(cb, name, 1, lease=5)
+        async with two_processes(RedisLimiter, redis_server, 1,
+                                 (5, 5)) as (a, b):
             await a.acquire()
             order = []
 
@@ -150,12 +163,10 @@ async def _at_least(value, count) -> bool:
 
 def test_a_cancelled_waiter_leaves_nothing_behind(impl, run, redis_server):
     RedisLimiter, _ = impl.redis
-    name = unique_name()
 
     async def main():
-        async with clients(redis_server, 2) as (ca, cb):
-            a = RedisLimiter(ca, name, 1, lease=5)
-            b = RedisLimiter(cb, name, 1, lease=5)
+        async with two_processes(RedisLimiter, redis_server, 1,
+                                 (5, 5)) as (a, b):
             await a.acquire()
             stuck = asyncio.create_task(b.acquire())
             await until(lambda: _at_least(waiting(a), 1))
@@ -202,14 +213,12 @@ def test_an_aborting_group_leaves_no_token_taken(impl, run, redis_server):
 
 def test_raising_the_total_lets_waiters_in_at_once(impl, run, redis_server):
     RedisLimiter, _ = impl.redis
-    name = unique_name()
 
     async def main():
-        async with clients(redis_server, 2) as (ca, cb):
-            # A lease of 60 s: the fallback timer would take 5 s, so a
-            # prompt start proves the notification.
-            a = RedisLimiter(ca, name, 1, lease=60)
-            b = RedisLimiter(cb, name, 1, lease=60)
+        # A lease of 60 s: the fallback timer would take 5 s, so a prompt
+        # start proves the notification.
+        async with two_processes(RedisLimiter, redis_server, 1,
+                                 (60, 60)) as (a, b):
             await a.acquire()
             waiters = [asyncio.create_task(b.acquire()) for _ in range(2)]
             await until(lambda: _at_least(waiting(a), 2))
@@ -420,13 +429,11 @@ def test_after_a_restart_nobody_new_is_let_in_past_the_holders(
     limiter lets nobody in, however quick the newcomer."""
     RedisLimiter, _ = impl.redis
     server = own_redis_server
-    name = unique_name()
 
     async def main():
-        async with clients(server, 2) as (ca, cb):
-            # The holder renews every 0.5 s; the newcomer asks every 0.1 s.
-            a = RedisLimiter(ca, name, 2, lease=1.5)
-            b = RedisLimiter(cb, name, 2, lease=0.3)
+        # The holder renews every 0.5 s; the newcomer asks every 0.1 s.
+        async with two_processes(RedisLimiter, server, 2,
+                                 (1.5, 0.3)) as (a, b):
             first_done, second_done = asyncio.Event(), asyncio.Event()
             log = []
 
@@ -506,12 +513,10 @@ def assert_spread(starts, interval, jitter=0.02):
 def test_aclose_sends_what_is_due_and_fails_the_waiters(
         impl, run, redis_server):
     RedisLimiter, _ = impl.redis
-    name = unique_name()
 
     async def main():
-        async with clients(redis_server, 2) as (ca, cb):
-            a = RedisLimiter(ca, name, 1, lease=5)
-            b = RedisLimiter(cb, name, 1, lease=5)
+        async with two_processes(RedisLimiter, redis_server, 1,
+                                 (5, 5)) as (a, b):
             await a.acquire()
             stuck = asyncio.create_task(b.acquire())
             await until(lambda: _at_least(waiting(a), 1))
