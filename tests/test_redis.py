@@ -500,12 +500,14 @@ def test_rate_limiter_spreads_starts_across_clients(impl, run, redis_server):
     assert stats.waiting == 0
 
 
-def assert_spread(starts, interval, jitter=0.02):
-    """No two starts closer than the rate allows (less the lateness of a
-    wake-up), and no start held back much longer than the rate needs."""
+def assert_spread(starts, interval):
+    """No more starts in any stretch of time than the rate allows, counting
+    one start's worth of slack for a wake-up that came late (a late start
+    bunches up with the next one, whatever the limiter did); and no start
+    held back much longer than the rate needs."""
     for i in range(len(starts)):
         for j in range(i + 1, len(starts)):
-            assert starts[j] - starts[i] >= (j - i) * interval - jitter, \
+            assert starts[j] - starts[i] >= (j - i - 1) * interval, \
                 (i, j, starts)
     assert starts[-1] - starts[0] <= (len(starts) - 1) * interval + 1.0
 

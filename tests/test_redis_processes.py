@@ -148,7 +148,7 @@ def test_a_rate_is_spread_across_processes(impl, run, redis_server):
     starts = sorted(float(t) for t in client.lrange(f"{name}:starts", 0, -1))
     client.close()
     assert len(starts) == 20
-    assert_spread(starts, 1 / 20, jitter=0.03)
+    assert_spread(starts, 1 / 20)
 
 
 def test_processes_ride_out_a_restart_of_the_server(
