@@ -80,6 +80,14 @@ async def until(predicate, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
+def nothing_left(limiter) -> bool:
+    """Nothing of this limiter's bookkeeping is left over (closed, idle)."""
+    parts = ["_line", "_waiter_of", "_unsent", "_held", "_returns", "_left",
+             "_timers"]
+    return limiter._worker is None and not any(
+        getattr(limiter, part, None) for part in parts)
+
+
 async def waiting(limiter) -> int:
     return (await limiter.statistics()).waiting
 
@@ -97,9 +105,9 @@ def test_group_holds_the_cap_with_a_local_limiter(impl, run, redis_server):
                 for _ in range(30):
                     await tg.spawn(gauge.work())
             await shared.aclose()
-            return gauge.peak, await shared.statistics(), shared.held_tokens
+            return gauge.peak, await shared.statistics(), nothing_left(shared)
 
-    assert run(main()) == (6, LimiterStatistics(6, 0, 0), 0)
+    assert run(main()) == (6, LimiterStatistics(6, 0, 0), True)
 
 
 def test_limiters_on_separate_clients_share_one_cap(impl, run, redis_server):
@@ -179,9 +187,10 @@ def test_a_cancelled_waiter_leaves_nothing_behind(impl, run, redis_server):
                 held = b.held_tokens
             await a.aclose()
             await b.aclose()
-            return held, b.held_tokens, await a.statistics()
+            return held, nothing_left(a) and nothing_left(b), \
+                await a.statistics()
 
-    assert run(main()) == (1, 0, LimiterStatistics(1, 0, 0))
+    assert run(main()) == (1, True, LimiterStatistics(1, 0, 0))
 
 
 async def _equals(value, count) -> bool:
@@ -493,11 +502,14 @@ def test_rate_limiter_spreads_starts_across_clients(impl, run, redis_server):
 
             await asyncio.gather(*[start(limiters[i % 2])
                                    for i in range(12)])
-            return sorted(starts), limiters[0].statistics()
+            for limiter in limiters:
+                await limiter.aclose()
+            return sorted(starts), limiters[0].statistics(), \
+                all(map(nothing_left, limiters))
 
-    starts, stats = run(main())
+    starts, stats, clean = run(main())
     assert_spread(starts, interval)
-    assert stats.waiting == 0
+    assert stats.waiting == 0 and clean
 
 
 def assert_spread(starts, interval):
@@ -560,9 +572,9 @@ def test_a_flood_of_waiting_children_is_served_in_order(
             await shared.aclose()
             return (gauge.peak, order, during.total_tokens,
                     during.borrowed_tokens + during.waiting,
-                    await shared.statistics())
+                    await shared.statistics(), nothing_left(shared))
 
-    peak, order, total, in_play, after = run(main())
-    assert peak == 5 and order == list(range(300))
+    peak, order, total, in_play, after, clean = run(main())
+    assert peak == 5 and order == list(range(300)) and clean
     assert total == 5 and 0 < in_play <= 300
     assert after == LimiterStatistics(5, 0, 0)
