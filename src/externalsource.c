@@ -5,7 +5,8 @@
  * Limiter and RateLimiter they are C functions; here each one calls the
  * Python method of the same name on the subclass, so a group, acquire()
  * and the streaming helpers take such a limiter unchanged, in the global
- * rank order. The subclass keeps its own line of waiter futures:
+ * rank order. The base binds it to one loop (_bind, _loop); the subclass
+ * keeps its own line of waiter futures:
  *
  *   _try_take(loop) -> bool      take a token now, without waiting
  *   _enqueue(loop) -> future     queue a waiter; its result is True once it
@@ -129,6 +130,16 @@ external_dealloc(TokenSource *self)
     source_dealloc(self, (inquiry)external_clear);
 }
 
+/* The subclass binds itself to a loop as every source does. */
+static PyObject *
+external_bind(TokenSource *self, PyObject *loop)
+{
+    if (source_bind(self, loop) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef external_methods[] = {
     {"acquire", source_acquire, METH_NOARGS,
      "Wait for a token (FIFO)."},
@@ -136,6 +147,8 @@ static PyMethodDef external_methods[] = {
     {"__aenter__", source_acquire, METH_NOARGS, NULL},
     {"__aexit__", (PyCFunction)(void (*)(void))source_aexit, METH_FASTCALL,
      NULL},
+    {"_bind", (PyCFunction)external_bind, METH_O,
+     "Bind to `loop` on first use; refuse any other loop after that."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -144,6 +157,8 @@ static PyMemberDef external_members[] = {
      READONLY, NULL},
     {"_rank", T_ULONGLONG, offsetof(TokenSource, rank), READONLY,
      "The order in which tasks take this limiter's tokens."},
+    {"_loop", T_OBJECT, offsetof(TokenSource, loop), READONLY,
+     "The event loop it is bound to, or None."},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -379,6 +379,8 @@ class ExternalSource(_TokenSource):
     - ``_dequeue(future)``: the waiter leaves the line, unserved;
     - ``_pass_on()``: a waiter handed a token gave up: pass it on;
     - ``_give_back()``: a token comes back.
+
+    ``_bind(loop)`` and ``_loop`` come from the base, as for every source.
     """
 
     def release(self) -> None:

@@ -263,7 +263,6 @@ class _Remote:
         self._client = _check_client(client)
         self._name = _check_name(name)
         self._prefix = f"taskbound:{{{self._name}}}:"   # one cluster slot
-        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._line: dict = {}          # future -> ticket, in arrival order
         self._worker: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
@@ -280,11 +279,9 @@ class _Remote:
     # -- the protocol a claim uses --
 
     def _try_take(self, loop) -> bool:
-        if self._event_loop is None:
-            self._event_loop = loop
+        self._bind(loop)
+        if self._wake is None:
             self._wake = asyncio.Event()
-        elif self._event_loop is not loop:
-            raise RuntimeError(f"{self!r} is bound to a different event loop")
         return False
 
     def _enqueue(self, loop):
@@ -299,11 +296,11 @@ class _Remote:
     def _kick(self) -> None:
         """Have the background task run an exchange soon."""
         self._wake.set()
-        if self._worker is None and not self._event_loop.is_closed():
+        if self._worker is None and not self._loop.is_closed():
             # asyncio.Task, not loop.create_task: an eager task factory
             # would run the exchange inside the caller's claim. (On a
             # closed loop nothing can be sent: what is held lapses.)
-            self._worker = asyncio.Task(self._work(), loop=self._event_loop,
+            self._worker = asyncio.Task(self._work(), loop=self._loop,
                                         name=f"taskbound.redis {self._name}")
 
     async def _work(self) -> None:
@@ -395,6 +392,8 @@ class _RedisLimiter(_Remote):
         # When the leases held and the tickets waiting are next renewed.
         self._renew_at = math.inf
         self._retry = 0.0           # the back-off after a failed exchange
+        # The longest a waiter goes without an exchange, notified or not.
+        self._fallback = min(self._lease / 3, 5.0)
         self._listener: asyncio.Task | None = None
 
     def __repr__(self) -> str:
@@ -438,7 +437,7 @@ class _RedisLimiter(_Remote):
         ticket = f"{self._id}:{next(self._numbers)}"
         self._unsent[ticket] = None
         if self._renew_at == math.inf:
-            self._renew_at = self._event_loop.time() + self._lease / 3
+            self._renew_at = self._loop.time() + self._lease / 3
         return ticket
 
     def _enqueue(self, loop):
@@ -453,7 +452,7 @@ class _RedisLimiter(_Remote):
         del self._waiter_of[ticket]
         if self._unsent.pop(ticket, 0) is None:
             return                  # never reached Redis
-        self._left.append((ticket, self._event_loop.time() + self._lease))
+        self._left.append((ticket, self._loop.time() + self._lease))
         self._kick()
 
     def _pass_on(self) -> None:
@@ -464,7 +463,7 @@ class _RedisLimiter(_Remote):
             raise RuntimeError(
                 f"release() called on {self!r}, which holds no tokens")
         lease = self._held.pop()
-        self._returns.append((lease, self._event_loop.time() + self._lease))
+        self._returns.append((lease, self._loop.time() + self._lease))
         if not self._held and not self._line:
             self._renew_at = math.inf
         self._kick()
@@ -499,7 +498,7 @@ class _RedisLimiter(_Remote):
     async def _exchange(self) -> float:
         """One script call for everything due; returns how long to wait for
         a notification before the next one."""
-        loop = self._event_loop
+        loop = self._loop
         now = loop.time()
         returns = [item for item in self._returns if item[1] > now]
         left = [item for item in self._left if item[1] > now]
@@ -521,13 +520,9 @@ class _RedisLimiter(_Remote):
             self._returns[:0] = returns
             self._left[:0] = left
             lapse = now + self._lease
-            for future in futures:
-                ticket = self._line.get(future)
-                if ticket is not None:
-                    self._dequeue(future)
-                    self._returns.append((ticket, lapse))
-                if not future.done():
-                    future.set_exception(error)
+            self._returns += [(self._line[future], lapse)
+                              for future in futures if future in self._line]
+            self._fail_line(futures, error)
             self._retry = min(max(self._retry * 2, 0.05), self._lease / 4)
             if due:
                 self._renew_at = now + self._retry
@@ -558,7 +553,7 @@ class _RedisLimiter(_Remote):
                     self._listen(), loop=loop,
                     name=f"taskbound.redis {self._name} notifications")
             next_lapse = int(reply[4]) / 1000
-            fallback = min(self._lease / 3, 5.0)
+            fallback = self._fallback
             if next_lapse >= 0:
                 fallback = min(fallback, next_lapse + 0.001)
             wait = min(wait, fallback)
@@ -578,7 +573,7 @@ class _RedisLimiter(_Remote):
                 while True:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True,
-                        timeout=min(self._lease / 3, 5.0))
+                        timeout=self._fallback)
                     if message is not None:
                         self._wake.set()
             except Exception:
@@ -672,7 +667,7 @@ class _RedisRateLimiter(_Remote):
         except _UNREACHABLE as error:
             self._fail_line(futures, _unavailable(self, error))
             return 0.0
-        loop = self._event_loop
+        loop = self._loop
         for future, delay in zip(futures, delays):
             if self._line.pop(future, None) is None or future.done():
                 continue
