@@ -40,7 +40,10 @@ def main() -> int:
     parser.add_argument("--loop", choices=["asyncio", "uvloop"],
                         default="asyncio")
     args = parser.parse_args()
-    server = None if args.redis else _benchredis.Server()
+    server = None
+    if not args.redis:
+        server = _benchredis.Server()
+        server.start()
     url = args.redis or f"redis://127.0.0.1:{server.port}"
     try:
         for children in (500, 2_000, 8_000):

@@ -179,8 +179,8 @@ def timed_run(request):
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """One redis-server for the whole run (tests use names of their own)."""
-    from redisserver import RedisServer
-    server = RedisServer(str(tmp_path_factory.mktemp("redis")))
+    from taskbound._benchredis import Server
+    server = Server(str(tmp_path_factory.mktemp("redis")))
     server.start()
     yield server
     server.stop()
@@ -189,8 +189,8 @@ def redis_server(tmp_path_factory):
 @pytest.fixture
 def own_redis_server(tmp_path):
     """A redis-server of the test's own, which it may stop and restart."""
-    from redisserver import RedisServer
-    server = RedisServer(str(tmp_path))
+    from taskbound._benchredis import Server
+    server = Server(str(tmp_path))
     server.start()
     yield server
     server.stop()

@@ -19,11 +19,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from taskbound import LimiterStatistics, LimiterUnavailable, WouldBlock
+from taskbound._benchredis import free_port
 from taskbound.redis import _classes
 
 from conftest import MODULES
-
-from redisserver import free_port
 
 
 def unique_name() -> str:
@@ -138,8 +137,7 @@ def test_waiters_of_every_client_are_served_in_arrival_order(
     RedisLimiter, _ = impl.redis
 
     async def main():
-        async with two_processes(RedisLimiter, redis_server, 1,
-                                 (5, 5)) as (a, b):
+        async with two_processes(RedisLimiter, redis_server, 1) as (a, b):
             await a.acquire()
             order = []
 
@@ -173,8 +171,7 @@ def test_a_cancelled_waiter_leaves_nothing_behind(impl, run, redis_server):
     RedisLimiter, _ = impl.redis
 
     async def main():
-        async with two_processes(RedisLimiter, redis_server, 1,
-                                 (5, 5)) as (a, b):
+        async with two_processes(RedisLimiter, redis_server, 1) as (a, b):
             await a.acquire()
             stuck = asyncio.create_task(b.acquire())
             await until(lambda: _at_least(waiting(a), 1))
@@ -529,8 +526,7 @@ def test_aclose_sends_what_is_due_and_fails_the_waiters(
     RedisLimiter, _ = impl.redis
 
     async def main():
-        async with two_processes(RedisLimiter, redis_server, 1,
-                                 (5, 5)) as (a, b):
+        async with two_processes(RedisLimiter, redis_server, 1) as (a, b):
             await a.acquire()
             stuck = asyncio.create_task(b.acquire())
             await until(lambda: _at_least(waiting(a), 1))
@@ -578,3 +574,24 @@ def test_a_flood_of_waiting_children_is_served_in_order(
     assert peak == 5 and order == list(range(300)) and clean
     assert total == 5 and 0 < in_play <= 300
     assert after == LimiterStatistics(5, 0, 0)
+
+
+def test_a_second_event_loop_is_refused(impl, run, redis_server):
+    RedisLimiter, _ = impl.redis
+    client = aioredis.Redis(port=redis_server.port)
+    shared = RedisLimiter(client, unique_name(), 1)
+
+    async def first():
+        async with shared:
+            pass
+        await shared.aclose()
+        await client.aclose()       # its connections belong to this loop
+
+    async def second():
+        async with shared:          # refused before it reaches the client
+            pass
+
+    run(first())
+    with pytest.raises(RuntimeError, match="bound to a different event loop"):
+        run(second())
+    assert shared.held_tokens == 0

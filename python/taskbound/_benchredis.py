@@ -4,6 +4,7 @@ least a shared counter could cost: two round trips)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import statistics
@@ -13,24 +14,42 @@ import time
 import uuid
 
 
-class Server:
-    """A throw-away redis-server on a free loopback port."""
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    def __init__(self) -> None:
-        self.directory = tempfile.TemporaryDirectory()
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+
+class Server:
+    """A redis-server on a free loopback port, saving nothing to disk, for
+    the bench and the tests: in `directory`, or a temporary one that
+    close() removes. stop() and start() again keep the port (a restart
+    that loses every key)."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.path.exists(self.binary):
+            raise RuntimeError("redis-server is not on PATH (Debian: "
+                               "apt-get install redis-server)")
+        self._temporary = None if directory else tempfile.TemporaryDirectory()
+        self.directory = directory or self._temporary.name
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
         self.process = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server",
-             "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.directory.name],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.directory,
+             "--logfile", os.path.join(self.directory, "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # (Not under the sanitizer runtimes a test run may preload.)
+            env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"})
         deadline = time.monotonic() + 10
         while not self._ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError("redis-server did not start")
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port "
+                                   f"{self.port}; see {self.directory}")
             time.sleep(0.02)
 
     def _ready(self) -> bool:
@@ -41,10 +60,21 @@ class Server:
         except OSError:
             return False
 
+    def stop(self) -> None:
+        """Kill the server; everything it held is lost."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
     def close(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        self.directory.cleanup()
+        self.stop()
+        if self._temporary is not None:
+            self._temporary.cleanup()
 
 
 def contenders() -> list:
@@ -66,6 +96,7 @@ async def run_pairs(url: str, limiter_type, pairs: int) -> float:
     import redis.asyncio as aioredis
     client = aioredis.Redis.from_url(url)
     name = f"bench-{uuid.uuid4().hex[:8]}"
+    leftovers = [name]          # keys to delete after the run
     try:
         if limiter_type is None:
             start = time.perf_counter()
@@ -74,6 +105,7 @@ async def run_pairs(url: str, limiter_type, pairs: int) -> float:
                 await client.decr(name)
             return time.perf_counter() - start
         limiter = limiter_type(client, name, 1_000)
+        leftovers.append(limiter._prefix + "meta")
         start = time.perf_counter()
         for _ in range(pairs):
             await limiter.acquire()
@@ -81,7 +113,7 @@ async def run_pairs(url: str, limiter_type, pairs: int) -> float:
         await limiter.aclose()        # the last release reaches Redis
         return time.perf_counter() - start
     finally:
-        await client.delete(name, f"taskbound:{{{name}}}:meta")
+        await client.delete(*leftovers)
         await client.aclose()
 
 
@@ -98,6 +130,7 @@ def measure(url: str | None, pairs: int, rounds: int, new_loop,
             return ("no redis-server on PATH (install it, or give "
                     "--redis URL)")
         server = Server()
+        server.start()
         url = f"redis://127.0.0.1:{server.port}"
     try:
         chosen = contenders()
