@@ -70,7 +70,7 @@ PyObject *
 stream_step_anew(PyObject *spare, StreamObject *stream)
 {
     StreamStepObject *self = (StreamStepObject *)spare;
-    if (self == NULL || Py_REFCNT(self) != 1) {
+    if (self == NULL || !uniquely_referenced(spare)) {
         return stream_step_new(stream, STEP_ANEXT);
     }
     /* Only the iterator holds it: the last __anext__() is over. */
@@ -356,7 +356,7 @@ static void
 raise_stop_iteration(ModuleState *st, PyObject *value)
 {
     PyObject *stop = st->spare_stop_iteration;
-    if (stop != NULL && Py_REFCNT(stop) == 1) {
+    if (stop != NULL && uniquely_referenced(stop)) {
         PyStopIterationObject *e = (PyStopIterationObject *)stop;
         PyObject *args = PyTuple_Pack(1, value);
         if (args == NULL) {
@@ -390,7 +390,7 @@ static void
 drop_spare_value(ModuleState *st)
 {
     PyObject *stop = st->spare_stop_iteration;
-    if (stop != NULL && Py_REFCNT(stop) == 1) {
+    if (stop != NULL && uniquely_referenced(stop)) {
         PyStopIterationObject *e = (PyStopIterationObject *)stop;
         if (e->value != Py_None) {
             Py_SETREF(e->value, Py_NewRef(Py_None));

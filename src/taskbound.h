@@ -60,6 +60,18 @@ PyObject_GetOptionalAttr(PyObject *obj, PyObject *name, PyObject **result)
 }
 #endif
 
+/* Whether only the caller holds op, so that it may be reused in place:
+ * from 3.14 the interpreter's own test, which free-threaded builds need. */
+static inline int
+uniquely_referenced(PyObject *op)
+{
+#if PY_VERSION_HEX >= 0x030E0000
+    return PyUnstable_Object_IsUniquelyReferenced(op);
+#else
+    return Py_REFCNT(op) == 1;
+#endif
+}
+
 /* Objects of one type kept for reuse instead of being freed. Each spawn
  * makes a Child and an Acquisition, each value an async for takes from a
  * stream a StreamStep; every GC allocation counts towards the
