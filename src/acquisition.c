@@ -10,7 +10,7 @@
 
 PyObject *
 acquisition_new(ModuleState *state, PyObject *limiters, GroupObject *group,
-                PyObject *target, PyObject *name, PyObject *context)
+                PyObject *target, PyObject *kwargs)
 {
     AcquisitionObject *self = (AcquisitionObject *)freelist_new(
         &state->acquisition_freelist, state->acquisition_type);
@@ -23,8 +23,7 @@ acquisition_new(ModuleState *state, PyObject *limiters, GroupObject *group,
     self->group = (GroupObject *)Py_XNewRef((PyObject *)group);
     self->target = Py_XNewRef(target);
     self->iterator = NULL;
-    self->name = Py_XNewRef(name);
-    self->context = Py_XNewRef(context);
+    self->kwargs = Py_XNewRef(kwargs);
     self->started = 0;
     self->finished = 0;
     self->pending = 0;
@@ -50,7 +49,7 @@ acquisition_begin(AcquisitionObject *self)
         if (self->iterator == NULL) {
             return -1;
         }
-        if (group_check_can_create(group, self->target) < 0) {
+        if (group_check_can_create(group, self->target, 1) < 0) {
             return -1;
         }
     }
@@ -171,7 +170,7 @@ acquisition_step(PyObject *op, PyObject *value, PyObject *exc,
     Claim claim = self->claim;
     claim_init(&self->claim, claim.limiters);
     *result = group_start_child(self->group, self->target, self->iterator,
-                                &claim, 0, self->name, self->context);
+                                &claim, 0, self->kwargs);
     claim_clear(&claim);
     return *result == NULL ? PYGEN_ERROR : PYGEN_RETURN;
 }
@@ -219,8 +218,7 @@ acquisition_traverse(AcquisitionObject *self, visitproc visit, void *arg)
     Py_VISIT(self->group);
     Py_VISIT(self->target);
     Py_VISIT(self->iterator);
-    Py_VISIT(self->name);
-    Py_VISIT(self->context);
+    Py_VISIT(self->kwargs);
     return claim_traverse(&self->claim, visit, arg);
 }
 
@@ -232,8 +230,7 @@ acquisition_clear(AcquisitionObject *self)
     Py_CLEAR(self->group);
     Py_CLEAR(self->target);
     Py_CLEAR(self->iterator);
-    Py_CLEAR(self->name);
-    Py_CLEAR(self->context);
+    Py_CLEAR(self->kwargs);
     return 0;
 }
 

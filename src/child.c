@@ -5,7 +5,8 @@
  * the task's own last step, however the task ends: that saves the extra
  * trip through the event loop that a done callback per task would cost.
  * It passes the user coroutine's name, code and frame through, so that the
- * task's repr and stack read as if it ran the user's coroutine itself.
+ * task's repr, stack and call graph read as if it ran the user's coroutine
+ * itself; while it waits for its tokens, they show that wait instead.
  */
 #include "taskbound.h"
 
@@ -25,9 +26,11 @@ child_new(GroupObject *group, PyObject *target, PyObject *iterator,
     self->claim = *claim;                   /* moved in */
     memset(claim, 0, sizeof(*claim));
     self->task = NULL;
+    self->stand_in = NULL;
     self->prev = self->next = NULL;
     self->waiting = (char)waiting;
     self->finished = 0;
+    self->failed = 0;
     self->linked = 0;
     PyObject_GC_Track(self);
     return self;
@@ -125,6 +128,7 @@ child_wait_for_tokens(ChildObject *self, PyObject *exc, PyObject **result)
         }
         if (held) {
             self->waiting = 0;
+            Py_CLEAR(self->stand_in);
             self->group->running++;
             return 0;
         }
@@ -241,6 +245,7 @@ child_traverse(ChildObject *self, visitproc visit, void *arg)
     Py_VISIT(self->target);
     Py_VISIT(self->iterator);
     Py_VISIT(self->task);
+    Py_VISIT(self->stand_in);
     return claim_traverse(&self->claim, visit, arg);
 }
 
@@ -249,6 +254,7 @@ child_clear(ChildObject *self)
 {
     claim_clear(&self->claim);
     Py_CLEAR(self->task);
+    Py_CLEAR(self->stand_in);
     Py_CLEAR(self->target);
     Py_CLEAR(self->iterator);
     Py_CLEAR(self->group);
@@ -276,23 +282,44 @@ child_dealloc(ChildObject *self)
     Py_DECREF(tp);
 }
 
-/* What asyncio reads to describe a task's coroutine. */
+/* What asyncio reads to describe a task's coroutine (its repr, stack and
+ * call graph): the user's coroutine's name always; its code, frame and what
+ * it awaits once it runs, and before that the stand-in's, which shows the
+ * wait for tokens instead of a coroutine that has not started. */
 static PyObject *
-forward(ChildObject *self, const char *name, const char *fallback)
+described(ChildObject *self)
 {
-    PyObject *value = PyObject_GetAttrString(self->target, name);
+    if (!self->waiting || self->finished) {
+        return self->target;
+    }
+    if (self->stand_in == NULL) {
+        Claim *claim = &self->claim;
+        self->stand_in = PyObject_CallOneArg(
+            child_state(self)->waiting_stand_in,
+            (PyObject *)LIMITER_AT(claim, claim->held));
+    }
+    return self->stand_in;
+}
+
+static PyObject *
+forward(PyObject *target, const char *name, const char *fallback)
+{
+    if (target == NULL) {
+        return NULL;
+    }
+    PyObject *value = PyObject_GetAttrString(target, name);
     if (value != NULL || fallback == NULL
             || !PyErr_ExceptionMatches(PyExc_AttributeError)) {
         return value;
     }
     PyErr_Clear();
-    return PyObject_GetAttrString(self->target, fallback);
+    return PyObject_GetAttrString(target, fallback);
 }
 
 static PyObject *
 child_get_name(ChildObject *self, void *Py_UNUSED(closure))
 {
-    PyObject *name = forward(self, "__name__", NULL);
+    PyObject *name = forward(self->target, "__name__", NULL);
     if (name == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
         PyErr_Clear();
         return PyType_GetName(Py_TYPE(self->target));
@@ -303,7 +330,7 @@ child_get_name(ChildObject *self, void *Py_UNUSED(closure))
 static PyObject *
 child_get_qualname(ChildObject *self, void *Py_UNUSED(closure))
 {
-    PyObject *name = forward(self, "__qualname__", NULL);
+    PyObject *name = forward(self->target, "__qualname__", NULL);
     if (name == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
         PyErr_Clear();
         return child_get_name(self, NULL);
@@ -324,19 +351,19 @@ or_none(PyObject *value)
 static PyObject *
 child_get_code(ChildObject *self, void *Py_UNUSED(closure))
 {
-    return or_none(forward(self, "cr_code", "gi_code"));
+    return or_none(forward(described(self), "cr_code", "gi_code"));
 }
 
 static PyObject *
 child_get_frame(ChildObject *self, void *Py_UNUSED(closure))
 {
-    return or_none(forward(self, "cr_frame", "gi_frame"));
+    return or_none(forward(described(self), "cr_frame", "gi_frame"));
 }
 
 static PyObject *
 child_get_running(ChildObject *self, void *Py_UNUSED(closure))
 {
-    PyObject *value = forward(self, "cr_running", "gi_running");
+    PyObject *value = forward(described(self), "cr_running", "gi_running");
     if (value == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
         PyErr_Clear();
         Py_RETURN_FALSE;
@@ -347,7 +374,7 @@ child_get_running(ChildObject *self, void *Py_UNUSED(closure))
 static PyObject *
 child_get_await(ChildObject *self, void *Py_UNUSED(closure))
 {
-    return or_none(forward(self, "cr_await", "gi_yieldfrom"));
+    return or_none(forward(described(self), "cr_await", "gi_yieldfrom"));
 }
 
 /* For deadlock detection: whether this child holds a token of `limiter`. */

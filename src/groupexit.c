@@ -1,22 +1,23 @@
 /* GroupExit: the awaitable of BoundedTaskGroup.__aenter__ and __aexit__.
  *
  * The exit follows the running interpreter's asyncio.TaskGroup.__aexit__
- * line by line (3.11 and 3.12 differ from 3.13 in where uncancel() happens
- * and in how errors meet an outside cancellation); the compile-time version
- * picks the variant, as the Python reference does at run time.
+ * line by line; where CPython releases differ (the parent's uncancel()
+ * before or after the wait, a lone GeneratorExit raised bare), the module
+ * state's copies of taskbound._compat choose, as the reference does.
+ * cancel() behaves as 3.15.2's on every version (gh-155433 included).
  */
 #include "taskbound.h"
-
-#define PY313 (PY_VERSION_HEX >= 0x030D0000)
 
 enum { START, CHECKPOINT, WAITING, DONE };
 
 typedef struct {
     PyObject_HEAD
     GroupObject *group;
-    PyObject *et, *exc, *tb;
+    PyObject *et, *exc;
     PyObject *propagate;     /* the CancelledError to re-raise, or NULL */
+    PyObject *pending;       /* the last CancelledError of the wait */
     char entering;
+    char uncancelled;        /* the parent's uncancel() is done */
     char phase;
 } GroupExitObject;
 
@@ -32,9 +33,10 @@ group_exit_new(GroupObject *group, int entering, PyObject *et, PyObject *exc,
     self->group = (GroupObject *)Py_NewRef((PyObject *)group);
     self->et = (et == NULL || et == Py_None) ? NULL : Py_NewRef(et);
     self->exc = (exc == NULL || exc == Py_None) ? NULL : Py_NewRef(exc);
-    self->tb = Py_XNewRef(tb);
     self->propagate = NULL;
+    self->pending = NULL;
     self->entering = (char)entering;
+    self->uncancelled = 0;
     self->phase = START;
     PyObject_GC_Track(self);
     return (PyObject *)self;
@@ -46,6 +48,16 @@ is_cancelled_class(ModuleState *st, PyObject *et)
     return et != NULL && PyType_Check(et)
            && PyType_IsSubtype((PyTypeObject *)et,
                                (PyTypeObject *)st->cancelled_error);
+}
+
+/* Whether the body's error counts as a cancellation: a CancelledError
+ * subclass from 3.13, only CancelledError itself before. */
+static int
+body_cancelled(GroupExitObject *self)
+{
+    ModuleState *st = self->group->state;
+    return st->uncancel_after_wait ? is_cancelled_class(st, self->et)
+                                   : self->et == st->cancelled_error;
 }
 
 static PyObject *
@@ -89,35 +101,19 @@ enter(GroupObject *group)
     return Py_NewRef((PyObject *)group);
 }
 
+/* parent.uncancel() (or, with `peek`, parent.cancelling()) in *remaining. */
 static int
-uncancel_parent(GroupObject *group, Py_ssize_t *remaining)
+parent_count(GroupObject *group, int peek, Py_ssize_t *remaining)
 {
-    PyObject *res = call_method0(group->parent_task, group->state->str_uncancel);
+    ModuleState *st = group->state;
+    PyObject *res = call_method0(group->parent_task,
+                                 peek ? st->str_cancelling : st->str_uncancel);
     if (res == NULL) {
         return -1;
     }
     *remaining = PyLong_AsSsize_t(res);
     Py_DECREF(res);
     return (*remaining == -1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-/* The group cancelled its parent: it must uncancel it, and the body's
- * CancelledError is not propagated if no other cancellation is pending. */
-static int
-settle_parent_cancel(GroupExitObject *self)
-{
-    GroupObject *group = self->group;
-    if (!group->parent_cancel_requested) {
-        return 0;
-    }
-    Py_ssize_t remaining;
-    if (uncancel_parent(group, &remaining) < 0) {
-        return -1;
-    }
-    if (remaining == 0) {
-        Py_CLEAR(self->propagate);
-    }
-    return 0;
 }
 
 /* Everything __aexit__ does before it waits for the children. */
@@ -132,22 +128,85 @@ exit_begin(GroupExitObject *self)
                 || PyErr_GivenExceptionMatches(self->exc, PyExc_SystemExit))) {
         group->base_error = Py_NewRef(self->exc);
     }
-#if PY313
-    if (is_cancelled_class(st, self->et)) {
+    if (body_cancelled(self)) {
         self->propagate = Py_XNewRef(self->exc);
     }
-#else
-    if (self->et == st->cancelled_error) {
-        self->propagate = Py_XNewRef(self->exc);
+    if (!st->uncancel_after_wait && group->parent_cancel_requested) {
+        Py_ssize_t remaining;
+        self->uncancelled = 1;
+        if (parent_count(group, 0, &remaining) < 0) {
+            return -1;
+        }
+        if (remaining == 0) {
+            Py_CLEAR(self->propagate);
+        }
     }
-    if (settle_parent_cancel(self) < 0) {
-        return -1;
-    }
-#endif
     if (self->et != NULL && !group->aborting && group_abort(group) < 0) {
         return -1;
     }
     return 0;
+}
+
+static int
+has_errors(GroupObject *group)
+{
+    return group->errors != NULL && PyList_GET_SIZE(group->errors) > 0;
+}
+
+/* After the wait: the group undoes its own cancellation of the parent
+ * (3.13+; before 3.13 at the start, and here only for one made since,
+ * which without an error only cancel() makes); a cancellation that is not
+ * the group's own and arrived while the exit waited is not dropped
+ * (gh-155433). */
+static int
+settle_parent_cancel(GroupExitObject *self)
+{
+    GroupObject *group = self->group;
+    if (!group->parent_cancel_requested) {
+        return 0;
+    }
+    int undo = !self->uncancelled
+               && (group->state->uncancel_after_wait || !has_errors(group));
+    Py_ssize_t remaining;
+    if (parent_count(group, !undo, &remaining) < 0) {
+        return -1;
+    }
+    if (undo && remaining == 0) {
+        Py_CLEAR(self->propagate);
+    }
+    else if (remaining > 0 && self->propagate == NULL) {
+        self->propagate = Py_XNewRef(self->pending);
+    }
+    return 0;
+}
+
+/* Raises the group of errors, or a lone GeneratorExit from the body bare
+ * (3.15). */
+static void
+raise_errors(GroupExitObject *self)
+{
+    GroupObject *group = self->group;
+    PyObject *errors = group->errors;
+    if (group->state->bare_generator_exit && self->exc != NULL
+            && self->et != NULL && PyType_Check(self->et)
+            && PyType_IsSubtype((PyTypeObject *)self->et,
+                                (PyTypeObject *)PyExc_GeneratorExit)
+            && PyList_GET_SIZE(errors) == 1) {
+        PyErr_SetObject((PyObject *)Py_TYPE(self->exc), self->exc);
+        return;
+    }
+    PyObject *eg = PyObject_CallFunction(
+        PyExc_BaseExceptionGroup, "sO", "unhandled errors in a TaskGroup",
+        errors);
+    if (eg == NULL) {
+        return;
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(eg), eg);
+    Py_DECREF(eg);
+    /* raise ... from None */
+    PyObject *raised = PyErr_GetRaisedException();
+    PyException_SetCause(raised, NULL);
+    PyErr_SetRaisedException(raised);
 }
 
 /* Everything __aexit__ does once no child is left: sets *result (the
@@ -162,17 +221,14 @@ exit_end(GroupExitObject *self, PyObject **result)
                         group->base_error);
         return -1;
     }
-#if PY313
     if (settle_parent_cancel(self) < 0) {
         return -1;
     }
-#endif
-    int no_errors = group->errors == NULL || PyList_GET_SIZE(group->errors) == 0;
-    if (self->propagate != NULL && no_errors) {
+    if (self->propagate != NULL && !has_errors(group)) {
         PyErr_SetObject((PyObject *)Py_TYPE(self->propagate), self->propagate);
         return -1;
     }
-    if (self->et != NULL && !is_cancelled_class(st, self->et)) {
+    if (self->et != NULL && !body_cancelled(self)) {
         if (group->errors == NULL
                 && (group->errors = PyList_New(0)) == NULL) {
             return -1;
@@ -180,51 +236,82 @@ exit_end(GroupExitObject *self, PyObject **result)
         if (PyList_Append(group->errors, self->exc ? self->exc : Py_None) < 0) {
             return -1;
         }
-        no_errors = 0;
     }
-    if (no_errors) {
+    if (!has_errors(group)) {
         /* The body's CancelledError came from cancel(): swallow it. */
-        *result = PyBool_FromLong(is_cancelled_class(st, self->et)
-                                  && self->propagate == NULL);
-        if (*result == Py_False) {
-            Py_SETREF(*result, Py_NewRef(Py_None));
-        }
+        *result = Py_NewRef(is_cancelled_class(st, self->et)
+                            && self->propagate == NULL ? Py_True : Py_None);
         return 0;
     }
-#if PY313
-    int cancelling = call_method_bool(group->parent_task,
-                                      st->str_cancelling);
-    if (cancelling < 0) {
-        return -1;
-    }
-    if (cancelling) {
-        Py_ssize_t remaining;
-        if (uncancel_parent(group, &remaining) < 0) {
+    if (st->uncancel_after_wait) {
+        /* A parent cancelled from outside is cancelled again, so that its
+         * count stays where it was. */
+        int cancelling = call_method_bool(group->parent_task,
+                                          st->str_cancelling);
+        if (cancelling < 0) {
             return -1;
         }
-        PyObject *res = call_method0(group->parent_task, st->str_cancel);
-        if (res == NULL) {
-            return -1;
+        if (cancelling) {
+            Py_ssize_t remaining;
+            if (parent_count(group, 0, &remaining) < 0) {
+                return -1;
+            }
+            PyObject *res = call_method0(group->parent_task, st->str_cancel);
+            if (res == NULL) {
+                return -1;
+            }
+            Py_DECREF(res);
         }
-        Py_DECREF(res);
     }
-#endif
-    PyObject *errors = group->errors;
-    group->errors = NULL;
-    PyObject *eg = PyObject_CallFunction(
-        PyExc_BaseExceptionGroup, "sO", "unhandled errors in a TaskGroup",
-        errors);
-    Py_DECREF(errors);
-    if (eg == NULL) {
-        return -1;
-    }
-    PyErr_SetObject((PyObject *)Py_TYPE(eg), eg);
-    /* raise ... from None */
-    PyObject *raised = PyErr_GetRaisedException();
-    PyException_SetCause(raised, NULL);
-    PyErr_SetRaisedException(raised);
-    Py_DECREF(eg);
+    raise_errors(self);
     return -1;
+}
+
+/* Once the exit is over, however it ends: the errors' tracebacks hold
+ * frames that may hold the group, so it lets go of them and of its parent
+ * task, and a raised group of errors keeps nothing alive until the cycle
+ * collector runs. */
+static void
+exit_over(GroupExitObject *self)
+{
+    GroupObject *group = self->group;
+    self->phase = DONE;
+    if (!self->entering) {
+        Py_CLEAR(group->parent_task);
+        Py_CLEAR(group->errors);
+        Py_CLEAR(group->base_error);
+    }
+    Py_CLEAR(self->et);
+    Py_CLEAR(self->exc);
+    Py_CLEAR(self->propagate);
+    Py_CLEAR(self->pending);
+}
+
+/* One step of the wait for the children: 1 with the future to yield in
+ * *result, 0 once none is left, -1 on error. */
+static int
+wait_for_children(GroupExitObject *self, PyObject **result)
+{
+    GroupObject *group = self->group;
+    ModuleState *st = group->state;
+    /* The parent may be cancelled again while it waits, so loop. */
+    if (group->children == 0 && PyDict_GET_SIZE(group->pending) == 0) {
+        return 0;
+    }
+    if (group->on_completed_fut == NULL) {
+        group->on_completed_fut = call_method0(group->loop,
+                                               st->str_create_future);
+        if (group->on_completed_fut == NULL) {
+            return -1;
+        }
+        deadlock_on_exit_wait(st, (PyObject *)group, group->on_completed_fut);
+    }
+    if (mark_blocking(st, group->on_completed_fut) < 0) {
+        return -1;
+    }
+    self->phase = WAITING;
+    *result = Py_NewRef(group->on_completed_fut);
+    return 1;
 }
 
 static PySendResult
@@ -244,19 +331,21 @@ group_exit_step(PyObject *op, PyObject *value, PyObject *exc,
             goto raise_thrown;
         }
         if (self->entering) {
-            self->phase = DONE;
+            exit_over(self);
             *result = enter(group);
             return *result == NULL ? PYGEN_ERROR : PYGEN_RETURN;
         }
         if (exit_begin(self) < 0) {
             goto error;
         }
-        if (self->et == NULL && group->parent_cancel_requested
-                && !(group->children > 0
-                     || PyDict_GET_SIZE(group->pending) > 0)) {
-            /* cancel() was called from the body, which then ended
-             * without awaiting: its cancellation is still pending. A bare
-             * yield lets it arrive here, where it is swallowed. */
+        if (!st->uncancel_after_wait && self->et == NULL
+                && group->cancel_called && group->children == 0
+                && PyDict_GET_SIZE(group->pending) == 0) {
+            /* cancel() was called from the body, which then ended without
+             * awaiting: its cancellation is still pending, and uncancel()
+             * does not drop it before 3.13. A bare yield lets it arrive
+             * here, where it is swallowed. (One the group made for a
+             * child's error stays pending, as asyncio's does before 3.13.) */
             self->phase = CHECKPOINT;
             *result = Py_NewRef(Py_None);
             return PYGEN_NEXT;
@@ -273,6 +362,7 @@ group_exit_step(PyObject *op, PyObject *value, PyObject *exc,
             if (!is_cancelled_error(st, exc)) {
                 goto raise_thrown;
             }
+            Py_XSETREF(self->pending, Py_NewRef(exc));
             if (!group->aborting) {
                 Py_XSETREF(self->propagate, Py_NewRef(exc));
                 if (group_abort(group) < 0) {
@@ -282,34 +372,21 @@ group_exit_step(PyObject *op, PyObject *value, PyObject *exc,
         }
         break;
     }
-    /* The parent may be cancelled again while it waits, so loop. */
-    if (group->children > 0 || PyDict_GET_SIZE(group->pending) > 0) {
-        if (group->on_completed_fut == NULL) {
-            group->on_completed_fut = call_method0(group->loop,
-                                                   st->str_create_future);
-            if (group->on_completed_fut == NULL) {
-                goto error;
-            }
-            deadlock_on_exit_wait(st, (PyObject *)group,
-                                  group->on_completed_fut);
-        }
-        if (mark_blocking(st, group->on_completed_fut) < 0) {
+    int waiting = wait_for_children(self, result);
+    if (waiting != 0) {
+        if (waiting < 0) {
             goto error;
         }
-        self->phase = WAITING;
-        *result = Py_NewRef(group->on_completed_fut);
         return PYGEN_NEXT;
     }
-    self->phase = DONE;
-    if (exit_end(self, result) < 0) {
-        return PYGEN_ERROR;
-    }
-    return PYGEN_RETURN;
+    int status = exit_end(self, result);
+    exit_over(self);
+    return status < 0 ? PYGEN_ERROR : PYGEN_RETURN;
 
 raise_thrown:
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
 error:
-    self->phase = DONE;
+    exit_over(self);
     return PYGEN_ERROR;
 }
 
@@ -318,7 +395,10 @@ STEP_PROTOCOL(group_exit, group_exit_step)
 static PyObject *
 group_exit_close(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    ((GroupExitObject *)self)->phase = DONE;
+    GroupExitObject *exit = (GroupExitObject *)self;
+    if (exit->phase != DONE) {
+        exit_over(exit);
+    }
     Py_RETURN_NONE;
 }
 
@@ -329,8 +409,8 @@ group_exit_traverse(GroupExitObject *self, visitproc visit, void *arg)
     Py_VISIT(self->group);
     Py_VISIT(self->et);
     Py_VISIT(self->exc);
-    Py_VISIT(self->tb);
     Py_VISIT(self->propagate);
+    Py_VISIT(self->pending);
     return 0;
 }
 
@@ -340,8 +420,8 @@ group_exit_clear(GroupExitObject *self)
     Py_CLEAR(self->group);
     Py_CLEAR(self->et);
     Py_CLEAR(self->exc);
-    Py_CLEAR(self->tb);
     Py_CLEAR(self->propagate);
+    Py_CLEAR(self->pending);
     return 0;
 }
 

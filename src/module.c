@@ -23,6 +23,39 @@ import_attr(const char *module_name, const char *attr)
     return value;
 }
 
+/* A truth of taskbound._compat, copied into *flag. */
+static int
+import_flag(const char *attr, char *flag)
+{
+    PyObject *value = import_attr("taskbound._compat", attr);
+    if (value == NULL) {
+        return -1;
+    }
+    int truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    if (truth < 0) {
+        return -1;
+    }
+    *flag = (char)truth;
+    return 0;
+}
+
+/* A function of taskbound._compat, or NULL where it is None. */
+static int
+import_optional(const char *attr, PyObject **slot)
+{
+    PyObject *value = import_attr("taskbound._compat", attr);
+    if (value == NULL) {
+        return -1;
+    }
+    if (value == Py_None) {
+        Py_DECREF(value);
+        value = NULL;
+    }
+    *slot = value;
+    return 0;
+}
+
 static int
 add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot,
          int public)
@@ -87,7 +120,22 @@ module_exec(PyObject *module)
     IMPORT(group_statistics, "taskbound._common", "GroupStatistics");
     IMPORT(check_total_tokens, "taskbound._common", "check_total_tokens");
     IMPORT(check_limit, "taskbound._common", "check_limit");
+    IMPORT(waiting_stand_in, "taskbound._common", "waiting_stand_in");
 #undef IMPORT
+    if (import_flag("UNCANCEL_AFTER_WAIT", &st->uncancel_after_wait) < 0
+            || import_flag("CLOSES_REFUSED_CORO",
+                           &st->closes_refused_coro) < 0
+            || import_flag("EAGER_DONE_SCHEDULED",
+                           &st->eager_done_scheduled) < 0
+            || import_flag("CREATE_TASK_KWARGS", &st->create_task_kwargs) < 0
+            || import_flag("BARE_GENERATOR_EXIT",
+                           &st->bare_generator_exit) < 0
+            || import_optional("add_to_awaited_by",
+                               &st->add_to_awaited_by) < 0
+            || import_optional("discard_from_awaited_by",
+                               &st->discard_from_awaited_by) < 0) {
+        return -1;
+    }
 
 #define INTERN(field, text)                                     \
     if ((st->field = PyUnicode_InternFromString(text)) == NULL) {  \
@@ -120,11 +168,6 @@ module_exec(PyObject *module)
     INTERN(str__pass_on, "_pass_on");
     INTERN(str__give_back, "_give_back");
 #undef INTERN
-    st->kwnames_name = Py_BuildValue("(s)", "name");
-    st->kwnames_name_context = Py_BuildValue("(ss)", "name", "context");
-    if (st->kwnames_name == NULL || st->kwnames_name_context == NULL) {
-        return -1;
-    }
     /* Asyncio must take our child and worker coroutines for coroutines. */
     PyTypeObject *coroutines[] = {st->child_type, st->worker_type};
     for (size_t i = 0; i < sizeof(coroutines) / sizeof(*coroutines); i++) {
@@ -157,7 +200,8 @@ module_exec(PyObject *module)
     X(str_cancelled) X(str_cancelling) X(str_close) X(str_create_future)  \
     X(str_create_task) X(str_done) X(str_exception) X(str_result)         \
     X(str_send) X(str_set_result) X(str_throw) X(str_uncancel)            \
-    X(kwnames_name) X(kwnames_name_context) X(future_type)                \
+    X(future_type) X(waiting_stand_in)                                    \
+    X(add_to_awaited_by) X(discard_from_awaited_by)                       \
     X(external_source_type) X(str__try_take) X(str__enqueue)              \
     X(str__dequeue) X(str__pass_on) X(str__give_back)
 

@@ -119,6 +119,17 @@ typedef struct {
     PyObject *future_type;          /* asyncio.Future */
     PyObject *future_set_result;    /* asyncio.Future.set_result */
     PyObject *future_set_exception; /* asyncio.Future.set_exception */
+    PyObject *waiting_stand_in;     /* taskbound._common.waiting_stand_in */
+
+    /* What the running interpreter's asyncio.TaskGroup does where CPython
+     * releases differ: taskbound._compat decides, these are its copies. */
+    char uncancel_after_wait;
+    char closes_refused_coro;
+    char eager_done_scheduled;
+    char create_task_kwargs;
+    char bare_generator_exit;
+    PyObject *add_to_awaited_by;        /* NULL before 3.14 */
+    PyObject *discard_from_awaited_by;  /* NULL before 3.14 */
 
     /* Interned names of the methods called on loops, futures and tasks. */
     PyObject *str_asyncio_future_blocking;
@@ -147,8 +158,6 @@ typedef struct {
     PyObject *str__dequeue;
     PyObject *str__pass_on;
     PyObject *str__give_back;
-    PyObject *kwnames_name;          /* ("name",) */
-    PyObject *kwnames_name_context;  /* ("name", "context") */
 
     /* Limiters take tokens in the order of their creation. */
     unsigned long long next_rank;
@@ -338,7 +347,7 @@ typedef struct {
     PyObject *base_error;
     PyObject *on_completed_fut;
     Py_ssize_t spawned, running, done, failed;
-    char entered, exiting, aborting, cancel_on_enter;
+    char entered, exiting, aborting, cancel_on_enter, cancel_called;
     char parent_cancel_requested;
     PyObject *weakreflist;
 } GroupObject;
@@ -350,19 +359,26 @@ struct ChildObject {
     PyObject *iterator;     /* what is driven: target or its __await__() */
     Claim claim;
     PyObject *task;         /* set once create_task() returns */
+    PyObject *stand_in;     /* what introspection shows while waiting */
     ChildObject *prev, *next;
     char waiting;           /* tokens not all held yet */
     char finished;
+    char failed;            /* finished with an error, not a cancellation */
     char linked;
 };
 
 extern PyType_Spec group_spec;
 extern PyType_Spec child_spec;
 
-int group_check_can_create(GroupObject *group, PyObject *coro);
+/* Raises what asyncio's create_task() raises for the group's state (not
+ * entered, finished, shutting down); closes coro first if close_refused. */
+int group_check_can_create(GroupObject *group, PyObject *coro,
+                           int close_refused);
+/* Starts a child task with the loop's create_task(child, **kwargs);
+ * kwargs may be NULL. The claim moves into the child. */
 PyObject *group_start_child(GroupObject *group, PyObject *target,
                             PyObject *iterator, Claim *claim, int waiting,
-                            PyObject *name, PyObject *context);
+                            PyObject *kwargs);
 void group_child_finished(GroupObject *group, ChildObject *child,
                           PyObject *error);
 int group_wake_exit(GroupObject *group);
@@ -469,8 +485,7 @@ typedef struct {
     GroupObject *group;
     PyObject *target;
     PyObject *iterator;
-    PyObject *name;
-    PyObject *context;
+    PyObject *kwargs;       /* for the loop's create_task, or NULL */
     char started;
     char finished;
     char pending;           /* listed in group->pending */
@@ -479,7 +494,7 @@ typedef struct {
 extern PyType_Spec acquisition_spec;
 PyObject *acquisition_new(ModuleState *state, PyObject *limiters,
                           GroupObject *group, PyObject *target,
-                          PyObject *name, PyObject *context);
+                          PyObject *kwargs);
 
 extern PyType_Spec group_exit_spec;
 PyObject *group_exit_new(GroupObject *group, int entering, PyObject *et,

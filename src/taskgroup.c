@@ -86,7 +86,7 @@ raise_group_error(GroupObject *group, const char *problem)
 }
 
 int
-group_check_can_create(GroupObject *group, PyObject *coro)
+group_check_can_create(GroupObject *group, PyObject *coro, int close_refused)
 {
     const char *problem;
     if (!group->entered) {
@@ -101,7 +101,7 @@ group_check_can_create(GroupObject *group, PyObject *coro)
     else {
         return 0;
     }
-    if (close_awaitable(group->state, coro) < 0) {
+    if (close_refused && close_awaitable(group->state, coro) < 0) {
         return -1;
     }
     return raise_group_error(group, problem);
@@ -175,6 +175,7 @@ group_abort(GroupObject *group)
 static int
 cancel_parent(GroupObject *group)
 {
+    assert(group->parent_task != NULL);
     group->parent_cancel_requested = 1;
     PyObject *res = call_method0(group->parent_task, group->state->str_cancel);
     Py_XDECREF(res);
@@ -186,6 +187,28 @@ is_base_error(PyObject *exc)
 {
     return PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt)
            || PyErr_GivenExceptionMatches(exc, PyExc_SystemExit);
+}
+
+/* A child's error that no exit will raise goes to the loop's handler. */
+static int
+report_orphan_error(GroupObject *group, PyObject *task, PyObject *exc)
+{
+    ModuleState *st = group->state;
+    PyObject *parent = group->parent_task ? group->parent_task : Py_None;
+    PyObject *context = Py_BuildValue(
+        "{s:N,s:O,s:O}",
+        "message", PyUnicode_FromFormat(
+            "Task %R has errored out but its parent task %S is already "
+            "completed", task, parent),
+        "exception", exc, "task", task);
+    if (context == NULL) {
+        return -1;
+    }
+    PyObject *res = call_method1(group->loop, st->str_call_exception_handler,
+                                 context);
+    Py_DECREF(context);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 0;
 }
 
 /* asyncio.TaskGroup._on_task_done, less the bookkeeping done already. */
@@ -205,51 +228,34 @@ after_child(GroupObject *group, ChildObject *child, PyObject *task)
     if (exc == NULL) {
         return -1;
     }
+    int status = 0;
     if (exc == Py_None) {
-        Py_DECREF(exc);
-        return 0;
+        goto done;
     }
-    if (group->errors == NULL && (group->errors = PyList_New(0)) == NULL) {
-        Py_DECREF(exc);
-        return -1;
+    if (group->parent_task == NULL) {
+        /* The exit is over: it ended without waiting for this child, its
+         * wait interrupted by an error other than a cancellation. */
+        status = report_orphan_error(group, task, exc);
+        goto done;
     }
-    if (PyList_Append(group->errors, exc) < 0) {
-        Py_DECREF(exc);
-        return -1;
+    if ((group->errors == NULL && (group->errors = PyList_New(0)) == NULL)
+            || PyList_Append(group->errors, exc) < 0) {
+        status = -1;
+        goto done;
     }
     if (is_base_error(exc) && group->base_error == NULL) {
         group->base_error = Py_NewRef(exc);
     }
     int parent_done = call_method_bool(group->parent_task, st->str_done);
-    if (parent_done < 0) {
-        Py_DECREF(exc);
-        return -1;
+    if (parent_done != 0) {
+        status = parent_done < 0 ? -1 : report_orphan_error(group, task, exc);
     }
-    if (parent_done) {
-        PyObject *context = Py_BuildValue(
-            "{s:N,s:O,s:O}",
-            "message", PyUnicode_FromFormat(
-                "Task %R has errored out but its parent task %S is already "
-                "completed", task, group->parent_task),
-            "exception", exc, "task", task);
-        Py_DECREF(exc);
-        if (context == NULL) {
-            return -1;
-        }
-        PyObject *res = call_method1(group->loop,
-                                     st->str_call_exception_handler, context);
-        Py_DECREF(context);
-        Py_XDECREF(res);
-        return res == NULL ? -1 : 0;
+    else if (!group->aborting && !group->parent_cancel_requested) {
+        status = group_abort(group) < 0 ? -1 : cancel_parent(group);
     }
+done:
     Py_DECREF(exc);
-    if (!group->aborting && !group->parent_cancel_requested) {
-        if (group_abort(group) < 0) {
-            return -1;
-        }
-        return cancel_parent(group);
-    }
-    return 0;
+    return status;
 }
 
 int
@@ -272,39 +278,35 @@ group_on_child_done(GroupObject *group, ChildObject *child, PyObject *task)
     return status;
 }
 
-void
-group_child_finished(GroupObject *group, ChildObject *child, PyObject *error)
+/* Records, for asyncio.capture_call_graph() and `python -m asyncio ps`,
+ * that the parent task awaits a child's task (add) or no longer does. */
+static void
+link_to_parent(GroupObject *group, PyObject *task, PyObject *how)
+{
+    if (how == NULL || group->parent_task == NULL) {
+        return;   /* before 3.14, or the exit is over */
+    }
+    PyObject *res = PyObject_CallFunctionObjArgs(how, task,
+                                                 group->parent_task, NULL);
+    if (res == NULL) {
+        PyErr_WriteUnraisable((PyObject *)group);
+    }
+    Py_XDECREF(res);
+}
+
+/* A finished child leaves the group at once, unless it failed or is the
+ * last one the exit waits for: then after the task has its outcome, in the
+ * turn asyncio's done callback would have had. */
+static void
+settle_child(GroupObject *group, ChildObject *child, PyObject *task)
 {
     ModuleState *st = group->state;
-    child->finished = 1;
-    if (child->waiting) {
-        child->waiting = 0;
-    }
-    else {
-        group->running--;
-    }
-    group->done++;
-    int failed = error != NULL && !is_cancelled_error(st, error);
-    if (failed) {
-        group->failed++;
-    }
-    else if (claim_release(&child->claim) < 0) {
-        PyErr_WriteUnraisable((PyObject *)child);
-    }
-    PyObject *task = child->task;
-    if (task == NULL) {
-        return;  /* still inside create_task(): start_child finishes it */
-    }
-    child->task = NULL;
     int last = group->children == 1 && PyDict_GET_SIZE(group->pending) == 0
                && group->on_completed_fut != NULL;
-    if (!failed && !last) {
+    if (!child->failed && !last) {
         unlink_child(group, child);
-        Py_DECREF(task);
         return;
     }
-    /* After the task has its outcome, in the turn asyncio's done callback
-     * would have had. */
     PyObject *callback = PyObject_GetAttrString((PyObject *)group,
                                                 "_on_child_done");
     PyObject *res = NULL;
@@ -331,39 +333,64 @@ group_child_finished(GroupObject *group, ChildObject *child, PyObject *error)
         }
     }
     Py_XDECREF(res);
+}
+
+void
+group_child_finished(GroupObject *group, ChildObject *child, PyObject *error)
+{
+    ModuleState *st = group->state;
+    child->finished = 1;
+    if (child->waiting) {
+        child->waiting = 0;
+        Py_CLEAR(child->stand_in);
+    }
+    else {
+        group->running--;
+    }
+    group->done++;
+    child->failed = error != NULL && !is_cancelled_error(st, error);
+    if (child->failed) {
+        group->failed++;
+    }
+    else if (claim_release(&child->claim) < 0) {
+        PyErr_WriteUnraisable((PyObject *)child);
+    }
+    PyObject *task = child->task;
+    if (task == NULL) {
+        return;  /* still inside create_task(): start_child settles it */
+    }
+    child->task = NULL;
+    link_to_parent(group, task, st->discard_from_awaited_by);
+    settle_child(group, child, task);
     Py_DECREF(task);
 }
 
 static PyObject *
-create_task(GroupObject *group, PyObject *coro, PyObject *name,
-            PyObject *context)
+create_task(GroupObject *group, PyObject *coro, PyObject *kwargs)
 {
     ModuleState *st = group->state;
-    if (name == Py_None && context == Py_None) {
+    if (kwargs == NULL) {
         return call_method1(group->loop, st->str_create_task, coro);
     }
-    if (context == Py_None) {
-        PyObject *args[3] = {group->loop, coro, name};
-        return PyObject_VectorcallMethod(
-            st->str_create_task, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-            st->kwnames_name);
+    PyObject *method = PyObject_GetAttr(group->loop, st->str_create_task);
+    if (method == NULL) {
+        return NULL;
     }
-    PyObject *args[4] = {group->loop, coro, name, context};
-    return PyObject_VectorcallMethod(
-        st->str_create_task, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-        st->kwnames_name_context);
+    PyObject *task = PyObject_VectorcallDict(method, &coro, 1, kwargs);
+    Py_DECREF(method);
+    return task;
 }
 
 PyObject *
 group_start_child(GroupObject *group, PyObject *target, PyObject *iterator,
-                  Claim *claim, int waiting, PyObject *name,
-                  PyObject *context)
+                  Claim *claim, int waiting, PyObject *kwargs)
 {
+    ModuleState *st = group->state;
     ChildObject *child = child_new(group, target, iterator, claim, waiting);
     if (child == NULL) {
         PyObject *exc = PyErr_GetRaisedException();
         if (claim_abandon(claim) < 0
-                || close_awaitable(group->state, target) < 0) {
+                || close_awaitable(st, target) < 0) {
             PyErr_WriteUnraisable((PyObject *)group);
         }
         PyErr_SetRaisedException(exc);
@@ -373,9 +400,7 @@ group_start_child(GroupObject *group, PyObject *target, PyObject *iterator,
     if (!waiting) {
         group->running++;
     }
-    PyObject *task = create_task(group, (PyObject *)child,
-                                 name ? name : Py_None,
-                                 context ? context : Py_None);
+    PyObject *task = create_task(group, (PyObject *)child, kwargs);
     if (task == NULL) {
         /* Nothing started: the tokens go back, the coroutine is closed. */
         PyObject *exc = PyErr_GetRaisedException();
@@ -391,12 +416,28 @@ group_start_child(GroupObject *group, PyObject *target, PyObject *iterator,
     group->spawned++;
     if (child->finished) {
         /* An eager task ran to its end inside create_task(). */
-        if (group_on_child_done(group, child, task) < 0) {
+        if (st->eager_done_scheduled) {
+            settle_child(group, child, task);
+        }
+        else if (group_on_child_done(group, child, task) < 0) {
             PyErr_WriteUnraisable((PyObject *)group);
         }
     }
     else {
         child->task = Py_NewRef(task);
+        link_to_parent(group, task, st->add_to_awaited_by);
+        if (group->aborting
+                && (st->eager_done_scheduled || group->cancel_called)) {
+            /* gh-155418: its eager first step called cancel() before the
+             * task was known. (Where finished eager children are handled
+             * at once, a grandchild failing in that step aborts the group
+             * too, and asyncio leaves the task running.) */
+            PyObject *res = call_method0(task, st->str_cancel);
+            if (res == NULL) {
+                PyErr_WriteUnraisable((PyObject *)group);
+            }
+            Py_XDECREF(res);
+        }
     }
     Py_DECREF(child);
     return task;
@@ -607,31 +648,45 @@ group_repr(GroupObject *self)
     return repr;
 }
 
-/* Parses (coro, *, name=None, context=None). */
+/* Parses (coro, **kwargs) for spawn() and create_task(): *kwargs is NULL
+ * or a new dict. Before 3.14 the keywords can only be name= and context=;
+ * a refused keyword leaves the coroutine as it was, as a failed call does,
+ * so that the caller may retry without it. */
 static int
-parse_task_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                PyObject **coro, PyObject **name, PyObject **context)
+parse_task_args(ModuleState *st, const char *method, PyObject *const *args,
+                Py_ssize_t nargs, PyObject *kwnames, PyObject **coro,
+                PyObject **kwargs)
 {
-    *name = *context = Py_None;
+    *kwargs = NULL;
     if (nargs != 1) {
         PyErr_Format(PyExc_TypeError,
-                     "expected 1 positional argument (the coroutine), got %zd",
-                     nargs);
+                     "%s() expected 1 positional argument (the coroutine), "
+                     "got %zd", method, nargs);
         return -1;
     }
     *coro = args[0];
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t i = 0; i < nkw; i++) {
+    if (nkw == 0) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < nkw && !st->create_task_kwargs; i++) {
         PyObject *key = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_CompareWithASCIIString(key, "name") == 0) {
-            *name = args[nargs + i];
-        }
-        else if (PyUnicode_CompareWithASCIIString(key, "context") == 0) {
-            *context = args[nargs + i];
-        }
-        else {
+        if (PyUnicode_CompareWithASCIIString(key, "name") != 0
+                && PyUnicode_CompareWithASCIIString(key, "context") != 0) {
             PyErr_Format(PyExc_TypeError,
-                         "got an unexpected keyword argument '%U'", key);
+                         "%s() got an unexpected keyword argument '%U'",
+                         method, key);
+            return -1;
+        }
+    }
+    *kwargs = PyDict_New();
+    if (*kwargs == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        if (PyDict_SetItem(*kwargs, PyTuple_GET_ITEM(kwnames, i),
+                           args[nargs + i]) < 0) {
+            Py_CLEAR(*kwargs);
             return -1;
         }
     }
@@ -642,12 +697,15 @@ static PyObject *
 group_spawn(GroupObject *self, PyObject *const *args, Py_ssize_t nargs,
             PyObject *kwnames)
 {
-    PyObject *coro, *name, *context;
-    if (parse_task_args(args, nargs, kwnames, &coro, &name, &context) < 0) {
+    PyObject *coro, *kwargs;
+    if (parse_task_args(self->state, "spawn", args, nargs, kwnames, &coro,
+                        &kwargs) < 0) {
         return NULL;
     }
-    return acquisition_new(self->state, self->limiters, self, coro, name,
-                           context);
+    PyObject *acquisition = acquisition_new(self->state, self->limiters,
+                                            self, coro, kwargs);
+    Py_XDECREF(kwargs);
+    return acquisition;
 }
 
 static PyObject *
@@ -655,17 +713,18 @@ group_create_task(GroupObject *self, PyObject *const *args, Py_ssize_t nargs,
                   PyObject *kwnames)
 {
     ModuleState *st = self->state;
-    PyObject *coro, *name, *context;
-    if (parse_task_args(args, nargs, kwnames, &coro, &name, &context) < 0) {
+    PyObject *coro, *kwargs;
+    if (parse_task_args(st, "create_task", args, nargs, kwnames, &coro,
+                        &kwargs) < 0) {
         return NULL;
     }
+    PyObject *task = NULL;
     PyObject *iterator = iterator_of(st, coro);
     if (iterator == NULL) {
-        return NULL;
+        goto done;
     }
-    if (group_check_can_create(self, coro) < 0) {
-        Py_DECREF(iterator);
-        return NULL;
+    if (group_check_can_create(self, coro, st->closes_refused_coro) < 0) {
+        goto done;
     }
     Claim claim;
     claim_init(&claim, self->limiters);
@@ -680,7 +739,6 @@ group_create_task(GroupObject *self, PyObject *const *args, Py_ssize_t nargs,
         }
         Py_DECREF(running);
     }
-    PyObject *task = NULL;
     if (held < 0) {
         PyObject *exc = PyErr_GetRaisedException();
         if (close_awaitable(st, coro) < 0) {
@@ -689,11 +747,12 @@ group_create_task(GroupObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetRaisedException(exc);
     }
     else {
-        task = group_start_child(self, coro, iterator, &claim, !held, name,
-                                 context);
+        task = group_start_child(self, coro, iterator, &claim, !held, kwargs);
     }
     claim_clear(&claim);
-    Py_DECREF(iterator);
+done:
+    Py_XDECREF(iterator);
+    Py_XDECREF(kwargs);
     return task;
 }
 
@@ -707,11 +766,15 @@ group_cancel(GroupObject *self, PyObject *Py_UNUSED(ignored))
     if (self->exiting && !has_work(self)) {
         Py_RETURN_NONE;
     }
-    if (!self->aborting && group_abort(self) < 0) {
-        return NULL;
-    }
-    if (!self->parent_cancel_requested && cancel_parent(self) < 0) {
-        return NULL;
+    self->cancel_called = 1;
+    if (!self->aborting) {
+        if (group_abort(self) < 0) {
+            return NULL;
+        }
+        if (self->parent_task != NULL && !self->parent_cancel_requested
+                && cancel_parent(self) < 0) {
+            return NULL;
+        }
     }
     Py_RETURN_NONE;
 }
@@ -813,12 +876,14 @@ static PyMethodDef group_methods[] = {
     {"_child_tasks", (PyCFunction)group_child_tasks, METH_NOARGS, NULL},
     {"spawn", (PyCFunction)(void (*)(void))group_spawn,
      METH_FASTCALL | METH_KEYWORDS,
-     "spawn(coro, *, name=None, context=None)\n--\n\n"
-     "Wait for the tokens, then start coro in a task of the group."},
+     "spawn(coro, /, **kwargs)\n--\n\n"
+     "Wait for the tokens, then start coro in a task of the group; the\n"
+     "keywords (name, context; any from 3.14) go to the loop's create_task."},
     {"create_task", (PyCFunction)(void (*)(void))group_create_task,
      METH_FASTCALL | METH_KEYWORDS,
-     "create_task(coro, *, name=None, context=None)\n--\n\n"
-     "Return a task at once; its coroutine starts when it has the tokens."},
+     "create_task(coro, /, **kwargs)\n--\n\n"
+     "Return a task at once; its coroutine starts when it has the tokens.\n"
+     "The keywords go to the loop's create_task, as for spawn()."},
     {"cancel", (PyCFunction)group_cancel, METH_NOARGS,
      "Cancel every task and the body; the group then exits without error."},
     {"statistics", (PyCFunction)group_statistics, METH_NOARGS,

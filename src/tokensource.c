@@ -261,7 +261,7 @@ source_acquire(PyObject *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     PyObject *acq = acquisition_new(((TokenSource *)self)->state, limiters,
-                                    NULL, NULL, NULL, NULL);
+                                    NULL, NULL, NULL);
     Py_DECREF(limiters);
     return acq;
 }
@@ -312,8 +312,7 @@ source_aexit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     if (nothing == NULL) {
         return NULL;
     }
-    PyObject *acq = acquisition_new(self->state, nothing, NULL, NULL, NULL,
-                                    NULL);
+    PyObject *acq = acquisition_new(self->state, nothing, NULL, NULL, NULL);
     Py_DECREF(nothing);
     return acq;
 }

@@ -12,6 +12,8 @@ import random
 
 import pytest
 
+from taskbound import _compat
+
 pytestmark = pytest.mark.storm
 
 SHARED_TOKENS = 5
@@ -23,8 +25,13 @@ class Boom(Exception):
 
 
 class Storm:
-    def __init__(self, impl, seed: int) -> None:
+    def __init__(self, impl, seed: int, eager: bool = False) -> None:
         self.impl = impl
+        # 3.12 before 3.12.9 (gh-128588): a child that fails in its eager
+        # first step leaves the group's cancellation of its parent pending
+        # past the group, with asyncio.TaskGroup as with ours.
+        self.cancellation_leaks = (eager and not _compat.EAGER_DONE_SCHEDULED
+                                   and not _compat.UNCANCEL_AFTER_WAIT)
         self.rng = random.Random(seed)
         self.shared = impl.Limiter(SHARED_TOKENS)
         self.live = 0
@@ -66,6 +73,7 @@ class Storm:
                         # An eager child failed inside create_task(): the
                         # group is aborting, as asyncio.TaskGroup would.
                         assert "is shutting down" in str(error)
+                        item.close()  # (before 3.13 it is left to us)
                         break
                     self.tasks.append(task)
                     if rng.random() < 0.3:
@@ -74,6 +82,11 @@ class Storm:
                         await asyncio.sleep(0)
         except* Boom:
             pass
+        if self.cancellation_leaks:
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                pass
 
     async def canceller(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -85,7 +98,7 @@ class Storm:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_storm_of_cancellations_and_failures(impl, run, eager, seed):
-    storm = Storm(impl, seed)
+    storm = Storm(impl, seed, eager)
 
     async def main():
         stop = asyncio.Event()

@@ -3,18 +3,25 @@
 Each scenario runs three times: on asyncio.TaskGroup itself (the oracle), on
 BoundedTaskGroup() without a limit, and on BoundedTaskGroup(limit=1000), a
 bound larger than the work; all three must agree. The whole set runs with
-and without asyncio.eager_task_factory (3.12+).
+and without asyncio.eager_task_factory (3.12+). Where CPython releases
+differ (taskbound._compat), the scenario shows the difference, so that it
+fails on the interpreter where the group would not follow asyncio.
+
+cancel() exists on asyncio.TaskGroup from 3.15; before, the same scenarios
+check BoundedTaskGroup against what 3.15.2 does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import sys
+import gc
 
 import pytest
 
-PY313 = sys.version_info >= (3, 13)
+from taskbound import _compat
+
+HAS_CANCEL = hasattr(asyncio.TaskGroup, "cancel")
 
 
 @pytest.fixture(params=["asyncio", "unbounded", "roomy"])
@@ -39,6 +46,42 @@ async def value_after(delay, value):
 async def fail_after(delay, exc):
     await asyncio.sleep(delay)
     raise exc
+
+
+def bounded_groups(impl):
+    return [lambda: impl.BoundedTaskGroup(),
+            lambda: impl.BoundedTaskGroup(limit=1000)]
+
+
+async def ending(coro):
+    """The outcome of a scenario run in a task of its own, or "ended
+    cancelled" where a cancellation leaked out of it."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if task.cancelled() and not asyncio.current_task().cancelling():
+            return "ended cancelled"
+        raise
+
+
+def same_as_asyncio(go, impl, scenario):
+    """Runs scenario(make_group) on asyncio.TaskGroup, then on each bounded
+    group; every outcome must equal asyncio's, which is returned."""
+    expected = go(ending(scenario(asyncio.TaskGroup)))
+    for make in bounded_groups(impl):
+        assert go(ending(scenario(make))) == expected
+    return expected
+
+
+def same_as_cancel_of_315(go, impl, scenario, expected):
+    """For scenarios with cancel(): asyncio's outcome where it has cancel(),
+    else 3.15.2's, given."""
+    if HAS_CANCEL:
+        return same_as_asyncio(go, impl, scenario)
+    for make in bounded_groups(impl):
+        assert go(ending(scenario(make))) == expected
+    return expected
 
 
 def test_results_after_exit(make_group, go):
@@ -416,3 +459,392 @@ def test_exit_after_children_are_done(make_group, go):
         return [t.result() for t in tasks]
 
     assert go(main()) == list(range(5))
+
+
+# ---- where CPython releases differ ----
+
+def test_create_task_keywords(impl, go):
+    # 3.14 passes any keyword to the loop's create_task; before, a keyword
+    # other than name= and context= is a TypeError that leaves the
+    # coroutine as it was, so the call can be retried without it.
+    def scenario(make):
+        async def main():
+            started = []
+
+            async def child():
+                started.append(True)
+                await asyncio.sleep(0)
+
+            async with make() as tg:
+                coro = child()
+                try:
+                    task = tg.create_task(coro, name="kw", eager_start=True)
+                    outcome = "created"
+                except TypeError:
+                    task = tg.create_task(coro, name="kw")
+                    outcome = "TypeError"
+                ran_at_once = bool(started)
+            return outcome, ran_at_once, task.get_name()
+        return main()
+
+    outcome = same_as_asyncio(go, impl, scenario)
+    assert outcome[0] == ("created" if _compat.CREATE_TASK_KWARGS
+                          else "TypeError")
+
+
+def test_spawn_takes_the_keywords_create_task_takes(impl, go):
+    async def main():
+        started = []
+
+        async def child():
+            started.append(True)
+            await asyncio.sleep(0)
+
+        async with impl.BoundedTaskGroup(limit=2) as tg:
+            coro = child()
+            try:
+                task = await tg.spawn(coro, name="kw", eager_start=True)
+                outcome = "created"
+            except TypeError:
+                task = await tg.spawn(coro, name="kw")
+                outcome = "TypeError"
+            ran_at_once = bool(started)
+        return outcome, ran_at_once, task.get_name()
+
+    def oracle(make):
+        async def main():
+            started = []
+
+            async def child():
+                started.append(True)
+                await asyncio.sleep(0)
+
+            async with make() as tg:
+                coro = child()
+                try:
+                    task = tg.create_task(coro, name="kw", eager_start=True)
+                    outcome = "created"
+                except TypeError:
+                    coro.close()
+                    task = tg.create_task(child(), name="kw")
+                    outcome = "TypeError"
+                ran_at_once = bool(started)
+            return outcome, ran_at_once, task.get_name()
+        return main()
+
+    assert go(main()) == go(oracle(asyncio.TaskGroup))
+
+
+async def fail_now(exc):
+    raise exc
+
+
+def test_eager_child_failing_at_once_then_another_create_task(impl, go):
+    # gh-128550/gh-128588: from 3.12.9 and 3.13.2 a child that fails in its
+    # eager first step is handled by a scheduled callback, so the body's
+    # next create_task() in the same step is not refused.
+    def scenario(make):
+        async def main():
+            second = None
+            try:
+                async with make() as tg:
+                    tg.create_task(fail_now(ValueError("now")))
+                    coro = value_after(10, None)
+                    try:
+                        second = tg.create_task(coro)
+                    except RuntimeError:
+                        coro.close()
+                        raise
+                    await asyncio.sleep(0)
+            except BaseExceptionGroup as eg:
+                errors = sorted(type(e).__name__ for e in eg.exceptions)
+            return errors, second is not None and second.cancelled()
+        return main()
+
+    same_as_asyncio(go, impl, scenario)
+
+
+def test_sibling_that_started_a_failing_child_is_cancelled(impl, go):
+    # gh-128550: a child whose own eager first step starts a child that
+    # fails at once is cancelled with the rest (3.12.9+, 3.13.2+; before,
+    # asyncio left it running).
+    def scenario(make):
+        async def main():
+            where = []
+            try:
+                async with make() as tg:
+                    async def second():
+                        tg.create_task(fail_now(KeyError("third")))
+                        step = 0
+                        try:
+                            await asyncio.sleep(0)
+                            step = 1
+                            await asyncio.sleep(0)
+                            step = 2
+                            await asyncio.sleep(0.2)
+                            where.append("not cancelled")
+                        except asyncio.CancelledError:
+                            where.append(f"cancelled at {step}")
+                            raise
+
+                    tg.create_task(second())
+            except* KeyError as eg:
+                errors = [str(e) for e in eg.exceptions]
+            return where, errors
+        return main()
+
+    same_as_asyncio(go, impl, scenario)
+
+
+def test_no_cancellation_leaks_out_after_an_eager_failure(impl, go):
+    # gh-128588: on 3.12 before 3.12.9 the group's cancellation of its
+    # parent leaked past the group when a child failed eagerly.
+    def scenario(make):
+        async def main():
+            try:
+                async with make() as tg:
+                    tg.create_task(fail_now(ValueError()))
+            except* ValueError:
+                pass
+            try:
+                await asyncio.sleep(0)
+                leaked = False
+            except asyncio.CancelledError:
+                leaked = True
+            return leaked, asyncio.current_task().cancelling()
+        return main()
+
+    same_as_asyncio(go, impl, scenario)
+
+
+def test_call_graph_of_a_running_child(impl, go):
+    # 3.14 links each child to the parent task for capture_call_graph().
+    if _compat.add_to_awaited_by is None:
+        assert not hasattr(asyncio, "capture_call_graph")
+        return
+
+    def scenario(make):
+        async def main():
+            async def leaf():
+                await asyncio.sleep(0.05)
+
+            async def child():
+                await leaf()
+
+            me = asyncio.current_task()
+            async with make() as tg:
+                task = tg.create_task(child())
+                await asyncio.sleep(0.01)
+                graph = asyncio.capture_call_graph(task)
+                running = ([e.frame.f_code.co_name for e in graph.call_stack],
+                           [g.future is me for g in graph.awaited_by])
+            done = asyncio.capture_call_graph(task)
+            return running, [e.frame for e in done.call_stack], \
+                done.awaited_by
+        return main()
+
+    running, _, after = same_as_asyncio(go, impl, scenario)
+    assert running == (["sleep", "leaf", "child"], [True])
+    assert after == ()
+
+
+def test_a_waiting_child_shows_its_wait(impl, go):
+    # Before its tokens come its coroutine has not started: its stack, repr
+    # and call graph show the wait (taskbound's stand-in) instead.
+    async def main():
+        async def child():
+            await asyncio.sleep(0)
+
+        me = asyncio.current_task()
+        async with impl.BoundedTaskGroup(limit=1) as tg:
+            tg.create_task(asyncio.sleep(0.02))
+            second = tg.create_task(child())
+            await asyncio.sleep(0)
+            frames = second.get_stack()
+            waiting = ([f.f_code.co_name for f in frames],
+                       frames[0].f_locals["limiter"] is tg.limiters[0],
+                       "child() running at" in repr(second)
+                       and "taskbound" in repr(second))
+            if hasattr(asyncio, "capture_call_graph"):
+                graph = asyncio.capture_call_graph(second)
+                waiting += ([e.frame.f_code.co_name
+                             for e in graph.call_stack],
+                            [g.future is me for g in graph.awaited_by])
+            await asyncio.sleep(0.05)
+        return waiting, second.get_stack()
+
+    waiting, after = go(main())
+    expected = (["waiting_for_tokens"], True, True)
+    if hasattr(asyncio, "capture_call_graph"):
+        expected += (["waiting_for_tokens"], [True])
+    assert waiting == expected
+    assert after == []
+
+
+def test_cancel_then_a_cancellation_from_outside_while_the_exit_waits(
+        impl, go):
+    # gh-155433 (3.15.2): a cancellation that is not the group's own is
+    # re-raised, not dropped.
+    def scenario(make):
+        async def main():
+            cancelling = asyncio.Event()
+            release = asyncio.Event()
+
+            async def child():
+                try:
+                    await asyncio.sleep(10)
+                finally:
+                    cancelling.set()
+                    await release.wait()
+
+            async def body():
+                async with make() as tg:
+                    tg.create_task(child())
+                    await asyncio.sleep(0)
+                    tg.cancel()
+                return "carried on"
+
+            task = asyncio.create_task(body())
+            await cancelling.wait()
+            task.cancel("from outside")
+            release.set()
+            try:
+                return await task
+            except asyncio.CancelledError as err:
+                return type(err).__name__, err.args
+        return main()
+
+    same_as_cancel_of_315(go, impl, scenario,
+                          ("CancelledError", ("from outside",)))
+
+
+def test_eager_child_calling_cancel_before_it_suspends(impl, go):
+    # gh-155418 (3.15.2): the child is cancelled with the rest.
+    def scenario(make):
+        async def main():
+            async def child(tg):
+                tg.cancel()
+                await asyncio.sleep(0.3)
+
+            async with make() as tg:
+                task = tg.create_task(child(tg))
+            return task.cancelled(), asyncio.current_task().cancelling()
+        return main()
+
+    same_as_cancel_of_315(go, impl, scenario, (True, 0))
+
+
+def test_cancel_from_a_body_that_never_awaits(impl, go):
+    # The exit takes no loop turn where uncancel() drops the pending
+    # cancellation (3.13+); before, it takes one to receive it. Either way
+    # nothing leaks past the group.
+    def scenario(make):
+        async def main():
+            loop = asyncio.get_running_loop()
+            ticks = 0
+            ticking = True
+
+            def tick():
+                nonlocal ticks
+                ticks += 1
+                if ticking:
+                    loop.call_soon(tick)
+
+            loop.call_soon(tick)
+            await asyncio.sleep(0)
+            before = ticks
+            async with make() as tg:
+                tg.cancel()
+            turns = ticks - before
+            ticking = False
+            await asyncio.sleep(0)
+            return turns, asyncio.current_task().cancelling()
+        return main()
+
+    same_as_cancel_of_315(go, impl, scenario,
+                          (0 if _compat.UNCANCEL_AFTER_WAIT else 1, 0))
+
+
+def test_lone_generator_exit_from_the_body(impl, go):
+    # 3.15 re-raises it bare, so aclose() of an async generator holding a
+    # group closes it cleanly; before, it comes in a BaseExceptionGroup.
+    def scenario(make):
+        async def main():
+            async def numbers():
+                async with make() as tg:
+                    tg.create_task(asyncio.sleep(0))
+                    yield 1
+
+            gen = numbers()
+            await gen.asend(None)
+            try:
+                await gen.aclose()
+            except BaseException as err:
+                return type(err).__name__, [
+                    type(e).__name__ for e in getattr(err, "exceptions", [])]
+            return "closed"
+        return main()
+
+    outcome = same_as_asyncio(go, impl, scenario)
+    assert (outcome == "closed") is _compat.BARE_GENERATOR_EXIT
+
+
+def test_generator_exit_beside_a_child_error_is_grouped(impl, go):
+    def scenario(make):
+        async def main():
+            try:
+                async with make() as tg:
+                    tg.create_task(fail_now(GeneratorExit()))
+                    # (A group that handles an eagerly failed child at
+                    # once refuses the second, and before 3.13 leaves it
+                    # open.)
+                    coro = fail_now(AssertionError("t2"))
+                    try:
+                        tg.create_task(coro)
+                    except RuntimeError:
+                        coro.close()
+                        raise
+            except BaseExceptionGroup as eg:
+                return sorted(type(e).__name__ for e in eg.exceptions)
+        return main()
+
+    outcome = same_as_asyncio(go, impl, scenario)
+    # (On 3.12 before 3.12.9 an eager failure leaks a cancellation.)
+    assert outcome == "ended cancelled" or "GeneratorExit" in outcome
+
+
+@pytest.mark.parametrize("method", ["spawn", "create_task"])
+def test_raised_errors_keep_nothing_alive(impl, go, eager, method):
+    # The exit lets go of the errors and the parent task, as asyncio's does
+    # from 3.13.2, so only the frame that caught it refers to an error.
+    async def main():
+        class Done(Exception):
+            pass
+
+        async def fail():
+            raise Done
+
+        try:
+            async with impl.BoundedTaskGroup(limit=2) as tg:
+                if method == "spawn":
+                    await tg.spawn(fail())
+                else:
+                    tg.create_task(fail())
+                await asyncio.sleep(0.01)
+        except* Done as eg:
+            exc = eg.exceptions[0]
+        # (From 3.14 a running coroutine refers to its own locals.)
+        me = asyncio.current_task().get_coro()
+        refs = [ref for ref in gc.get_referrers(exc) if ref is not me]
+        if eager and not _compat.EAGER_DONE_SCHEDULED:
+            # Before gh-128552 (3.12.9, 3.13.2) the loop's own
+            # create_task() keeps a task that failed eagerly in a cycle.
+            holders = [ref for task in refs for ref in gc.get_referrers(task)
+                       if ref is not me and ref is not refs]
+            assert all(isinstance(task, asyncio.Task) for task in refs)
+            assert {type(ref).__name__ for ref in holders} <= {"frame"}
+            assert {ref.f_code.co_name for ref in holders} <= {"create_task"}
+            return []
+        return refs
+
+    assert go(main()) == []

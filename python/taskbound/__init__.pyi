@@ -1,5 +1,6 @@
 import asyncio
 import contextvars
+import sys
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -9,7 +10,7 @@ from collections.abc import (
     Sequence,
 )
 from types import TracebackType
-from typing import Literal, Self, TypeVar, overload
+from typing import Any, Literal, Self, TypeVar, overload
 
 from ._common import DeadlockError as DeadlockError
 from ._common import GroupStatistics as GroupStatistics
@@ -109,20 +110,43 @@ class BoundedTaskGroup:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None: ...
-    async def spawn(
-        self,
-        coro: Awaitable[_T],
-        *,
-        name: str | None = None,
-        context: contextvars.Context | None = None,
-    ) -> asyncio.Task[_T]: ...
-    def create_task(
-        self,
-        coro: Awaitable[_T],
-        *,
-        name: str | None = None,
-        context: contextvars.Context | None = None,
-    ) -> asyncio.Task[_T]: ...
+    if sys.version_info >= (3, 14):
+        # Any other keyword goes to the loop's create_task (eager_start=...).
+        async def spawn(
+            self,
+            coro: Awaitable[_T],
+            /,
+            *,
+            name: str | None = None,
+            context: contextvars.Context | None = None,
+            **kwargs: Any,
+        ) -> asyncio.Task[_T]: ...
+        def create_task(
+            self,
+            coro: Awaitable[_T],
+            /,
+            *,
+            name: str | None = None,
+            context: contextvars.Context | None = None,
+            **kwargs: Any,
+        ) -> asyncio.Task[_T]: ...
+    else:
+        async def spawn(
+            self,
+            coro: Awaitable[_T],
+            /,
+            *,
+            name: str | None = None,
+            context: contextvars.Context | None = None,
+        ) -> asyncio.Task[_T]: ...
+        def create_task(
+            self,
+            coro: Awaitable[_T],
+            /,
+            *,
+            name: str | None = None,
+            context: contextvars.Context | None = None,
+        ) -> asyncio.Task[_T]: ...
     def cancel(self) -> None: ...
 
 _Limiters = AnyLimiter | Sequence[AnyLimiter] | None

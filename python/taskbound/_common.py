@@ -42,6 +42,25 @@ class GroupStatistics(NamedTuple):
     failed: int
 
 
+class _Suspended:
+    def __await__(self):
+        yield
+
+
+async def waiting_for_tokens(limiter):
+    """What a BoundedTaskGroup task whose coroutine has not started yet
+    shows in its stack, repr and call graph: it waits for a token of
+    ``limiter``. A stand-in, never resumed."""
+    await _Suspended()
+
+
+def waiting_stand_in(limiter):
+    """A ``waiting_for_tokens(limiter)`` coroutine, suspended in its wait."""
+    stand_in = waiting_for_tokens(limiter)
+    stand_in.send(None)
+    return stand_in
+
+
 def check_total_tokens(value: object) -> int | float:
     """Return a valid ``total_tokens`` (an int >= 0 or math.inf), or raise."""
     if isinstance(value, float):

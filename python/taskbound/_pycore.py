@@ -14,7 +14,6 @@ import collections.abc
 import inspect
 import itertools
 import math
-import sys
 import types
 from asyncio import CancelledError, current_task, get_running_loop, sleep
 from asyncio.events import _get_running_loop
@@ -29,6 +28,16 @@ from ._common import (
     check_limit,
     check_positive,
     check_total_tokens,
+    waiting_stand_in,
+)
+from ._compat import (
+    BARE_GENERATOR_EXIT,
+    CLOSES_REFUSED_CORO,
+    CREATE_TASK_KWARGS,
+    EAGER_DONE_SCHEDULED,
+    UNCANCEL_AFTER_WAIT,
+    add_to_awaited_by,
+    discard_from_awaited_by,
 )
 
 __all__ = ["BoundedTaskGroup", "Limiter", "RateLimiter"]
@@ -37,8 +46,6 @@ __all__ = ["BoundedTaskGroup", "Limiter", "RateLimiter"]
 # rank order, so two groups naming the same limiters in any order cannot each
 # hold one token while waiting for the other's.
 _ranks = itertools.count()
-
-_PY313 = sys.version_info >= (3, 13)
 
 
 class _TokenSource:
@@ -496,6 +503,19 @@ def _close(iterator) -> None:
         close()
 
 
+def _check_keywords(method: str, kwargs) -> None:
+    """Before 3.14 a TaskGroup's create_task takes only name= and context=;
+    from 3.14 any keyword, which the loop's create_task checks. A refused
+    keyword leaves the coroutine as it was, as a failed call does, so that
+    the caller may retry without it."""
+    if CREATE_TASK_KWARGS:
+        return
+    for key in kwargs:
+        if key not in ("name", "context"):
+            raise TypeError(
+                f"{method}() got an unexpected keyword argument '{key}'")
+
+
 def _is_base_error(exc: BaseException) -> bool:
     return isinstance(exc, (SystemExit, KeyboardInterrupt))
 
@@ -506,11 +526,12 @@ class _Child(collections.abc.Coroutine):
     task's own last step, however the task ends.
 
     It passes the user coroutine's name, code and frame through, so the
-    task's repr and stack look as if it ran the user's coroutine itself.
+    task's repr, stack and call graph look as if it ran the user's coroutine
+    itself; while it waits for its tokens, they show that wait instead.
     """
 
     __slots__ = ("_group", "_target", "_iterator", "_claim", "_waiting",
-                 "_task", "_finished")
+                 "_task", "_finished", "_failed", "_stand_in")
 
     def __init__(self, group, target, iterator, claim, waiting) -> None:
         self._group = group
@@ -520,6 +541,8 @@ class _Child(collections.abc.Coroutine):
         self._waiting = waiting
         self._task = None
         self._finished = False
+        self._failed = False
+        self._stand_in = None
 
     def send(self, value):
         return self._step(value, None)
@@ -603,6 +626,7 @@ class _Child(collections.abc.Coroutine):
                     return future
                 if claim.resume(loop):
                     self._waiting = False
+                    self._stand_in = None
                     self._group._running += 1
                     return None
         except BaseException:
@@ -615,7 +639,10 @@ class _Child(collections.abc.Coroutine):
         return not self._finished and any(
             lim is limiter for lim in claim.limiters[:claim.held])
 
-    # What asyncio reads to describe a task's coroutine.
+    # What asyncio reads to describe a task's coroutine (its repr, stack and
+    # call graph): the user's coroutine's name always; its code, frame and
+    # what it awaits once it runs, and before that the stand-in's, which
+    # shows the wait for tokens instead of a coroutine that has not started.
     @property
     def __name__(self):
         return getattr(self._target, "__name__", type(self._target).__name__)
@@ -626,23 +653,37 @@ class _Child(collections.abc.Coroutine):
             return getattr(self._target, "__qualname__", self.__name__)
         raise AttributeError(name)
 
+    def _described(self):
+        if not self._waiting or self._finished:
+            return self._target
+        if self._stand_in is None:
+            claim = self._claim
+            self._stand_in = waiting_stand_in(claim.limiters[claim.held])
+        return self._stand_in
+
     @property
     def cr_code(self):
-        return getattr(self._target, "cr_code",
-                       getattr(self._target, "gi_code", None))
+        described = self._described()
+        return getattr(described, "cr_code",
+                       getattr(described, "gi_code", None))
 
     @property
     def cr_frame(self):
-        return getattr(self._target, "cr_frame",
-                       getattr(self._target, "gi_frame", None))
+        described = self._described()
+        return getattr(described, "cr_frame",
+                       getattr(described, "gi_frame", None))
 
     @property
     def cr_running(self):
-        return getattr(self._target, "cr_running", False)
+        described = self._described()
+        return getattr(described, "cr_running",
+                       getattr(described, "gi_running", False))
 
     @property
     def cr_await(self):
-        return getattr(self._target, "cr_await", None)
+        described = self._described()
+        return getattr(described, "cr_await",
+                       getattr(described, "gi_yieldfrom", None))
 
 
 def _parent_may_hold(group, limiter) -> bool:
@@ -736,6 +777,7 @@ class BoundedTaskGroup:
         self._exiting = False
         self._aborting = False
         self._cancel_on_enter = False
+        self._cancel_called = False
         self._loop = None
         self._parent_task = None
         self._parent_cancel_requested = False
@@ -793,80 +835,125 @@ class BoundedTaskGroup:
         return self
 
     async def __aexit__(self, et, exc, tb):
-        self._exiting = True
-        if exc is not None and _is_base_error(exc) and self._base_error is None:
-            self._base_error = exc
-        if _PY313:
-            propagate_cancellation_error = (
-                exc if et is not None and issubclass(et, CancelledError)
-                else None)
-        else:
-            propagate_cancellation_error = (
-                exc if et is CancelledError else None)
-            if self._parent_cancel_requested:
+        try:
+            return await self._exit(et, exc)
+        finally:
+            # The errors' tracebacks hold frames that hold this group: let
+            # go of them and of the parent task, so that a raised group of
+            # errors does not keep them alive until the cycle collector runs.
+            self._parent_task = None
+            self._errors = None
+            self._base_error = None
+            et = exc = tb = None
+
+    async def _exit(self, et, exc):
+        propagate_cancellation_error = pending_cancellation_error = None
+        try:
+            self._exiting = True
+            if (exc is not None and _is_base_error(exc)
+                    and self._base_error is None):
+                self._base_error = exc
+            if UNCANCEL_AFTER_WAIT:
+                if et is not None and issubclass(et, CancelledError):
+                    propagate_cancellation_error = exc
+            elif et is CancelledError:
+                propagate_cancellation_error = exc
+            uncancelled = False
+            if not UNCANCEL_AFTER_WAIT and self._parent_cancel_requested:
+                uncancelled = True
                 if self._parent_task.uncancel() == 0:
                     propagate_cancellation_error = None
-        if et is not None and not self._aborting:
-            self._abort()
+            if et is not None and not self._aborting:
+                self._abort()
 
-        if (et is None and self._parent_cancel_requested
-                and not self._children and not self._pending):
-            # cancel() was called from the body, which then ended without
-            # awaiting: its cancellation is still pending. Take it here.
-            try:
-                await sleep(0)
-            except CancelledError:
-                pass
+            if (not UNCANCEL_AFTER_WAIT and et is None
+                    and self._cancel_called
+                    and not self._children and not self._pending):
+                # cancel() was called from the body, which then ended
+                # without awaiting: its cancellation is still pending, and
+                # uncancel() does not drop it before 3.13. Take it here.
+                # (One the group made for a child's error stays pending,
+                # as asyncio's does before 3.13.)
+                try:
+                    await sleep(0)
+                except CancelledError:
+                    pass
 
-        # The parent may be cancelled again while it waits, so loop.
-        while self._children or self._pending:
-            if self._on_completed_fut is None:
-                self._on_completed_fut = self._loop.create_future()
-                _deadlock.on_exit_wait(self, self._on_completed_fut)
-            try:
-                await self._on_completed_fut
-            except CancelledError as ex:
-                if not self._aborting:
-                    propagate_cancellation_error = ex
-                    self._abort()
-            self._on_completed_fut = None
+            # The parent may be cancelled again while it waits, so loop.
+            while self._children or self._pending:
+                if self._on_completed_fut is None:
+                    self._on_completed_fut = self._loop.create_future()
+                    _deadlock.on_exit_wait(self, self._on_completed_fut)
+                try:
+                    await self._on_completed_fut
+                except CancelledError as ex:
+                    pending_cancellation_error = ex
+                    if not self._aborting:
+                        propagate_cancellation_error = ex
+                        self._abort()
+                self._on_completed_fut = None
 
-        if self._base_error is not None:
-            raise self._base_error
+            if self._base_error is not None:
+                raise self._base_error
 
-        if _PY313 and self._parent_cancel_requested:
-            if self._parent_task.uncancel() == 0:
-                propagate_cancellation_error = None
+            if self._parent_cancel_requested:
+                if not uncancelled and (UNCANCEL_AFTER_WAIT
+                                        or not self._errors):
+                    # The group's own cancellation of its parent is undone
+                    # here (3.13+); before 3.13 at the start, and here only
+                    # for one made since, which without an error only
+                    # cancel() makes.
+                    remaining = self._parent_task.uncancel()
+                    if remaining == 0:
+                        propagate_cancellation_error = None
+                else:
+                    remaining = self._parent_task.cancelling()
+                if remaining and propagate_cancellation_error is None:
+                    # gh-155433: a cancellation that is not the group's own
+                    # arrived while the exit waited: it is not dropped.
+                    propagate_cancellation_error = pending_cancellation_error
 
-        if _PY313:
-            if propagate_cancellation_error is not None and not self._errors:
+            if UNCANCEL_AFTER_WAIT:
+                if (propagate_cancellation_error is not None
+                        and not self._errors):
+                    raise propagate_cancellation_error
+            elif propagate_cancellation_error and not self._errors:
                 raise propagate_cancellation_error
-        elif propagate_cancellation_error and not self._errors:
-            raise propagate_cancellation_error
 
-        if et is not None and not issubclass(et, CancelledError):
-            self._errors.append(exc)
+            if et is not None and (not issubclass(et, CancelledError)
+                                   if UNCANCEL_AFTER_WAIT
+                                   else et is not CancelledError):
+                self._errors.append(exc)
 
-        if not self._errors:
-            # The body's CancelledError came from cancel(): swallow it.
-            return (et is not None and issubclass(et, CancelledError)
-                    and propagate_cancellation_error is None)
-        if _PY313 and self._parent_task.cancelling():
-            self._parent_task.uncancel()
-            self._parent_task.cancel()
-        try:
+            if not self._errors:
+                # The body's CancelledError came from cancel(): swallow it.
+                return (et is not None and issubclass(et, CancelledError)
+                        and propagate_cancellation_error is None)
+            if UNCANCEL_AFTER_WAIT and self._parent_task.cancelling():
+                self._parent_task.uncancel()
+                self._parent_task.cancel()
+            if (BARE_GENERATOR_EXIT and et is not None
+                    and issubclass(et, GeneratorExit)
+                    and len(self._errors) == 1):
+                raise exc
             raise BaseExceptionGroup(
                 "unhandled errors in a TaskGroup", self._errors) from None
         finally:
-            self._errors = None
+            # A raised error's traceback holds this frame: it must not
+            # hold the errors in turn.
+            exc = propagate_cancellation_error = None
+            pending_cancellation_error = None
 
-    def spawn(self, coro, *, name=None, context=None):
-        """Wait for the tokens, then start ``coro`` in a task of the group."""
-        return _Spawn(self._spawn(coro, name, context), coro)
+    def spawn(self, coro, /, **kwargs):
+        """Wait for the tokens, then start ``coro`` in a task of the group.
+        Keywords (``name``, ``context``, and from 3.14 any the loop's
+        create_task takes) go to the loop's create_task."""
+        _check_keywords("spawn", kwargs)
+        return _Spawn(self._spawn(coro, kwargs), coro)
 
-    async def _spawn(self, coro, name, context):
+    async def _spawn(self, coro, kwargs):
         iterator = _iterator_of(coro)
-        self._check_can_create(coro)
+        self._check_can_create(coro, close_refused=True)
         loop = self._loop
         if _get_running_loop() is not loop:
             _close(coro)
@@ -884,12 +971,14 @@ class BoundedTaskGroup:
             _close(coro)
             self._wake_exit()
             raise
-        return self._start(coro, iterator, claim, False, name, context)
+        return self._start(coro, iterator, claim, False, kwargs)
 
-    def create_task(self, coro, *, name=None, context=None):
-        """Return a task at once; its coroutine starts when it has the tokens."""
+    def create_task(self, coro, /, **kwargs):
+        """Return a task at once; its coroutine starts when it has the tokens.
+        Keywords go to the loop's create_task, as for spawn()."""
+        _check_keywords("create_task", kwargs)
         iterator = _iterator_of(coro)
-        self._check_can_create(coro)
+        self._check_can_create(coro, close_refused=CLOSES_REFUSED_CORO)
         claim = _Claim(self._limiters)
         try:
             if _get_running_loop() is not self._loop:
@@ -899,7 +988,7 @@ class BoundedTaskGroup:
         except BaseException:
             _close(coro)
             raise
-        return self._start(coro, iterator, claim, not held, name, context)
+        return self._start(coro, iterator, claim, not held, kwargs)
 
     def cancel(self) -> None:
         """Cancel every task and the body; the group then exits without error."""
@@ -908,11 +997,13 @@ class BoundedTaskGroup:
             return
         if self._exiting and not self._children and not self._pending:
             return
+        self._cancel_called = True
         if not self._aborting:
             self._abort()
-        if not self._parent_cancel_requested:
-            self._parent_cancel_requested = True
-            self._parent_task.cancel()
+            if (self._parent_task is not None
+                    and not self._parent_cancel_requested):
+                self._parent_cancel_requested = True
+                self._parent_task.cancel()
 
     # -- internals --
 
@@ -925,7 +1016,10 @@ class BoundedTaskGroup:
         return [child._task for child in self._children
                 if not child._finished]
 
-    def _check_can_create(self, coro) -> None:
+    def _check_can_create(self, coro, close_refused) -> None:
+        """Raises what asyncio's create_task() raises for a group in this
+        state. ``close_refused``: close the coroutine it refuses (spawn()
+        always does; create_task() as the running interpreter's does)."""
         if not self._entered:
             problem = "has not been entered"
         elif self._exiting and not self._children and not self._pending:
@@ -934,20 +1028,17 @@ class BoundedTaskGroup:
             problem = "is shutting down"
         else:
             return
-        _close(coro)
+        if close_refused:
+            _close(coro)
         raise RuntimeError(f"TaskGroup {self!r} {problem}")
 
-    def _start(self, target, iterator, claim, waiting, name, context):
+    def _start(self, target, iterator, claim, waiting, kwargs):
         child = _Child(self, target, iterator, claim, waiting)
         self._children[child] = None
         if not waiting:
             self._running += 1
         try:
-            if context is None:
-                task = self._loop.create_task(child, name=name)
-            else:
-                task = self._loop.create_task(child, name=name,
-                                              context=context)
+            task = self._loop.create_task(child, **kwargs)
         except BaseException:
             # Nothing started: give the tokens back, close the coroutine.
             child.close()
@@ -955,12 +1046,29 @@ class BoundedTaskGroup:
             self._done -= 1
             raise
         self._spawned += 1
-        if child._finished:
-            # An eager task ran to its end inside create_task().
-            self._on_child_done(child, task)
-        else:
+        try:
+            if child._finished:
+                # An eager task ran to its end inside create_task().
+                if EAGER_DONE_SCHEDULED:
+                    self._settle(child, task)
+                else:
+                    self._on_child_done(child, task)
+                return task
             child._task = task
-        return task
+            if add_to_awaited_by is not None:
+                add_to_awaited_by(task, self._parent_task)
+            if self._aborting and (EAGER_DONE_SCHEDULED
+                                   or self._cancel_called):
+                # gh-155418: its eager first step called cancel() before
+                # the task was known. (Where finished eager children are
+                # handled at once, a grandchild failing in that step aborts
+                # the group too, and asyncio leaves the task running.)
+                task.cancel()
+            return task
+        finally:
+            # A child that failed in its eager first step has a traceback
+            # whose frames lead back here: this frame must not hold its task.
+            del task
 
     def _child_finished(self, child, error) -> None:
         """Runs in the child's last step: the tokens go back at once, unless
@@ -969,32 +1077,41 @@ class BoundedTaskGroup:
         child._finished = True
         if child._waiting:
             child._waiting = False
+            child._stand_in = None
         else:
             self._running -= 1
         self._done += 1
         failed = error is not None and not isinstance(error, CancelledError)
+        child._failed = failed
         if failed:
             self._failed += 1
         else:
             child._claim.release()
         task = child._task
         if task is None:
-            return  # still inside create_task(): _start() finishes the job
+            return  # still inside create_task(): _start() settles it
         child._task = None
+        if (discard_from_awaited_by is not None
+                and self._parent_task is not None):
+            discard_from_awaited_by(task, self._parent_task)
+        self._settle(child, task)
+
+    def _settle(self, child, task) -> None:
+        """A finished child leaves the group at once, unless it failed or is
+        the last one the exit waits for: then, like asyncio's done callback,
+        after the task has its outcome, behind its own done callbacks."""
         last = (len(self._children) == 1 and not self._pending
                 and self._on_completed_fut is not None)
-        if failed or last:
-            # Like asyncio's done callback: after the task has its outcome,
-            # behind the task's own done callbacks' turn.
-            try:
-                self._loop.call_soon(self._on_child_done, child, task)
-            except RuntimeError:
-                # The loop is closed (the task is being destroyed with it):
-                # nobody will await the group any more.
-                self._children.pop(child, None)
-                child._claim.release()
-        else:
+        if not child._failed and not last:
             del self._children[child]
+            return
+        try:
+            self._loop.call_soon(self._on_child_done, child, task)
+        except RuntimeError:
+            # The loop is closed (the task is being destroyed with it):
+            # nobody will await the group any more.
+            self._children.pop(child, None)
+            child._claim.release()
 
     def _on_child_done(self, child, task) -> None:
         try:
@@ -1010,21 +1127,24 @@ class BoundedTaskGroup:
         exc = task.exception()
         if exc is None:
             return
-        self._errors.append(exc)
-        if _is_base_error(exc) and self._base_error is None:
-            self._base_error = exc
-        if self._parent_task.done():
+        parent = self._parent_task
+        if parent is None or parent.done():
+            # (None: the exit ended without waiting for this child, its
+            # wait interrupted by an error other than a cancellation.)
             self._loop.call_exception_handler({
                 "message": f"Task {task!r} has errored out but its parent "
-                           f"task {self._parent_task} is already completed",
+                           f"task {parent} is already completed",
                 "exception": exc,
                 "task": task,
             })
             return
+        self._errors.append(exc)
+        if _is_base_error(exc) and self._base_error is None:
+            self._base_error = exc
         if not self._aborting and not self._parent_cancel_requested:
             self._abort()
             self._parent_cancel_requested = True
-            self._parent_task.cancel()
+            parent.cancel()
 
     def _wake_exit(self) -> None:
         future = self._on_completed_fut
