@@ -286,8 +286,8 @@ link_to_parent(GroupObject *group, PyObject *task, PyObject *how)
     if (how == NULL || group->parent_task == NULL) {
         return;   /* before 3.14, or the exit is over */
     }
-    PyObject *res = PyObject_CallFunctionObjArgs(how, task,
-                                                 group->parent_task, NULL);
+    PyObject *args[2] = {task, group->parent_task};
+    PyObject *res = PyObject_Vectorcall(how, args, 2, NULL);
     if (res == NULL) {
         PyErr_WriteUnraisable((PyObject *)group);
     }
