@@ -317,7 +317,7 @@ static PyObject *
 total_object(LimiterObject *self)
 {
     if (self->total == TOTAL_INFINITE) {
-        return PyFloat_FromDouble(Py_INFINITY);
+        return PyFloat_FromDouble(INFINITY);
     }
     return PyLong_FromSsize_t(self->total);
 }
@@ -453,7 +453,7 @@ static PyObject *
 limiter_get_available(LimiterObject *self, void *Py_UNUSED(closure))
 {
     if (self->total == TOTAL_INFINITE) {
-        return PyFloat_FromDouble(Py_INFINITY);
+        return PyFloat_FromDouble(INFINITY);
     }
     Py_ssize_t free = self->total - self->borrowed;
     return PyLong_FromSsize_t(free > 0 ? free : 0);

@@ -221,7 +221,7 @@ rate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->rate = rate;
     self->per = per;
     self->burst = burst;
-    self->tat = -Py_INFINITY;
+    self->tat = -INFINITY;
     return (PyObject *)self;
 }
 
