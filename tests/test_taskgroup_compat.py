@@ -463,76 +463,47 @@ def test_exit_after_children_are_done(make_group, go):
 
 # ---- where CPython releases differ ----
 
-def test_create_task_keywords(impl, go):
+async def start_with_keywords(tg, method):
+    """Starts a child with name= and eager_start=, or again without the
+    latter where it is refused; returns what happened."""
+    started = []
+
+    async def child():
+        started.append(True)
+        await asyncio.sleep(0)
+
+    async def start(coro, **kwargs):
+        if method == "spawn":
+            return await tg.spawn(coro, **kwargs)
+        return tg.create_task(coro, **kwargs)
+
+    coro = child()
+    try:
+        task = await start(coro, name="kw", eager_start=True)
+        outcome = "created"
+    except TypeError:
+        task = await start(coro, name="kw")
+        outcome = "TypeError"
+    return outcome, bool(started), task.get_name()
+
+
+@pytest.mark.parametrize("method", ["create_task", "spawn"])
+def test_task_keywords(impl, go, method):
     # 3.14 passes any keyword to the loop's create_task; before, a keyword
     # other than name= and context= is a TypeError that leaves the
-    # coroutine as it was, so the call can be retried without it.
-    def scenario(make):
+    # coroutine as it was, so the call can be retried without it. spawn()
+    # takes what create_task() takes.
+    def scenario(make, method):
         async def main():
-            started = []
-
-            async def child():
-                started.append(True)
-                await asyncio.sleep(0)
-
             async with make() as tg:
-                coro = child()
-                try:
-                    task = tg.create_task(coro, name="kw", eager_start=True)
-                    outcome = "created"
-                except TypeError:
-                    task = tg.create_task(coro, name="kw")
-                    outcome = "TypeError"
-                ran_at_once = bool(started)
-            return outcome, ran_at_once, task.get_name()
+                return await start_with_keywords(tg, method)
         return main()
 
-    outcome = same_as_asyncio(go, impl, scenario)
-    assert outcome[0] == ("created" if _compat.CREATE_TASK_KWARGS
-                          else "TypeError")
-
-
-def test_spawn_takes_the_keywords_create_task_takes(impl, go):
-    async def main():
-        started = []
-
-        async def child():
-            started.append(True)
-            await asyncio.sleep(0)
-
-        async with impl.BoundedTaskGroup(limit=2) as tg:
-            coro = child()
-            try:
-                task = await tg.spawn(coro, name="kw", eager_start=True)
-                outcome = "created"
-            except TypeError:
-                task = await tg.spawn(coro, name="kw")
-                outcome = "TypeError"
-            ran_at_once = bool(started)
-        return outcome, ran_at_once, task.get_name()
-
-    def oracle(make):
-        async def main():
-            started = []
-
-            async def child():
-                started.append(True)
-                await asyncio.sleep(0)
-
-            async with make() as tg:
-                coro = child()
-                try:
-                    task = tg.create_task(coro, name="kw", eager_start=True)
-                    outcome = "created"
-                except TypeError:
-                    coro.close()
-                    task = tg.create_task(child(), name="kw")
-                    outcome = "TypeError"
-                ran_at_once = bool(started)
-            return outcome, ran_at_once, task.get_name()
-        return main()
-
-    assert go(main()) == go(oracle(asyncio.TaskGroup))
+    expected = go(scenario(asyncio.TaskGroup, "create_task"))
+    for make in bounded_groups(impl):
+        assert go(scenario(make, method)) == expected
+    assert expected[0] == ("created" if _compat.CREATE_TASK_KWARGS
+                           else "TypeError")
 
 
 async def fail_now(exc):
