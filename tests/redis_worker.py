@@ -86,16 +86,18 @@ async def rate(client, name, options):
 
 
 async def churn(client, name, options):
-    """Take and give back tokens until a deadline, riding out a restart of
-    the limiter's server; the census lives on the observer server."""
+    """Take and give back tokens until the test sets NAME:stop on the
+    observer server, riding out a restart of the limiter's server; the
+    census lives on the observer server too."""
     observer = aioredis.Redis(port=options["observer"])
     census = Census(observer, name)
     limiter = RedisLimiter(client, name, options["total"],
                            lease=options["lease"])
-    deadline = time.time() + options["seconds"]
+    deadline = time.time() + options["seconds"]    # should the test die
 
     async def loop_once():
-        while time.time() < deadline:
+        while (time.time() < deadline
+               and not await observer.exists(f"{name}:stop")):
             try:
                 async with limiter:
                     await census.work(0.02)

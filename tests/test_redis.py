@@ -402,6 +402,50 @@ def test_unreachable_redis_fails_the_wait_and_holds_nothing(impl, run):
     assert held == 0
 
 
+def test_a_script_forgotten_between_load_and_call_is_a_lapse(
+        impl, run, own_redis_server):
+    """A server that restarts between redis-py's loading of a script and
+    its call has forgotten the script: the wait fails as unavailable, holds
+    nothing, and the next call loads it again."""
+    RedisLimiter, RedisRateLimiter = impl.redis
+
+    async def main():
+        async with clients(own_redis_server) as (client,):
+            load = client.script_load
+
+            async def load_then_forget(script):
+                sha = await load(script)
+                await client.script_flush()
+                return sha
+
+            limiter = RedisLimiter(client, unique_name(), 1)
+            rate = RedisRateLimiter(client, unique_name(), 5)
+            await client.script_flush()
+            client.script_load = load_then_forget
+            errors = []
+            for call in (limiter.acquire, rate.acquire, limiter.statistics):
+                try:
+                    await call()
+                except LimiterUnavailable as error:
+                    errors.append(error)
+            forgetting = limiter.held_tokens
+            client.script_load = load
+            await limiter.acquire()
+            await rate.acquire()
+            holding = await limiter.statistics()
+            limiter.release()
+            await limiter.aclose()
+            await rate.aclose()
+            return errors, forgetting, holding, await limiter.statistics()
+
+    errors, forgetting, holding, after = run(main())
+    assert [type(e.__cause__).__name__ for e in errors] == \
+        ["NoScriptError"] * 3
+    assert forgetting == 0
+    assert holding == LimiterStatistics(1, 1, 0)
+    assert after == LimiterStatistics(1, 0, 0)
+
+
 def test_a_holder_cut_off_keeps_running_and_its_release_is_harmless(
         impl, run, own_redis_server):
     RedisLimiter, _ = impl.redis

@@ -30,6 +30,7 @@ from typing import Any
 try:
     import redis.asyncio as _aioredis
     from redis.exceptions import ConnectionError as _RedisConnectionError
+    from redis.exceptions import NoScriptError as _NoScriptError
     from redis.exceptions import TimeoutError as _RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("taskbound.redis needs redis-py: "
@@ -48,8 +49,11 @@ from ._common import (
 __all__ = ["RedisLimiter", "RedisRateLimiter"]
 
 # Errors that mean "Redis cannot be reached": they become LimiterUnavailable.
-_UNREACHABLE = (_RedisConnectionError, _RedisTimeoutError, OSError,
-                asyncio.TimeoutError)
+# redis-py loads a script the server does not know and calls it again; a
+# NoScriptError that still comes out means the server forgot it in between,
+# that is, it restarted: unavailable now, loaded again by the next call.
+_UNREACHABLE = (_RedisConnectionError, _RedisTimeoutError, _NoScriptError,
+                OSError, asyncio.TimeoutError)
 
 # One exchange of a process with a RedisLimiter's state.
 #
