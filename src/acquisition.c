@@ -157,10 +157,7 @@ acquisition_step(PyObject *op, PyObject *value, PyObject *exc,
     if (self->group == NULL) {
         /* acquire(): the current task holds the tokens from now on. */
         for (Py_ssize_t i = 0; i < self->claim.held; i++) {
-            TokenSource *source = LIMITER_AT(&self->claim, i);
-            if (source->ops->note_holder != NULL) {
-                source->ops->note_holder(source, self->loop);
-            }
+            op_note_holder(LIMITER_AT(&self->claim, i), self->loop);
         }
         *result = Py_NewRef(Py_None);
         return PYGEN_RETURN;

@@ -128,6 +128,7 @@ running_loop(ModuleState *state)
 int
 set_result_if_pending(ModuleState *state, PyObject *future, PyObject *value)
 {
+    ASSERT_NO_ERROR();
     int done = call_method_bool(future, state->str_done);
     if (done != 0) {
         return done < 0 ? -1 : 0;
@@ -165,6 +166,7 @@ drive_iterator(ModuleState *state, PyObject *iterator, PyObject *value,
 int
 mark_blocking(ModuleState *state, PyObject *future)
 {
+    ASSERT_NO_ERROR();
     return PyObject_SetAttr(future, state->str_asyncio_future_blocking,
                             Py_True);
 }
@@ -174,6 +176,13 @@ is_cancelled_error(ModuleState *state, PyObject *exc)
 {
     return exc != NULL
            && PyObject_TypeCheck(exc, (PyTypeObject *)state->cancelled_error);
+}
+
+int
+is_interrupt(PyObject *exc)
+{
+    return PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt)
+           || PyErr_GivenExceptionMatches(exc, PyExc_SystemExit);
 }
 
 static int

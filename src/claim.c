@@ -21,12 +21,13 @@ claim_init(Claim *claim, PyObject *limiters)
 int
 claim_try_take(Claim *claim, PyObject *loop)
 {
+    ASSERT_NO_ERROR();
     Py_ssize_t n = PyTuple_GET_SIZE(claim->limiters);
     while (claim->held < n) {
         TokenSource *limiter = LIMITER_AT(claim, claim->held);
-        int taken = limiter->ops->try_take(limiter, loop);
+        int taken = op_try_take(limiter, loop);
         if (taken == 0) {
-            claim->waiter = limiter->ops->enqueue(limiter, loop);
+            claim->waiter = op_enqueue(limiter, loop);
             if (claim->waiter != NULL) {
                 return 0;
             }
@@ -48,17 +49,22 @@ claim_try_take(Claim *claim, PyObject *loop)
 int
 claim_resume(Claim *claim, PyObject *loop)
 {
+    ASSERT_NO_ERROR();
     PyObject *future = claim->waiter;
     claim->waiter = NULL;
     TokenSource *limiter = LIMITER_AT(claim, claim->held);
     PyObject *handed = call_method0(future, limiter->state->str_result);
     if (handed == NULL) {
-        /* Cancelled from outside: nothing was handed; leave the line. */
-        limiter->ops->dequeue(limiter, future);
+        /* Cancelled from outside (or failed by deadlock detection): nothing
+         * was handed; leave the line, give back what is held, and raise
+         * that error. */
+        PyObject *error = PyErr_GetRaisedException();
+        op_dequeue(limiter, future);
         Py_DECREF(future);
         if (claim_release(claim) < 0) {
             PyErr_WriteUnraisable(NULL);
         }
+        PyErr_SetRaisedException(error);
         return -1;
     }
     if (handed == Py_True) {
@@ -82,13 +88,14 @@ claim_resume(Claim *claim, PyObject *loop)
 int
 claim_abort(Claim *claim, PyObject *error)
 {
+    ASSERT_NO_ERROR();
     Py_XSETREF(claim->abort_error, Py_NewRef(error));
     PyObject *future = claim->waiter;
     if (future == NULL) {
         return 0;
     }
     TokenSource *limiter = LIMITER_AT(claim, claim->held);
-    limiter->ops->dequeue(limiter, future);
+    op_dequeue(limiter, future);
     return set_result_if_pending(limiter->state, future, Py_False) < 0
            ? -1 : 0;
 }
@@ -96,6 +103,7 @@ claim_abort(Claim *claim, PyObject *error)
 int
 claim_abandon(Claim *claim)
 {
+    ASSERT_NO_ERROR();
     PyObject *error = NULL;
     PyObject *future = claim->waiter;
     if (future != NULL) {
@@ -126,6 +134,7 @@ claim_abandon(Claim *claim)
 int
 claim_release(Claim *claim)
 {
+    ASSERT_NO_ERROR();
     Py_ssize_t held = claim->held;
     claim->held = 0;
     int status = 0;
@@ -133,7 +142,7 @@ claim_release(Claim *claim)
     while (held > 0) {
         held--;
         TokenSource *limiter = LIMITER_AT(claim, held);
-        if (limiter->ops->give_back(limiter) < 0) {
+        if (op_give_back(limiter) < 0) {
             status = -1;
             if (first_error == NULL) {
                 first_error = PyErr_GetRaisedException();

@@ -36,53 +36,41 @@ external_enqueue(TokenSource *self, PyObject *loop)
     return call_method1((PyObject *)self, self->state->str__enqueue, loop);
 }
 
-/* Claims call this while unwinding, with their own error to report: a
- * failure here is reported as unraisable rather than replacing it. */
+/* Leaving the line cannot fail for the claim: a failure of the subclass
+ * here is reported as unraisable. */
 static int
 external_dequeue(TokenSource *self, PyObject *future)
 {
-    PyObject *exc = PyErr_GetRaisedException();
     PyObject *res = call_method1((PyObject *)self,
                                  self->state->str__dequeue, future);
     if (res == NULL) {
         PyErr_WriteUnraisable((PyObject *)self);
     }
     Py_XDECREF(res);
-    PyErr_SetRaisedException(exc);
     return 1;
 }
 
-/* Claims give tokens back while unwinding too, with their own error under
- * way: that error stays the one raised, and a failure here is reported as
- * unraisable. Without one, a failure is returned. */
 static int
-call_keeping_error(TokenSource *self, PyObject *name)
+call_method_status(TokenSource *self, PyObject *name)
 {
-    PyObject *pending = PyErr_GetRaisedException();
     PyObject *res = call_method0((PyObject *)self, name);
-    if (res != NULL) {
-        Py_DECREF(res);
-        PyErr_SetRaisedException(pending);
-        return 0;
-    }
-    if (pending == NULL) {
+    if (res == NULL) {
         return -1;
     }
-    PyErr_WriteUnraisable((PyObject *)self);
-    PyErr_SetRaisedException(pending);
+    Py_DECREF(res);
     return 0;
 }
 
 static int
 external_pass_on(TokenSource *self)
 {
-    return call_keeping_error(self, self->state->str__pass_on);
+    return call_method_status(self, self->state->str__pass_on);
 }
 
 static int
 external_give_back(TokenSource *self)
 {
-    return call_keeping_error(self, self->state->str__give_back);
+    return call_method_status(self, self->state->str__give_back);
 }
 
 static const TokenSourceOps external_ops = {
@@ -108,6 +96,7 @@ external_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
         Py_DECREF(self);
         return NULL;
     }
+    self->initialized = 1;
     return (PyObject *)self;
 }
 

@@ -124,8 +124,7 @@ exit_begin(GroupExitObject *self)
     ModuleState *st = group->state;
     group->exiting = 1;
     if (self->exc != NULL && group->base_error == NULL
-            && (PyErr_GivenExceptionMatches(self->exc, PyExc_KeyboardInterrupt)
-                || PyErr_GivenExceptionMatches(self->exc, PyExc_SystemExit))) {
+            && is_interrupt(self->exc)) {
         group->base_error = Py_NewRef(self->exc);
     }
     if (body_cancelled(self)) {

@@ -212,12 +212,14 @@ call_detector(PyObject *detector, PyObject *subject, PyObject *future)
 void
 deadlock_on_block(ModuleState *st, TokenSource *source, PyObject *future)
 {
+    ASSERT_NO_ERROR();
     call_detector(st->on_block, (PyObject *)source, future);
 }
 
 void
 deadlock_on_exit_wait(ModuleState *st, PyObject *group, PyObject *future)
 {
+    ASSERT_NO_ERROR();
     call_detector(st->on_exit_wait, group, future);
 }
 
@@ -322,23 +324,12 @@ total_object(LimiterObject *self)
     return PyLong_FromSsize_t(self->total);
 }
 
+/* Arguments are taken by __init__, so that a subclass may have its own
+ * (class Semaphore(Limiter): def __init__(self, value=1): ...). */
 static PyObject *
-limiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+limiter_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
+            PyObject *Py_UNUSED(kwds))
 {
-    static char *kwlist[] = {"total_tokens", NULL};
-    PyObject *total_arg;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Limiter", kwlist,
-                                     &total_arg)) {
-        return NULL;
-    }
-    ModuleState *st = state_of_type(type);
-    if (st == NULL) {
-        return NULL;
-    }
-    Py_ssize_t total;
-    if (parse_total(st, total_arg, &total) < 0) {
-        return NULL;
-    }
     LimiterObject *self = (LimiterObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
@@ -347,8 +338,26 @@ limiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(self);
         return NULL;
     }
-    self->total = total;
     return (PyObject *)self;
+}
+
+static int
+limiter_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    LimiterObject *self = (LimiterObject *)op;
+    static char *kwlist[] = {"total_tokens", NULL};
+    PyObject *total_arg;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Limiter", kwlist,
+                                     &total_arg)) {
+        return -1;
+    }
+    Py_ssize_t total;
+    if (parse_total(self->base.state, total_arg, &total) < 0) {
+        return -1;
+    }
+    self->total = total;
+    self->base.initialized = 1;
+    return limiter_wake(self);
 }
 
 static int
@@ -502,6 +511,7 @@ static PyType_Slot limiter_slots[] = {
                 "A FIFO counting limiter, shareable by any number of groups "
                 "on one event loop."},
     {Py_tp_new, limiter_new},
+    {Py_tp_init, limiter_init},
     {Py_tp_dealloc, limiter_dealloc},
     {Py_tp_traverse, limiter_traverse},
     {Py_tp_clear, limiter_clear},

@@ -179,37 +179,11 @@ parse_positive(ModuleState *st, const char *name, PyObject *value,
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* Arguments are taken by __init__, so that a subclass may have its own. */
 static PyObject *
-rate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+rate_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
+         PyObject *Py_UNUSED(kwds))
 {
-    static char *kwlist[] = {"rate", "per", "burst", NULL};
-    PyObject *rate_arg, *per_arg = NULL, *burst_arg = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:RateLimiter", kwlist,
-                                     &rate_arg, &per_arg, &burst_arg)) {
-        return NULL;
-    }
-    ModuleState *st = state_of_type(type);
-    if (st == NULL) {
-        return NULL;
-    }
-    double rate, per = 1.0;
-    Py_ssize_t burst = 1;
-    if (parse_positive(st, "rate", rate_arg, &rate) < 0
-            || (per_arg != NULL
-                && parse_positive(st, "per", per_arg, &per) < 0)) {
-        return NULL;
-    }
-    if (burst_arg != NULL) {
-        PyObject *checked = PyObject_CallOneArg(st->check_burst, burst_arg);
-        if (checked == NULL) {
-            return NULL;
-        }
-        burst = PyLong_AsSsize_t(checked);
-        Py_DECREF(checked);
-        if (burst == -1 && PyErr_Occurred()) {
-            return NULL;
-        }
-    }
     RateLimiterObject *self = (RateLimiterObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
@@ -218,11 +192,47 @@ rate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(self);
         return NULL;
     }
+    self->rate = 1.0;
+    self->per = 1.0;
+    self->burst = 1;
+    self->tat = -INFINITY;
+    return (PyObject *)self;
+}
+
+static int
+rate_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    RateLimiterObject *self = (RateLimiterObject *)op;
+    static char *kwlist[] = {"rate", "per", "burst", NULL};
+    PyObject *rate_arg, *per_arg = NULL, *burst_arg = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:RateLimiter", kwlist,
+                                     &rate_arg, &per_arg, &burst_arg)) {
+        return -1;
+    }
+    ModuleState *st = self->base.state;
+    double rate, per = 1.0;
+    Py_ssize_t burst = 1;
+    if (parse_positive(st, "rate", rate_arg, &rate) < 0
+            || (per_arg != NULL
+                && parse_positive(st, "per", per_arg, &per) < 0)) {
+        return -1;
+    }
+    if (burst_arg != NULL) {
+        PyObject *checked = PyObject_CallOneArg(st->check_burst, burst_arg);
+        if (checked == NULL) {
+            return -1;
+        }
+        burst = PyLong_AsSsize_t(checked);
+        Py_DECREF(checked);
+        if (burst == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
     self->rate = rate;
     self->per = per;
     self->burst = burst;
-    self->tat = -INFINITY;
-    return (PyObject *)self;
+    self->base.initialized = 1;
+    return 0;
 }
 
 static int
@@ -408,6 +418,7 @@ static PyType_Slot rate_slots[] = {
                 "Starts at most `rate` acquisitions per `per` seconds "
                 "(GCRA), in FIFO order."},
     {Py_tp_new, rate_new},
+    {Py_tp_init, rate_init},
     {Py_tp_dealloc, rate_dealloc},
     {Py_tp_traverse, rate_traverse},
     {Py_tp_clear, rate_clear},

@@ -89,6 +89,7 @@ wake(StreamObject *s, PyObject *future)
 void
 stream_wake_consumer(StreamObject *s)
 {
+    ASSERT_NO_ERROR();
     /* Woken once per wait: the consumer takes every value it finds. */
     PyObject *wakeup = s->wakeup;
     if (wakeup != NULL) {
@@ -116,6 +117,7 @@ stream_wait_in(StreamObject *s, WaiterQueue *line)
 void
 stream_wake_first(StreamObject *s, WaiterQueue *line)
 {
+    ASSERT_NO_ERROR();
     while (line->len > 0) {
         PyObject *future = queue_pop(line);
         int woken = set_result_if_pending(s->state, future, Py_None);
@@ -132,6 +134,7 @@ stream_wake_first(StreamObject *s, WaiterQueue *line)
 void
 stream_cancel_workers(StreamObject *s, PyObject *spare)
 {
+    ASSERT_NO_ERROR();
     PyObject *tasks = PySequence_List(s->workers);
     if (tasks == NULL) {
         PyErr_WriteUnraisable((PyObject *)s);
@@ -140,6 +143,15 @@ stream_cancel_workers(StreamObject *s, PyObject *spare)
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tasks); i++) {
         PyObject *task = PyList_GET_ITEM(tasks, i);
         if (task == spare) {
+            continue;
+        }
+        /* Once only: a second cancel() would interrupt the item's own
+         * cleanup from its first. */
+        int cancelling = call_method_bool(task, s->state->str_cancelling);
+        if (cancelling != 0) {
+            if (cancelling < 0) {
+                PyErr_WriteUnraisable((PyObject *)s);
+            }
             continue;
         }
         PyObject *res = call_method0(task, s->state->str_cancel);
@@ -152,8 +164,25 @@ stream_cancel_workers(StreamObject *s, PyObject *spare)
 }
 
 void
+stream_close_coroutines_in(StreamObject *s, PyObject *iterator)
+{
+    ASSERT_NO_ERROR();
+    PyObject *item;
+    while ((item = PyIter_Next(iterator)) != NULL) {
+        if (PyCoro_CheckExact(item) && close_awaitable(s->state, item) < 0) {
+            PyErr_WriteUnraisable(item);
+        }
+        Py_DECREF(item);
+    }
+    if (PyErr_Occurred()) {
+        PyErr_WriteUnraisable((PyObject *)s);
+    }
+}
+
+void
 stream_fail(StreamObject *s, PyObject *error, PyObject *current)
 {
+    ASSERT_NO_ERROR();
     if (s->error == NULL) {
         s->error = Py_NewRef(error);
     }
@@ -263,30 +292,45 @@ stream_add_worker(StreamObject *s)
     if (worker == NULL) {
         return -1;
     }
+    /* Counted before create_task(), which may run the worker to its end
+     * (an eager task factory) or fail: either way the worker's end counts
+     * it out again. */
+    s->live++;
     PyObject *task = call_method1(s->loop, s->state->str_create_task, worker);
     if (task == NULL) {
-        /* Never started: nothing to give back. */
-        PyObject *res = PyObject_CallMethod(worker, "close", NULL);
+        /* Never started: nothing to give back, and its close() cannot
+         * fail; the loop's error is the one raised. */
+        PyObject *error = PyErr_GetRaisedException();
+        PyObject *res = call_method0(worker, s->state->str_close);
+        if (res == NULL) {
+            PyErr_WriteUnraisable(worker);
+        }
         Py_XDECREF(res);
-        PyErr_Clear();
         Py_DECREF(worker);
+        PyErr_SetRaisedException(error);
         return -1;
     }
-    s->live++;
-    int status = PySet_Add(s->workers, task);
-    if (status == 0) {
-        status = worker_set_task(worker, task);
+    int status = worker_set_task(worker, task);
+    if (status == 1) {
+        status = PyDict_SetItem(s->workers, task, Py_None);
     }
     Py_DECREF(task);
     Py_DECREF(worker);
-    return status;
+    return status < 0 ? -1 : 0;
+}
+
+static int
+discard_worker(StreamObject *s, PyObject *task)
+{
+    int found = PyDict_Contains(s->workers, task);
+    return found > 0 ? PyDict_DelItem(s->workers, task) : found;
 }
 
 void
 stream_worker_finished(StreamObject *s, PyObject *task)
 {
     s->live--;
-    if (task != NULL && PySet_Discard(s->workers, task) < 0) {
+    if (task != NULL && discard_worker(s, task) < 0) {
         PyErr_WriteUnraisable((PyObject *)s);
     }
     if (s->live == 0) {
@@ -375,7 +419,7 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     s->as_futures = (char)as_futures;
     s->strict_input = (char)strict_input;
     s->context = PyContext_CopyCurrent();
-    s->workers = PySet_New(NULL);
+    s->workers = PyDict_New();
     if (s->context == NULL || s->workers == NULL) {
         Py_DECREF(s);
         return NULL;
@@ -405,6 +449,20 @@ stream_aclose_method(StreamObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 stream_finalize_method(StreamObject *self, PyObject *Py_UNUSED(ignored))
 {
+    if (!self->started) {
+        /* Dropped before its first step: what it was given never runs. */
+        if (!self->closed && (PyList_Check(self->source)
+                              || PyTuple_Check(self->source))) {
+            PyObject *iterator = PyObject_GetIter(self->source);
+            if (iterator == NULL) {
+                return NULL;
+            }
+            stream_close_coroutines_in(self, iterator);
+            Py_DECREF(iterator);
+        }
+        self->closed = 1;
+        Py_RETURN_NONE;
+    }
     if (self->loop == NULL || (self->closed && self->live == 0)) {
         Py_RETURN_NONE;
     }
@@ -417,6 +475,10 @@ stream_finalize_method(StreamObject *self, PyObject *Py_UNUSED(ignored))
     if (is_closed != 0) {
         return is_closed < 0 ? NULL : Py_NewRef(Py_None);
     }
+    /* The workers are cancelled now; a task awaits them and closes the
+     * source. */
+    self->closed = 1;
+    stream_cancel_workers(self, NULL);
     PyObject *step = stream_step_new(self, STEP_CLOSE);
     if (step == NULL) {
         return NULL;

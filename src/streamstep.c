@@ -81,21 +81,6 @@ stream_step_anew(PyObject *spare, StreamObject *stream)
     return Py_NewRef(spare);
 }
 
-static void
-close_coroutines_in(StreamObject *s, PyObject *iterator)
-{
-    PyObject *item;
-    while ((item = PyIter_Next(iterator)) != NULL) {
-        if (PyCoro_CheckExact(item) && close_awaitable(s->state, item) < 0) {
-            PyErr_WriteUnraisable(item);
-        }
-        Py_DECREF(item);
-    }
-    if (PyErr_Occurred()) {
-        PyErr_WriteUnraisable((PyObject *)s);
-    }
-}
-
 /* Closes the source; 1 with a future yielded (an async aclose()), 0 when
  * done, -1 on error. */
 static int
@@ -112,7 +97,7 @@ close_source(StreamStepObject *self, PyObject **result)
             if (iterator == NULL) {
                 return -1;
             }
-            close_coroutines_in(s, iterator);
+            stream_close_coroutines_in(s, iterator);
             Py_DECREF(iterator);
         }
         return 0;
@@ -160,7 +145,7 @@ close_source(StreamStepObject *self, PyObject **result)
         return res == NULL ? -1 : 0;
     }
     if (sequence) {
-        close_coroutines_in(s, iterator);   /* coroutines never started */
+        stream_close_coroutines_in(s, iterator);   /* coroutines never started */
     }
     Py_DECREF(iterator);
     return 0;
@@ -221,8 +206,12 @@ stream_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
             goto closing;
         }
         if (!s->started && stream_start(s) < 0) {
-            self->phase = S_DONE;
-            return PYGEN_ERROR;
+            /* As any failure of the stream: the workers started already
+             * are cancelled and awaited, the source closed, then it is
+             * raised. */
+            PyObject *error = PyErr_GetRaisedException();
+            stream_fail(s, error, NULL);
+            Py_DECREF(error);
         }
         break;
     case S_WAITING:
@@ -244,7 +233,12 @@ stream_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
     case S_CLOSE_WORKERS:
         Py_CLEAR(self->waiting_on);
         if (exc != NULL) {
-            goto raise_thrown;
+            /* Cancelled while the workers end (asyncio.run() cancels
+             * what is left): the source is closed all the same, then the
+             * error raised. */
+            Py_XSETREF(self->pending, Py_NewRef(exc));
+            self->then = THEN_RAISE_PENDING;
+            goto close_the_source;
         }
         goto closing;
     case S_CLOSE_SOURCE: {
@@ -328,6 +322,7 @@ closing:
         *result = Py_NewRef(s->workers_done);
         return PYGEN_NEXT;
     }
+close_the_source:
     {
         int status = close_source(self, result);
         if (status < 0) {

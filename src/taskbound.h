@@ -188,10 +188,21 @@ state_of_type(PyTypeObject *type)
     return module == NULL ? NULL : (ModuleState *)PyModule_GetState(module);
 }
 
+/* The rule of the C core: no token-source operation, helper or call into
+ * Python starts with an exception set. The interpreter's own functions
+ * assume it: with an error pending, future.done() raises SystemError, and a
+ * failure reported then is lost, so that the caller sees -1 with nothing
+ * set (a crash on 3.11). Cleanup that must run while an error is pending
+ * takes the error out first and puts it back after
+ * (PyErr_GetRaisedException, PyErr_SetRaisedException). The suite's run on
+ * a debug interpreter checks these asserts. */
+#define ASSERT_NO_ERROR() assert(!PyErr_Occurred())
+
 /* method(obj) / method(obj, arg) through vectorcall. */
 static inline PyObject *
 call_method0(PyObject *obj, PyObject *name)
 {
+    ASSERT_NO_ERROR();
     PyObject *args[1] = {obj};
     return PyObject_VectorcallMethod(
         name, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
@@ -200,6 +211,7 @@ call_method0(PyObject *obj, PyObject *name)
 static inline PyObject *
 call_method1(PyObject *obj, PyObject *name, PyObject *arg)
 {
+    ASSERT_NO_ERROR();
     PyObject *args[2] = {obj, arg};
     return PyObject_VectorcallMethod(
         name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
@@ -246,8 +258,62 @@ struct TokenSource {
     WaiterQueue waiters;
     PyObject *loop;          /* the loop it is bound to, or NULL */
     unsigned long long rank;
+    char initialized;        /* its __init__ has run (a subclass may skip) */
     PyObject *weakreflist;
 };
+
+/* Every use of a source's operations goes through these, which hold them
+ * to the rule above. */
+static inline int
+op_try_take(TokenSource *self, PyObject *loop)
+{
+    ASSERT_NO_ERROR();
+    return self->ops->try_take(self, loop);
+}
+
+static inline PyObject *
+op_enqueue(TokenSource *self, PyObject *loop)
+{
+    ASSERT_NO_ERROR();
+    return self->ops->enqueue(self, loop);
+}
+
+static inline int
+op_dequeue(TokenSource *self, PyObject *future)
+{
+    ASSERT_NO_ERROR();
+    return self->ops->dequeue(self, future);
+}
+
+static inline int
+op_pass_on(TokenSource *self)
+{
+    ASSERT_NO_ERROR();
+    return self->ops->pass_on(self);
+}
+
+static inline int
+op_give_back(TokenSource *self)
+{
+    ASSERT_NO_ERROR();
+    return self->ops->give_back(self);
+}
+
+static inline int
+op_release(TokenSource *self)
+{
+    ASSERT_NO_ERROR();
+    return self->ops->release(self);
+}
+
+static inline void
+op_note_holder(TokenSource *self, PyObject *loop)
+{
+    ASSERT_NO_ERROR();
+    if (self->ops->note_holder != NULL) {
+        self->ops->note_holder(self, loop);
+    }
+}
 
 typedef struct {
     TokenSource base;
@@ -418,7 +484,9 @@ typedef struct {
     PyObject *context;         /* the caller's context */
     PyObject *loop;
     PyObject *future_kwargs;   /* {"loop": loop}, made on first use */
-    PyObject *workers;         /* set of the worker tasks not finished */
+    PyObject *workers;         /* the worker tasks not finished: a dict, whose
+                                * order (the order of their start) is the
+                                * order in which they are cancelled */
     Py_ssize_t live;           /* workers not finished */
     Py_ssize_t pulled;         /* index of the next item */
     Py_ssize_t emitted;        /* ordered: index of the next value */
@@ -443,8 +511,10 @@ Py_ssize_t stream_buffered(StreamObject *s);
 int stream_stopped(StreamObject *s);
 void stream_wake_consumer(StreamObject *s);
 void stream_fail(StreamObject *s, PyObject *error, PyObject *current);
-/* Cancels every worker task but `spare`. */
+/* Cancels every worker task but `spare`, each once. */
 void stream_cancel_workers(StreamObject *s, PyObject *spare);
+/* Closes the coroutines that iterator yields (never started). */
+void stream_close_coroutines_in(StreamObject *s, PyObject *iterator);
 int stream_deliver(StreamObject *s, Py_ssize_t index, PyObject *value,
                    PyObject *error, int given);
 int stream_add_worker(StreamObject *s);
@@ -455,6 +525,7 @@ PyObject *stream_take(StreamObject *s);
 PyObject *stream_wait_in(StreamObject *s, WaiterQueue *line);
 void stream_wake_first(StreamObject *s, WaiterQueue *line);
 PyObject *worker_new(StreamObject *stream);
+/* 1 when the worker runs on in task, 0 when it has ended already. */
 int worker_set_task(PyObject *worker, PyObject *task);
 enum { STEP_NEXT, STEP_ANEXT, STEP_CLOSE, STEP_COLLECT };
 PyObject *stream_step_new(StreamObject *stream, int mode);
@@ -547,5 +618,8 @@ int set_result_if_pending(ModuleState *state, PyObject *future,
 int mark_blocking(ModuleState *state, PyObject *future);
 /* Whether the current exception is asyncio.CancelledError. */
 int is_cancelled_error(ModuleState *state, PyObject *exc);
+/* Whether exc is a KeyboardInterrupt or SystemExit: what asyncio lets
+ * through a TaskGroup or Task as it is, not as another task's failure. */
+int is_interrupt(PyObject *exc);
 
 #endif

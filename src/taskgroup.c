@@ -110,6 +110,7 @@ group_check_can_create(GroupObject *group, PyObject *coro, int close_refused)
 int
 group_wake_exit(GroupObject *group)
 {
+    ASSERT_NO_ERROR();
     PyObject *future = group->on_completed_fut;
     if (future == NULL || has_work(group)) {
         return 0;
@@ -120,6 +121,7 @@ group_wake_exit(GroupObject *group)
 int
 group_abort(GroupObject *group)
 {
+    ASSERT_NO_ERROR();
     ModuleState *st = group->state;
     group->aborting = 1;
     /* Snapshots: cancelling may run code that changes the group. */
@@ -182,13 +184,6 @@ cancel_parent(GroupObject *group)
     return res == NULL ? -1 : 0;
 }
 
-static int
-is_base_error(PyObject *exc)
-{
-    return PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt)
-           || PyErr_GivenExceptionMatches(exc, PyExc_SystemExit);
-}
-
 /* A child's error that no exit will raise goes to the loop's handler. */
 static int
 report_orphan_error(GroupObject *group, PyObject *task, PyObject *exc)
@@ -243,7 +238,7 @@ after_child(GroupObject *group, ChildObject *child, PyObject *task)
         status = -1;
         goto done;
     }
-    if (is_base_error(exc) && group->base_error == NULL) {
+    if (is_interrupt(exc) && group->base_error == NULL) {
         group->base_error = Py_NewRef(exc);
     }
     int parent_done = call_method_bool(group->parent_task, st->str_done);
@@ -338,6 +333,7 @@ settle_child(GroupObject *group, ChildObject *child, PyObject *task)
 void
 group_child_finished(GroupObject *group, ChildObject *child, PyObject *error)
 {
+    ASSERT_NO_ERROR();
     ModuleState *st = group->state;
     child->finished = 1;
     if (child->waiting) {
@@ -352,7 +348,12 @@ group_child_finished(GroupObject *group, ChildObject *child, PyObject *error)
     if (child->failed) {
         group->failed++;
     }
-    else if (claim_release(&child->claim) < 0) {
+    /* A failed child's tokens wait for the group's callback, which fails
+     * the group's waiting spawns first; a KeyboardInterrupt or SystemExit
+     * may stop the loop before that callback runs, so theirs come back
+     * now. */
+    if ((!child->failed || is_interrupt(error))
+            && claim_release(&child->claim) < 0) {
         PyErr_WriteUnraisable((PyObject *)child);
     }
     PyObject *task = child->task;
@@ -475,22 +476,52 @@ rank_order(const void *a, const void *b)
     return (ra > rb) - (ra < rb);
 }
 
+/* Arguments are taken by __init__, so that a subclass may have its own;
+ * until then the group has no limit. */
 static PyObject *
-group_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+group_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
+          PyObject *Py_UNUSED(kwds))
 {
-    static char *kwlist[] = {"limit", "limiter", NULL};
-    PyObject *limit = Py_None, *limiter = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$O:BoundedTaskGroup",
-                                     kwlist, &limit, &limiter)) {
-        return NULL;
-    }
     ModuleState *st = state_of_type(type);
     if (st == NULL) {
         return NULL;
     }
+    GroupObject *self = (GroupObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->state = st;
+    self->limit = Py_NewRef(Py_None);
+    self->limiters = PyTuple_New(0);
+    self->pending = PyDict_New();
+    self->errors = PyList_New(0);
+    if (self->limiters == NULL || self->pending == NULL
+            || self->errors == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+group_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    GroupObject *self = (GroupObject *)op;
+    static char *kwlist[] = {"limit", "limiter", NULL};
+    PyObject *limit = Py_None, *limiter = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$O:BoundedTaskGroup",
+                                     kwlist, &limit, &limiter)) {
+        return -1;
+    }
+    if (self->entered) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "%R has been entered: its limits cannot change", self);
+        return -1;
+    }
+    ModuleState *st = self->state;
     PyObject *list = PyList_New(0);
     if (list == NULL) {
-        return NULL;
+        return -1;
     }
     PyObject *checked_limit = NULL;
     if (limit != Py_None) {
@@ -530,26 +561,20 @@ group_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         qsort(((PyListObject *)list)->ob_item, PyList_GET_SIZE(list),
               sizeof(PyObject *), rank_order);
     }
-    GroupObject *self = (GroupObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        goto fail;
-    }
-    self->state = st;
-    self->limit = checked_limit ? checked_limit : Py_NewRef(Py_None);
-    self->limiters = PyList_AsTuple(list);
+    PyObject *limiters = PyList_AsTuple(list);
     Py_DECREF(list);
-    self->pending = PyDict_New();
-    self->errors = PyList_New(0);
-    if (self->limiters == NULL || self->pending == NULL
-            || self->errors == NULL) {
-        Py_DECREF(self);
-        return NULL;
+    if (limiters == NULL) {
+        Py_XDECREF(checked_limit);
+        return -1;
     }
-    return (PyObject *)self;
+    Py_SETREF(self->limiters, limiters);
+    Py_SETREF(self->limit, checked_limit ? checked_limit
+                                         : Py_NewRef(Py_None));
+    return 0;
 fail:
     Py_XDECREF(checked_limit);
     Py_DECREF(list);
-    return NULL;
+    return -1;
 }
 
 static int
@@ -918,6 +943,7 @@ static PyType_Slot group_slots[] = {
                 "and takes a token of each shared limiter before a task may "
                 "start."},
     {Py_tp_new, group_new},
+    {Py_tp_init, group_init},
     {Py_tp_dealloc, group_dealloc},
     {Py_tp_traverse, group_traverse},
     {Py_tp_clear, group_clear},

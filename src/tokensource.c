@@ -84,6 +84,7 @@ queue_clear(WaiterQueue *q)
 int
 call_method_bool(PyObject *obj, PyObject *name)
 {
+    ASSERT_NO_ERROR();
     PyObject *res = call_method0(obj, name);
     if (res == NULL) {
         return -1;
@@ -108,6 +109,12 @@ source_init(TokenSource *self, PyTypeObject *type, const TokenSourceOps *ops)
 int
 source_bind(TokenSource *self, PyObject *loop)
 {
+    if (!self->initialized) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s.__init__() was not called on this object",
+                     _PyType_Name(Py_TYPE(self)));
+        return -1;
+    }
     if (self->loop == NULL) {
         self->loop = Py_NewRef(loop);
         return 0;
@@ -175,6 +182,7 @@ source_dequeue(TokenSource *self, PyObject *future)
 int
 source_withdraw(TokenSource *self, PyObject *future)
 {
+    ASSERT_NO_ERROR();
     ModuleState *st = self->state;
     int done = call_method_bool(future, st->str_done);
     if (done < 0) {
@@ -195,7 +203,7 @@ source_withdraw(TokenSource *self, PyObject *future)
             int failed = error != Py_None;
             Py_DECREF(error);
             if (failed) {
-                self->ops->dequeue(self, future);
+                op_dequeue(self, future);
                 return 0;
             }
             PyObject *handed = call_method0(future, st->str_result);
@@ -204,10 +212,10 @@ source_withdraw(TokenSource *self, PyObject *future)
             }
             int had_token = (handed == Py_True);
             Py_DECREF(handed);
-            return had_token ? self->ops->pass_on(self) : 0;
+            return had_token ? op_pass_on(self) : 0;
         }
     }
-    self->ops->dequeue(self, future);
+    op_dequeue(self, future);
     if (done) {
         return 0;
     }
@@ -274,9 +282,9 @@ source_acquire_nowait(PyObject *op, PyObject *Py_UNUSED(ignored))
     if (loop == NULL) {
         return NULL;
     }
-    int taken = self->ops->try_take(self, loop);
-    if (taken == 1 && self->ops->note_holder != NULL) {
-        self->ops->note_holder(self, loop);
+    int taken = op_try_take(self, loop);
+    if (taken == 1) {
+        op_note_holder(self, loop);
     }
     Py_DECREF(loop);
     if (taken < 0) {
@@ -294,7 +302,7 @@ PyObject *
 source_release(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     TokenSource *self = (TokenSource *)op;
-    if (self->ops->release(self) < 0) {
+    if (op_release(self) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -304,7 +312,7 @@ PyObject *
 source_aexit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     TokenSource *self = (TokenSource *)op;
-    if (self->ops->release(self) < 0) {
+    if (op_release(self) < 0) {
         return NULL;
     }
     /* An acquisition of no tokens: an awaitable that returns None. */

@@ -57,10 +57,11 @@ int
 worker_set_task(PyObject *op, PyObject *task)
 {
     WorkerObject *self = (WorkerObject *)op;
-    if (self->state != W_DONE) {
-        Py_XSETREF(self->task, Py_NewRef(task));
+    if (self->state == W_DONE) {
+        return 0;
     }
-    return 0;
+    Py_XSETREF(self->task, Py_NewRef(task));
+    return 1;
 }
 
 static ModuleState *
@@ -136,6 +137,24 @@ worker_end(WorkerObject *self)
     stream_worker_finished(s, task);
     Py_XDECREF(task);
     PyErr_SetRaisedException(exc);
+}
+
+/* A KeyboardInterrupt or SystemExit ends the worker's task as well as the
+ * stream: the consumer raises it, and the task's copy is retrieved in the
+ * loop's next turn (as asyncio.gather's done callback would), so that it
+ * is not logged as never retrieved. */
+static void
+retrieve_later(WorkerObject *self)
+{
+    ModuleState *st = wstate(self);
+    PyObject *retrieve = PyObject_GetAttr(self->task, st->str_exception);
+    PyObject *res = retrieve == NULL ? NULL
+        : call_method1(self->stream->loop, st->str_call_soon, retrieve);
+    if (res == NULL) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    Py_XDECREF(res);
+    Py_XDECREF(retrieve);
 }
 
 static int
@@ -547,8 +566,7 @@ stepped:
                 PyErr_SetRaisedException(error);
                 goto error;
             }
-            if (PyErr_GivenExceptionMatches(error, PyExc_KeyboardInterrupt)
-                    || PyErr_GivenExceptionMatches(error, PyExc_SystemExit)) {
+            if (is_interrupt(error)) {
                 stream_fail(s, error, self->task);
                 PyErr_SetRaisedException(error);
                 goto error;
@@ -564,6 +582,24 @@ stepped:
 raise_thrown:
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
 error:
+    {
+        /* A failure of the worker itself (a limiter's, the loop's) is the
+         * stream's: the consumer raises it. Only the stream's own
+         * cancellation and KeyboardInterrupt or SystemExit end the task
+         * with an error. */
+        PyObject *error = PyErr_GetRaisedException();
+        if (!is_cancelled_error(st, error) && !is_interrupt(error)) {
+            stream_fail(s, error, self->task);
+            Py_DECREF(error);
+            worker_end(self);
+            *result = Py_NewRef(Py_None);
+            return PYGEN_RETURN;
+        }
+        if (is_interrupt(error) && self->task != NULL) {
+            retrieve_later(self);
+        }
+        PyErr_SetRaisedException(error);
+    }
     worker_end(self);
     return PYGEN_ERROR;
 }
