@@ -54,6 +54,21 @@ async def waiting_for_tokens(limiter):
     await _Suspended()
 
 
+class _Unraisable:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __del__(self) -> None:
+        raise self.error
+
+
+def write_unraisable(error: BaseException) -> None:
+    """Reports an error nobody can be given, through sys.unraisablehook
+    (what the C core's PyErr_WriteUnraisable does): an error in cleanup
+    that must not replace the one already being raised."""
+    _Unraisable(error)     # its __del__ raises, at once
+
+
 def waiting_stand_in(limiter):
     """A ``waiting_for_tokens(limiter)`` coroutine, suspended in its wait."""
     stand_in = waiting_for_tokens(limiter)

@@ -29,6 +29,7 @@ from ._common import (
     check_positive,
     check_total_tokens,
     waiting_stand_in,
+    write_unraisable,
 )
 from ._compat import (
     BARE_GENERATOR_EXIT,
@@ -98,14 +99,24 @@ class _TokenSource:
         except ValueError:
             pass
 
+    def _leave_line(self, future) -> None:
+        """Takes ``future`` out of the line. That cannot fail for its claim:
+        a failure of a subclass's _dequeue is reported as unraisable."""
+        try:
+            self._dequeue(future)
+        except BaseException as error:
+            write_unraisable(error)
+
     def _withdraw(self, future) -> None:
         """The owner of ``future`` gives up: pass its token on if it has one."""
         if future.done() and not future.cancelled():
-            # (A waiter failed by deadlock detection was handed nothing.)
-            if future.exception() is None and future.result():
+            if future.exception() is not None:
+                # Failed by deadlock detection: handed nothing.
+                self._leave_line(future)
+            elif future.result():
                 self._pass_on()
             return
-        self._dequeue(future)
+        self._leave_line(future)
         try:
             future.cancel()
         except RuntimeError:
@@ -430,7 +441,7 @@ class _Claim:
                     return False
                 self.held += 1
         except BaseException:
-            self.release()
+            self._release_unraisable()
             raise
         return True
 
@@ -441,15 +452,17 @@ class _Claim:
         try:
             handed = future.result()
         except BaseException:
-            # Cancelled from outside: nothing was handed; leave the line.
-            self.limiters[self.held]._dequeue(future)
-            self.release()
+            # Cancelled from outside (or failed by deadlock detection):
+            # nothing was handed; leave the line, give back what is held.
+            self.limiters[self.held]._leave_line(future)
+            self._release_unraisable()
             raise
         if handed:
             self.held += 1
         if self.abort_error is not None:
-            self.release()
-            raise self.abort_error
+            error, self.abort_error = self.abort_error, None
+            self._release_unraisable()
+            raise error
         return self.try_take(loop)
 
     def abort(self, error: BaseException) -> None:
@@ -457,21 +470,60 @@ class _Claim:
         self.abort_error = error
         future = self.waiter
         if future is not None:
-            self.limiters[self.held]._dequeue(future)
+            self.limiters[self.held]._leave_line(future)
             if not future.done():
                 future.set_result(False)
 
     def abandon(self) -> None:
+        """Gives everything back, whatever the state; raises the first
+        error of doing so (the others are unraisable)."""
+        error = None
         future = self.waiter
         if future is not None:
             self.waiter = None
-            self.limiters[self.held]._withdraw(future)
-        self.release()
+            try:
+                self.limiters[self.held]._withdraw(future)
+            except BaseException as exc:
+                error = exc
+        self.abort_error = None
+        try:
+            self.release()
+        except BaseException as exc:
+            if error is None:
+                error = exc
+            else:
+                write_unraisable(exc)
+        if error is not None:
+            raise error
 
     def release(self) -> None:
+        """Gives back every token held, last taken first. Keeps going after
+        an error, and raises the first one (the others are unraisable)."""
         held, self.held = self.held, 0
+        error = None
         for limiter in reversed(self.limiters[:held]):
-            limiter._give_back()
+            try:
+                limiter._give_back()
+            except BaseException as exc:
+                if error is None:
+                    error = exc
+                else:
+                    write_unraisable(exc)
+        if error is not None:
+            raise error
+
+    # For an error already under way, which stays the one raised:
+    def _release_unraisable(self) -> None:
+        try:
+            self.release()
+        except BaseException as exc:
+            write_unraisable(exc)
+
+    def _abandon_unraisable(self) -> None:
+        try:
+            self.abandon()
+        except BaseException as exc:
+            write_unraisable(exc)
 
 
 async def _wait_for_claim(claim: _Claim, loop) -> None:
@@ -482,7 +534,7 @@ async def _wait_for_claim(claim: _Claim, loop) -> None:
             if claim.resume(loop):
                 return
     except BaseException:
-        claim.abandon()
+        claim._abandon_unraisable()
         raise
 
 
@@ -609,7 +661,7 @@ class _Child(collections.abc.Coroutine):
         """One step of waiting: the future to yield, or None once all are held."""
         claim = self._claim
         if exc is not None:
-            claim.abandon()
+            claim._abandon_unraisable()
             raise exc
         loop = self._group._loop
         try:
@@ -630,7 +682,7 @@ class _Child(collections.abc.Coroutine):
                     self._group._running += 1
                     return None
         except BaseException:
-            claim.abandon()
+            claim._abandon_unraisable()
             raise
 
     def _holds(self, limiter) -> bool:
@@ -1085,8 +1137,13 @@ class BoundedTaskGroup:
         child._failed = failed
         if failed:
             self._failed += 1
-        else:
-            child._claim.release()
+        # A failed child's tokens wait for _on_child_done, which fails the
+        # group's waiting spawns first; a KeyboardInterrupt or SystemExit
+        # may stop the loop before that callback runs, so theirs come back
+        # now. The child's own outcome stands: a failure giving its tokens
+        # back is reported as unraisable.
+        if not failed or _is_base_error(error):
+            child._claim._release_unraisable()
         task = child._task
         if task is None:
             return  # still inside create_task(): _start() settles it

@@ -12,8 +12,11 @@ out of the iteration (the iterator is finalized) and on cancellation of the
 consumer, the stream cancels and awaits its workers, closes its source and
 closes the coroutines it never started.
 
-The engine works with the limiters of either implementation: it takes
-tokens through the public acquire()/release() protocol, in rank order.
+A worker takes its tokens as a group's child does, with one claim on
+every limiter in rank order (taskbound._pycore._Claim), and gives them back
+once the item is done. A failure of a worker itself (a limiter's acquire,
+the loop's task factory) fails the stream like an item's error: the
+consumer raises it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import types
 from asyncio import CancelledError
 
 from ._common import check_limit
+from ._pycore import _Claim
 
 
 @types.coroutine
@@ -83,7 +87,11 @@ class _Stream:
         self._loop = None
         self._iterator = None
         self._pull_lock = None
-        self._workers: set = set()
+        # The worker tasks not finished, in the order of their start (the
+        # order in which they are cancelled).
+        self._workers: dict = {}
+        self._live = 0                   # workers not finished
+        self._workers_done = None        # a closer's future
         self._pulled = 0                 # index of the next item
         self._emitted = 0                # ordered: index of the next outcome
         self._outcomes: dict | collections.deque
@@ -112,7 +120,7 @@ class _Stream:
             if outcome is not None:
                 return outcome.value if outcome.error is None \
                     else outcome.error
-            if self._closed or (self._exhausted and not self._workers):
+            if self._closed or (self._exhausted and not self._live):
                 await self.aclose()
                 raise StopAsyncIteration
             self._wakeup = self._loop.create_future()
@@ -134,23 +142,49 @@ class _Stream:
             raise
 
     async def aclose(self) -> None:
-        if self._closed and not self._workers:
+        if self._closed and not self._live and self._iterator is None:
             return
         self._closed = True
-        workers = list(self._workers)
-        for task in workers:
-            task.cancel()
-        if workers:
-            await asyncio.wait(workers)
-        await self._close_source()
-        self._outcomes.clear()
+        self._cancel_workers()
+        try:
+            if self._live:
+                if self._workers_done is None or self._workers_done.done():
+                    self._workers_done = self._loop.create_future()
+                await self._workers_done
+        finally:
+            # Cancelled while the workers end (asyncio.run() cancels what
+            # is left), the source is closed all the same.
+            await self._close_source()
+            self._outcomes.clear()
 
     def finalize(self) -> None:
-        """The iterator was dropped (a break): clean up in the background."""
-        if self._loop is None or (self._closed and not self._workers):
+        """The iterator was dropped (a break): the workers are cancelled
+        now, and a task awaits them and closes the source."""
+        if self._loop is None:
+            # Dropped before its first step: what it was given never runs.
+            if not self._closed and isinstance(self._source, (list, tuple)):
+                for item in self._source:
+                    _close_coroutine(item)
+            self._closed = True
+            return
+        if self._closed and not self._live:
             return
         if not self._loop.is_closed():
+            self._closed = True
+            self._cancel_workers()
             self._loop.create_task(self.aclose())
+
+    def _cancel_workers(self, spare=None) -> None:
+        # Once each: a second cancel() would interrupt an item's own
+        # cleanup from the first. One that has not started is left to end
+        # in its first step, which finds the stream stopped: cancelled
+        # before it starts, a coroutine never runs its finally.
+        for task in list(self._workers):
+            if task is spare or task.cancelling():
+                continue
+            if inspect.getcoroutinestate(task.get_coro()) \
+                    != inspect.CORO_CREATED:
+                task.cancel()
 
     def _take(self):
         outcomes = self._outcomes
@@ -184,53 +218,95 @@ class _Stream:
         else:
             self._iterator = iter(self._source)
         for _ in range(self._limit or 1):
-            self._add_worker()
+            try:
+                self._add_worker()
+            except BaseException as exc:   # the loop's task factory
+                self._fail(exc)
+                return
 
     def _add_worker(self) -> None:
-        task = self._loop.create_task(self._work())
-        self._workers.add(task)
-        task.add_done_callback(self._worker_done)
+        # Counted before create_task(), which may run the worker to its end
+        # (an eager task factory) or fail.
+        self._live += 1
+        work = self._work()
+        try:
+            task = self._loop.create_task(work)
+        except BaseException:
+            work.close()             # never started
+            self._worker_ended(None)
+            raise
+        if not task.done():
+            self._workers[task] = None
 
-    def _worker_done(self, task) -> None:
-        self._workers.discard(task)
-        if not self._workers:
+    def _worker_ended(self, task) -> None:
+        """A worker's last step: the stream knows it at once, as the
+        consumer or a closer waiting for the last one."""
+        self._live -= 1
+        self._workers.pop(task, None)
+        if not self._live:
             self._wake_consumer()
+            if self._workers_done is not None \
+                    and not self._workers_done.done():
+                self._workers_done.set_result(None)
 
     def _stopped(self) -> bool:
         return self._exhausted or self._closed or self._error is not None
 
     async def _work(self) -> None:
+        try:
+            await self._work_on_items()
+        except CancelledError:
+            raise
+        except (KeyboardInterrupt, SystemExit):
+            # It ends this task as well as the stream: the consumer raises
+            # it, and the task's copy is retrieved in the next turn (as
+            # asyncio.gather's done callback would), not logged as never
+            # retrieved.
+            self._loop.call_soon(asyncio.current_task().exception)
+            raise
+        except BaseException as exc:   # a limiter's failure, or the loop's
+            self._fail(exc)
+        finally:
+            self._worker_ended(asyncio.current_task())
+
+    async def _work_on_items(self) -> None:
         while not self._stopped():
             if self._limit is not None and len(self._outcomes) >= self._limit:
                 future = self._loop.create_future()
                 self._room.append(future)
                 await future
                 continue
-            held = await self._take_tokens()
+            claim = await self._take_tokens()
             try:
                 pulled = await self._pull()
                 if pulled is None:
                     return
-                if self._limit is None and not self._stopped():
-                    self._add_worker()    # unbounded: one more ready to pull
                 index, item = pulled
+                if self._limit is None and not self._stopped():
+                    try:
+                        self._add_worker()   # unbounded: one more to pull
+                    except BaseException:
+                        _close_coroutine(item)
+                        raise
                 outcome = await self._run(item)
             finally:
-                for limiter in reversed(held):
-                    limiter.release()
+                # The item's outcome stands: a failure giving its tokens
+                # back is reported as unraisable.
+                claim._release_unraisable()
             self._deliver(index, outcome)
 
-    async def _take_tokens(self) -> list:
-        held = []
+    async def _take_tokens(self) -> _Claim:
+        claim = _Claim(self._limiters)
+        if claim.try_take(self._loop):
+            return claim
         try:
-            for limiter in self._limiters:
-                await limiter.acquire()
-                held.append(limiter)
+            while True:
+                await claim.waiter
+                if claim.resume(self._loop):
+                    return claim
         except BaseException:
-            for limiter in reversed(held):
-                limiter.release()
+            claim._abandon_unraisable()
             raise
-        return held
 
     async def _pull(self):
         if self._stopped():
@@ -313,10 +389,7 @@ class _Stream:
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
             self._error = exc
-        current = asyncio.current_task()
-        for task in self._workers:
-            if task is not current:
-                task.cancel()
+        self._cancel_workers(spare=asyncio.current_task())
         self._wake_consumer()
 
     async def _close_source(self) -> None:
