@@ -144,3 +144,31 @@ def test_nested_use_with_tokens_to_spare_is_not_a_deadlock(impl, run, eager):
         assert limiter.borrowed_tokens == 0
 
     run(main(), eager=eager)
+
+
+def test_a_deadlock_across_two_limiters_fails_cleanly(impl, run):
+    """The body holds B; an inner group on A and B waits for B in its
+    exit, while an outer group's child waits for A, held by the inner
+    group's child. The detector's failure of the waits must come out as a
+    DeadlockError (before the fix, the C core entered Python with the
+    error still set: SystemError on 3.12+, a crash on 3.11)."""
+    async def w():
+        await asyncio.sleep(0.01)
+
+    async def main():
+        a, b = impl.Limiter(1), impl.Limiter(1)
+        await b.acquire()
+        try:
+            async with asyncio.timeout(10):
+                with pytest.raises(ExceptionGroup) as caught:
+                    async with impl.BoundedTaskGroup(limiter=a) as outer:
+                        async with impl.BoundedTaskGroup(
+                                limiter=[a, b]) as inner:
+                            inner.create_task(w())
+                            outer.create_task(w())
+        finally:
+            b.release()
+        assert_deadlocks_named(caught.value, b)
+        return a.borrowed_tokens, b.borrowed_tokens
+
+    assert run(main()) == (0, 0)

@@ -277,3 +277,174 @@ def test_the_interpreter_sees_what_it_should():
         assert trace[-1][2][0] == "ExceptionGroup"
         # the shared limiter of one token: never more than one borrowed
         assert all(entry[-2][0].borrowed_tokens <= 1 for entry in trace)
+
+
+# ---- streams: gather, as_completed, amap ----
+
+@dataclasses.dataclass(frozen=True)
+class StreamProgram:
+    helper: str           # gather, as_completed, amap, amap-unordered
+    limit: Optional[int]
+    limiters: tuple       # total_tokens of each shared limiter
+    items: tuple          # (ticks of each await, fails) per item
+    return_exceptions: bool
+    cancel_at: Optional[int]   # tick at which the consumer is cancelled
+    break_after: Optional[int]  # values taken before a break
+
+
+@st.composite
+def stream_programs(draw):
+    helper = draw(st.sampled_from(["gather", "as_completed", "amap",
+                                   "amap-unordered"]))
+    items = tuple(draw(st.lists(
+        st.tuples(st.lists(st.integers(0, 3), max_size=3).map(tuple),
+                  st.sampled_from([False, False, False, True])),
+        max_size=8)))
+    return StreamProgram(
+        helper, draw(st.one_of(st.none(), st.integers(1, 3))),
+        tuple(draw(st.lists(st.integers(1, 3), max_size=2))), items,
+        helper != "as_completed" and draw(st.booleans()),
+        draw(st.one_of(st.none(), st.integers(0, 8))),
+        None if helper == "gather"
+        else draw(st.one_of(st.none(), st.integers(0, 4))))
+
+
+class StreamInterpreter(Interpreter):
+    """Runs a stream program on one implementation and writes its trace:
+    each item's start and end, each value the consumer takes, and the
+    outcome, with every limiter's statistics at each of those moments."""
+
+    def __init__(self, module, helpers, program: StreamProgram,
+                 virtual: bool) -> None:
+        super().__init__(module, program, virtual)
+        self.helpers = helpers
+
+    async def item(self, index: int):
+        sleeps, fails = self.program.items[index]
+        self.log("start", index)
+        try:
+            for n in sleeps:
+                await self.tick(n)
+            if fails:
+                raise ValueError(f"item {index} failed")
+        except asyncio.CancelledError:
+            self.log("cancelled", index)
+            raise
+        except BaseException as error:
+            self.log("failed", index, shape(error))
+            raise
+        self.log("end", index)
+        return index
+
+    async def consume(self):
+        program = self.program
+        limiter = self.limiters or None
+        count = len(program.items)
+        if program.helper == "gather":
+            values = await self.helpers.gather(
+                *[self.item(i) for i in range(count)], limit=program.limit,
+                limiter=limiter, return_exceptions=program.return_exceptions)
+            self.log("values", tuple(
+                shape(v) if isinstance(v, BaseException) else v
+                for v in values))
+            return
+        if program.helper == "as_completed":
+            stream = self.helpers.as_completed(
+                [self.item(i) for i in range(count)], limit=program.limit,
+                limiter=limiter)
+        else:
+            stream = self.helpers.amap(
+                self.item, range(count), limit=program.limit,
+                limiter=limiter, ordered=program.helper == "amap",
+                return_exceptions=program.return_exceptions)
+        async with stream:
+            taken = 0
+            async for value in stream:
+                if program.helper == "as_completed":
+                    try:
+                        value = await value
+                    except ValueError as error:
+                        value = shape(error)
+                elif isinstance(value, BaseException):
+                    value = shape(value)
+                self.log("value", value)
+                taken += 1
+                if taken == program.break_after:
+                    self.log("break")
+                    break
+
+    async def main(self):
+        self.limiters = [self.module.Limiter(n)
+                         for n in self.program.limiters]
+        consumer = asyncio.create_task(self.consume())
+        if self.program.cancel_at is not None:
+            await self.tick(self.program.cancel_at)
+            if not consumer.done():
+                consumer.cancel()
+                self.log("cancel")
+        try:
+            async with asyncio.timeout(1000 if self.virtual else 2):
+                await consumer
+        except BaseException as error:
+            outcome = shape(error)
+        else:
+            outcome = "ok"
+        for _ in range(4):          # what a break left to finish
+            await asyncio.sleep(0)
+        self.log("outcome", outcome)
+        for limiter in self.limiters:
+            assert limiter.borrowed_tokens == 0, limiter
+        return self.trace
+
+
+def run_stream_on(impl: str, program: StreamProgram, loop_kind: str,
+                  eager: bool):
+    from taskbound._stream import Helpers
+    module = importlib.import_module(MODULES[impl])
+    helpers = Helpers((module.Limiter, module.RateLimiter,
+                       module.ExternalSource),
+                      getattr(module, "Stream", None),
+                      getattr(module, "StreamIterator", None))
+    kind = "virtual" if loop_kind == "asyncio" else "uvloop"
+    interpreter = StreamInterpreter(module, helpers, program,
+                                    kind == "virtual")
+    handler_calls = []
+
+    def factory():
+        loop = new_loop(kind)
+        loop.set_exception_handler(
+            lambda loop, context: handler_calls.append(context))
+        if eager:
+            loop.set_task_factory(eager_task_factory)
+        return loop
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        trace = runner.run(interpreter.main())
+    assert handler_calls == []
+    return trace
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+@HYPOTHESIS
+@given(program=stream_programs())
+def test_c_and_python_streams_write_the_same_trace(loop_kind, eager,
+                                                   program):
+    python = run_stream_on("python", program, loop_kind, eager)
+    c = run_stream_on("c", program, loop_kind, eager)
+    assert c == python
+
+
+def test_the_stream_interpreter_sees_what_it_should():
+    """A known stream program gives known events on both."""
+    program = StreamProgram("amap", 2, (1,), (((1,), False), ((1,), True),
+                                              ((1,), False)),
+                            False, None, None)
+    for impl in ("python", "c"):
+        trace = run_stream_on(impl, program, "asyncio", False)
+        kinds = [entry[1] for entry in trace]
+        assert kinds.count("start") >= 2
+        assert ("failed", 1) in [(e[1], e[2]) for e in trace
+                                 if e[1] == "failed"]
+        assert trace[-1][1] == "outcome"
+        assert trace[-1][2] == ("ValueError", "item 1 failed")
+        assert all(entry[-2][0].borrowed_tokens <= 1 for entry in trace)

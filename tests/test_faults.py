@@ -193,3 +193,169 @@ def test_group_dropped_without_exit(impl, run, eager):
         assert shared.borrowed_tokens == 0
 
     run(main(), eager=eager)
+
+
+def failing_after(count, error):
+    """A task factory that makes `count` tasks, then refuses (closing the
+    coroutine, as a well-behaved factory does)."""
+    made = [0]
+
+    def factory(loop, coro, **kwargs):
+        if made[0] >= count:
+            coro.close()
+            raise error
+        made[0] += 1
+        kwargs.pop("eager_start", None)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+    return factory
+
+
+@pytest.mark.parametrize("made", [0, 1, 2])
+@pytest.mark.parametrize("helper", ["amap", "amap-unbounded", "gather",
+                                    "as_completed"])
+def test_a_task_factory_that_raises_fails_the_stream(impl, run, helper,
+                                                     made):
+    """The loop refuses the stream's first, second or third worker task:
+    the helper raises the factory's error (the C core used to yield a
+    bogus None, then hang), the workers already made are awaited, nothing
+    is left borrowed and no coroutine is left unawaited."""
+    async def main():
+        shared = impl.Limiter(2)
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(failing_after(made, OSError("no tasks")))
+        try:
+            async with asyncio.timeout(10):
+                with pytest.raises(OSError, match="no tasks"):
+                    if helper == "gather":
+                        await impl.gather(*[work() for _ in range(6)],
+                                          limit=3, limiter=shared)
+                    elif helper == "as_completed":
+                        async for future in impl.as_completed(
+                                [work() for _ in range(6)], limit=3,
+                                limiter=shared):
+                            await future
+                    else:
+                        limit = None if helper == "amap-unbounded" else 3
+                        async for _ in impl.amap(work, [0.0] * 6,
+                                                 limit=limit,
+                                                 limiter=shared):
+                            pass
+        finally:
+            loop.set_task_factory(None)
+        return shared.borrowed_tokens
+
+    assert run(main()) == 0
+
+
+@pytest.mark.parametrize("helper", ["amap", "gather", "as_completed"])
+def test_a_limiter_that_cannot_be_taken_fails_the_stream(impl, run, helper):
+    """A limiter bound to another loop raises when a worker takes it: the
+    error reaches the consumer, as with a group (the reference's workers
+    used to die with it, and the consumer waited forever)."""
+    other = bound_to_another_loop(impl.Limiter(2))
+
+    async def main():
+        async with asyncio.timeout(10):
+            with pytest.raises(RuntimeError, match="different event loop"):
+                if helper == "gather":
+                    await impl.gather(*[work() for _ in range(4)],
+                                      limiter=other)
+                elif helper == "as_completed":
+                    async for future in impl.as_completed(
+                            [work() for _ in range(4)], limiter=other):
+                        await future
+                else:
+                    async for _ in impl.amap(work, [0.0] * 4, limit=2,
+                                             limiter=other):
+                        pass
+
+    run(main())
+    assert other.borrowed_tokens == 0
+
+
+def test_subclasses_take_their_own_arguments(impl, run):
+    """Users adapt the types: a Semaphore-shaped Limiter, a group with a
+    fixed limit, a RateLimiter of so many per minute, each with its own
+    __init__ calling the base's."""
+    class Semaphore(impl.LimiterType):
+        def __init__(self, value=1):
+            super().__init__(value)
+
+    class PairGroup(impl.GroupType):
+        def __init__(self, *, limiter=None):
+            super().__init__(2, limiter=limiter)
+
+    class PerMinute(impl.RateLimiterType):
+        def __init__(self, per_minute):
+            super().__init__(per_minute, per=60.0)
+            self.per_minute = per_minute
+
+    async def main():
+        semaphore, three = Semaphore(), Semaphore(3)
+        async with semaphore:
+            held = semaphore.borrowed_tokens
+        running, peak = [0], [0]
+
+        async def job():
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            await asyncio.sleep(0.001)
+            running[0] -= 1
+
+        async with PairGroup(limiter=three) as tg:
+            for _ in range(6):
+                await tg.spawn(job())
+        rate = PerMinute(120)
+        await rate.acquire()
+        return (held, three.total_tokens, peak[0], tg.limit,
+                rate.rate, rate.per, rate.per_minute,
+                three.borrowed_tokens)
+
+    assert run(main()) == (1, 3, 2, 2, 120, 60.0, 120, 0)
+
+
+def test_a_stream_dropped_before_its_first_step_closes_its_coroutines(
+        impl, run):
+    """as_completed() and gather-like sources given coroutines, dropped
+    without being iterated: the coroutines are closed (the `run` fixture
+    fails on a never-awaited one)."""
+    async def main():
+        stream = impl.as_completed([work() for _ in range(3)], limit=2)
+        del stream
+        gc.collect()
+        stream = impl.amap(work, [0.0] * 3)
+        del stream
+        gc.collect()
+
+    run(main())
+
+
+def test_after_a_break_the_items_end_in_the_next_iteration(impl, run):
+    """A break out of as_completed or amap drops the iterator: the items
+    still running are cancelled at once and have ended one loop iteration
+    later (it used to take several)."""
+    async def main():
+        ended = []
+
+        async def item(i):
+            try:
+                await asyncio.sleep(0 if i == 0 else 10)
+            finally:
+                ended.append(i)
+            return i
+
+        for helper in ("as_completed", "amap"):
+            ended.clear()
+            if helper == "as_completed":
+                stream = impl.as_completed([item(i) for i in range(4)],
+                                           limit=3)
+            else:
+                stream = impl.amap(item, range(4), limit=3)
+            async for _ in stream:
+                break
+            del stream
+            await asyncio.sleep(0)
+            assert sorted(ended) == [0, 1, 2, 3], (helper, ended)
+            await asyncio.sleep(0)   # the closing task closes the source
+
+    run(main())
