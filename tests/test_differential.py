@@ -223,10 +223,9 @@ class Interpreter:
         return self.trace
 
 
-def run_on(impl: str, program: Program, loop_kind: str, eager: bool):
-    module = importlib.import_module(MODULES[impl])
-    kind = "virtual" if loop_kind == "asyncio" else "uvloop"
-    interpreter = Interpreter(module, program, kind == "virtual")
+def run_trace(interpreter, kind: str, eager: bool):
+    """Runs an interpreter's program on a fresh loop of `kind`; the loop's
+    exception handler must not be called."""
     handler_calls = []
 
     def factory():
@@ -241,6 +240,13 @@ def run_on(impl: str, program: Program, loop_kind: str, eager: bool):
         trace = runner.run(interpreter.main())
     assert handler_calls == []
     return trace
+
+
+def run_on(impl: str, program: Program, loop_kind: str, eager: bool):
+    module = importlib.import_module(MODULES[impl])
+    kind = "virtual" if loop_kind == "asyncio" else "uvloop"
+    return run_trace(Interpreter(module, program, kind == "virtual"), kind,
+                     eager)
 
 
 # `eager` is a plain flag, the same for every example.
@@ -406,22 +412,8 @@ def run_stream_on(impl: str, program: StreamProgram, loop_kind: str,
                       getattr(module, "Stream", None),
                       getattr(module, "StreamIterator", None))
     kind = "virtual" if loop_kind == "asyncio" else "uvloop"
-    interpreter = StreamInterpreter(module, helpers, program,
-                                    kind == "virtual")
-    handler_calls = []
-
-    def factory():
-        loop = new_loop(kind)
-        loop.set_exception_handler(
-            lambda loop, context: handler_calls.append(context))
-        if eager:
-            loop.set_task_factory(eager_task_factory)
-        return loop
-
-    with asyncio.Runner(loop_factory=factory) as runner:
-        trace = runner.run(interpreter.main())
-    assert handler_calls == []
-    return trace
+    return run_trace(StreamInterpreter(module, helpers, program,
+                                       kind == "virtual"), kind, eager)
 
 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])

@@ -414,6 +414,32 @@ class ExternalSource(_TokenSource):
         raise NotImplementedError
 
 
+class _FirstError:
+    """Cleanup that keeps going: each ``with`` block's error is caught;
+    the first is raised by ``raise_it()``, the others are unraisable (as
+    the C core's claim_release does)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb) -> bool:
+        if exc is not None:
+            if self.error is None:
+                self.error = exc
+            else:
+                write_unraisable(exc)
+        return True
+
+    def raise_it(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
 class _Claim:
     """One token of each of several limiters, taken in rank order.
 
@@ -477,40 +503,26 @@ class _Claim:
     def abandon(self) -> None:
         """Gives everything back, whatever the state; raises the first
         error of doing so (the others are unraisable)."""
-        error = None
+        errors = _FirstError()
         future = self.waiter
         if future is not None:
             self.waiter = None
-            try:
+            with errors:
                 self.limiters[self.held]._withdraw(future)
-            except BaseException as exc:
-                error = exc
         self.abort_error = None
-        try:
+        with errors:
             self.release()
-        except BaseException as exc:
-            if error is None:
-                error = exc
-            else:
-                write_unraisable(exc)
-        if error is not None:
-            raise error
+        errors.raise_it()
 
     def release(self) -> None:
         """Gives back every token held, last taken first. Keeps going after
         an error, and raises the first one (the others are unraisable)."""
         held, self.held = self.held, 0
-        error = None
+        errors = _FirstError()
         for limiter in reversed(self.limiters[:held]):
-            try:
+            with errors:
                 limiter._give_back()
-            except BaseException as exc:
-                if error is None:
-                    error = exc
-                else:
-                    write_unraisable(exc)
-        if error is not None:
-            raise error
+        errors.raise_it()
 
     # For an error already under way, which stays the one raised:
     def _release_unraisable(self) -> None:
