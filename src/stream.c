@@ -234,8 +234,14 @@ stream_deliver(StreamObject *s, Py_ssize_t index, PyObject *value,
     }
     PyObject *item;
     if (s->as_futures) {
-        /* A given Task or Future is handed on as it is. */
-        item = given ? Py_NewRef(value) : done_future(s, value, error);
+        /* A given Task or Future is handed on as it is; a coroutine's
+         * outcome waits as (value, error) and becomes a done future when
+         * the consumer takes it: a failed future made now and never taken
+         * (the stream closed first) would log "exception was never
+         * retrieved" for an error nobody was meant to see. */
+        item = given ? Py_NewRef(value)
+                     : PyTuple_Pack(2, error != NULL ? Py_None : value,
+                                    error != NULL ? error : Py_None);
         if (item == NULL) {
             return -1;
         }
@@ -282,6 +288,13 @@ stream_take(StreamObject *s)
         return NULL;
     }
     stream_wake_first(s, &s->room);   /* one value gone: one worker goes on */
+    if (s->as_futures && PyTuple_CheckExact(value)) {
+        PyObject *error = PyTuple_GET_ITEM(value, 1);
+        PyObject *future = done_future(s, PyTuple_GET_ITEM(value, 0),
+                                       error != Py_None ? error : NULL);
+        Py_DECREF(value);
+        return future;
+    }
     return value;
 }
 

@@ -19,7 +19,7 @@ import sys
 from typing import Optional
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import eager_task_factory, new_loop
@@ -419,6 +419,10 @@ def run_stream_on(impl: str, program: StreamProgram, loop_kind: str,
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
 @HYPOTHESIS
 @given(program=stream_programs())
+# Found on 3.12 and 3.15: a failed outcome's done future, made at delivery
+# and dropped unread when the consumer was cancelled, logged its error.
+@example(program=StreamProgram("as_completed", None, (), (((), True),),
+                               False, 0, None))
 def test_c_and_python_streams_write_the_same_trace(loop_kind, eager,
                                                    program):
     python = run_stream_on("python", program, loop_kind, eager)

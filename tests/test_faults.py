@@ -330,6 +330,25 @@ def test_a_stream_dropped_before_its_first_step_closes_its_coroutines(
     run(main())
 
 
+def test_failed_outcomes_never_taken_log_nothing(impl, run):
+    """as_completed makes a done future for a coroutine's outcome when the
+    consumer takes it: failed outcomes still queued when the consumer
+    leaves were never handed out, and their errors are not reported as
+    never retrieved (the loop's handler is not called)."""
+    async def fail(i):
+        raise ValueError(i)
+
+    async def main():
+        stream = impl.as_completed([fail(i) for i in range(3)])
+        async for future in stream:
+            assert isinstance(future.exception(), ValueError)
+            break
+        await stream.aclose()
+        del stream, future
+
+    run(main())
+
+
 def test_after_a_break_the_items_end_in_the_next_iteration(impl, run):
     """A break out of as_completed or amap drops the iterator: the items
     still running are cancelled at once and have ended one loop iteration

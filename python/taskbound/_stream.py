@@ -118,6 +118,8 @@ class _Stream:
                 raise self._error
             outcome = self._take()
             if outcome is not None:
+                if self._as_futures:
+                    return self._as_future(outcome)
                 return outcome.value if outcome.error is None \
                     else outcome.error
             if self._closed or (self._exhausted and not self._live):
@@ -364,9 +366,8 @@ class _Stream:
     def _deliver(self, index, outcome: _Outcome | None) -> None:
         if self._closed or outcome is None:
             return
-        if self._as_futures:
-            outcome = _Outcome(value=self._as_future(outcome))
-        elif outcome.error is not None and not self._return_exceptions:
+        if not self._as_futures and outcome.error is not None \
+                and not self._return_exceptions:
             self._fail(outcome.error)
             return
         if self._ordered:
@@ -377,6 +378,9 @@ class _Stream:
             self._wake_consumer()    # in order, only the next one helps
 
     def _as_future(self, outcome: _Outcome):
+        # Made when the consumer takes it: a failed future made at delivery
+        # and never taken (the stream closed first) would log its error as
+        # never retrieved.
         if outcome.given:
             return outcome.value
         future = self._loop.create_future()
