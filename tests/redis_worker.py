@@ -64,6 +64,9 @@ async def hold(client, name, options):
     async with taskbound.BoundedTaskGroup(limiter=limiter) as tg:
         for _ in range(options["tokens"]):
             await tg.spawn(asyncio.sleep(3600))
+        # Tokens granted in separate exchanges lapse at separate times until
+        # their first renewal (at lease/3) gives them all one expiry.
+        await asyncio.sleep(options["lease"] / 2)
         await client.set(f"{name}:holding", options["tokens"])
 
 

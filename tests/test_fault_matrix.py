@@ -22,7 +22,6 @@ The C core and the reference must give the same outcome for every N
 from __future__ import annotations
 
 import asyncio
-import collections
 import gc
 import sys
 import warnings
@@ -30,6 +29,7 @@ import warnings
 import pytest
 
 from conftest import Impl, Runner
+from toysource import toy_source_type
 
 ITEMS = 5
 MAX_RUNS = 60       # a point that still fires after this many is a bug
@@ -63,15 +63,11 @@ class Injection:
 
 
 def faulty_source_type(base: type) -> type:
-    class FaultySource(base):
-        """A counting limiter on ExternalSource whose operations fail where
-        the injection says."""
+    class FaultySource(toy_source_type(base)):
+        """The toy counting limiter, failing where the injection says."""
 
         def __init__(self, total: int, injection: Injection) -> None:
-            super().__init__()
-            self.total = total
-            self.borrowed = 0
-            self.line: collections.deque = collections.deque()
+            super().__init__(total)
             self.injection = injection
 
         def _fault(self, method: str) -> None:
@@ -79,23 +75,8 @@ def faulty_source_type(base: type) -> type:
                 raise Boom(method)
 
         def _try_take(self, loop) -> bool:
-            self._fault("_try_take")
             self._bind(loop)
-            if self.line or self.borrowed >= self.total:
-                return False
-            self.borrowed += 1
-            return True
-
-        def _enqueue(self, loop):
-            self._fault("_enqueue")
-            future = loop.create_future()
-            self.line.append(future)
-            return future
-
-        def _dequeue(self, future) -> None:
-            self._fault("_dequeue")
-            if future in self.line:
-                self.line.remove(future)
+            return super()._try_take(loop)
 
         # A token coming back is taken back, and then the call fails (a
         # reply lost on the way): the source keeps count, the error is
@@ -107,15 +88,6 @@ def faulty_source_type(base: type) -> type:
         def _give_back(self) -> None:
             self._hand_on()
             self._fault("_give_back")
-
-        def _hand_on(self) -> None:
-            self.borrowed -= 1
-            while self.line:
-                future = self.line.popleft()
-                if not future.done():
-                    self.borrowed += 1
-                    future.set_result(True)
-                    break
 
     return FaultySource
 

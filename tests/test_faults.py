@@ -314,6 +314,38 @@ def test_subclasses_take_their_own_arguments(impl, run):
     assert run(main()) == (1, 3, 2, 2, 120, 60.0, 120, 0)
 
 
+def test_a_subclass_that_skips_the_base_init_gets_a_clear_error(impl, run):
+    """A limiter subclass whose __init__ forgets super().__init__() fails
+    at its first use with a RuntimeError naming the class, and holds
+    nothing afterwards."""
+    made = []
+    for base in (impl.LimiterType, impl.RateLimiterType):
+        class Forgetful(base):
+            def __init__(self):
+                pass
+        made.append(Forgetful())
+
+    async def main():
+        messages = []
+        for limiter in made:
+            for use in ("acquire", "acquire_nowait"):
+                with pytest.raises(RuntimeError) as caught:
+                    result = getattr(limiter, use)()
+                    if use == "acquire":
+                        await result
+                messages.append(str(caught.value))
+            with pytest.raises(ExceptionGroup) as caught:
+                async with impl.GroupType(limiter=limiter) as tg:
+                    tg.create_task(asyncio.sleep(0))
+            [error] = caught.value.exceptions
+            assert isinstance(error, RuntimeError), error
+            messages.append(str(error))
+        return messages
+
+    assert set(run(main())) == {
+        "Forgetful.__init__() was not called on this object"}
+
+
 def test_a_stream_dropped_before_its_first_step_closes_its_coroutines(
         impl, run):
     """as_completed() and gather-like sources given coroutines, dropped

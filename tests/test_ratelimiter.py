@@ -183,4 +183,6 @@ def test_rate_limiter_in_group_limiters(impl):
     plain = impl.Limiter(1)
     group = impl.GroupType(limiter=(rate, plain))
     assert group.limiters == (rate, plain)     # rank order: creation order
-    assert "RateLimiter" in repr(rate) and "burst=1" in repr(rate)
+    assert repr(rate) == "<RateLimiter rate=5.0 per=1.0 burst=1 waiting=0>"
+    assert repr(impl.RateLimiter(2, per=0.5, burst=3)) == \
+        "<RateLimiter rate=2.0 per=0.5 burst=3 waiting=0>"

@@ -16,24 +16,26 @@ def toy_source_type(base: type) -> type:
             self.line: collections.deque = collections.deque()
             self.fail_in = ""           # the method that is to raise
 
-        def _check(self, method: str) -> None:
+        def _fault(self, method: str) -> None:
+            """Where each operation may be made to fail."""
             if self.fail_in == method:
                 raise OSError(f"{method} failed")
 
         def _try_take(self, loop) -> bool:
-            self._check("_try_take")
+            self._fault("_try_take")
             if self.line or self.borrowed >= self.total:
                 return False
             self.borrowed += 1
             return True
 
         def _enqueue(self, loop):
-            self._check("_enqueue")
+            self._fault("_enqueue")
             future = loop.create_future()
             self.line.append(future)
             return future
 
         def _dequeue(self, future) -> None:
+            self._fault("_dequeue")
             try:
                 self.line.remove(future)
             except ValueError:
@@ -43,7 +45,10 @@ def toy_source_type(base: type) -> type:
             self._give_back()
 
         def _give_back(self) -> None:
-            self._check("_give_back")
+            self._fault("_give_back")
+            self._hand_on()
+
+        def _hand_on(self) -> None:
             self.borrowed -= 1
             while self.line:
                 future = self.line.popleft()

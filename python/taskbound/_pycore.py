@@ -53,14 +53,22 @@ class _TokenSource:
     """What Limiter and RateLimiter share: a FIFO line of waiter futures, the
     event loop they are bound to, and a rank in the global order."""
 
+    def __new__(cls, *args, **kwargs):
+        # The rank comes with the object, as in C, so that a subclass whose
+        # __init__ never calls ours gets the clear error of _bind().
+        self = super().__new__(cls)
+        self._rank = next(_ranks)
+        self._loop = None
+        self._initialized = False
+        return self
+
     def __init__(self) -> None:
         # Futures of the tasks waiting, in arrival order. A waiter is woken
         # with the result True when it is handed its token (which counts as
         # taken from that moment, so nobody can barge in between), or False
         # when a group aborts its claim.
         self._waiters: collections.deque = collections.deque()
-        self._loop = None
-        self._rank = next(_ranks)
+        self._initialized = True
 
     async def acquire(self) -> None:
         claim = _Claim((self,))
@@ -83,6 +91,9 @@ class _TokenSource:
     # -- the protocol a claim uses --
 
     def _bind(self, loop) -> None:
+        if not self._initialized:
+            raise RuntimeError(f"{type(self).__name__}.__init__() was not "
+                               "called on this object")
         if self._loop is None:
             self._loop = loop
         elif self._loop is not loop:
@@ -275,7 +286,7 @@ class RateLimiter(_TokenSource):
         super().__init__()
 
     def __repr__(self) -> str:
-        return (f"<RateLimiter rate={self._rate:g} per={self._per:g} "
+        return (f"<RateLimiter rate={self._rate!r} per={self._per!r} "
                 f"burst={self._burst} waiting={self._waiting()}>")
 
     @property
@@ -400,6 +411,11 @@ class ExternalSource(_TokenSource):
 
     ``_bind(loop)`` and ``_loop`` come from the base, as for every source.
     """
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self._initialized = True   # nothing of the base's to set up
+        return self
 
     def release(self) -> None:
         self._give_back()
