@@ -385,31 +385,20 @@ stream_start(StreamObject *s)
 static PyObject *
 stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"source", "make", "limit", "limiters",
+    static char *kwlist[] = {"source", "make", "limit", "limiter",
                              "ordered", "return_exceptions", "as_futures",
                              "strict_input", NULL};
-    PyObject *source, *make, *limit, *limiters;
+    PyObject *source, *make, *limit, *limiter;
     int ordered, return_exceptions, as_futures, strict_input;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "OO$OO!pppp:Stream", kwlist, &source, &make, &limit,
-            &PyTuple_Type, &limiters, &ordered, &return_exceptions,
+            args, kwds, "OO$OOpppp:Stream", kwlist, &source, &make, &limit,
+            &limiter, &ordered, &return_exceptions,
             &as_futures, &strict_input)) {
         return NULL;
     }
     ModuleState *st = state_of_type(type);
     if (st == NULL) {
         return NULL;
-    }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(limiters); i++) {
-        PyObject *item = PyTuple_GET_ITEM(limiters, i);
-        if (!PyObject_TypeCheck(item, st->limiter_type)
-                && !PyObject_TypeCheck(item, st->rate_limiter_type)
-                && !PyObject_TypeCheck(item, st->external_source_type)) {
-            PyErr_Format(PyExc_TypeError,
-                         "limiters must be taskbound limiters, not %R",
-                         item);
-            return NULL;
-        }
     }
     Py_ssize_t bound = 0;
     if (limit != Py_None) {
@@ -418,15 +407,20 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             return NULL;
         }
     }
+    PyObject *limiters = sources_in_rank_order(st, NULL, limiter);
+    if (limiters == NULL) {
+        return NULL;
+    }
     StreamObject *s = (StreamObject *)type->tp_alloc(type, 0);
     if (s == NULL) {
+        Py_DECREF(limiters);
         return NULL;
     }
     s->state = st;
     s->source = Py_NewRef(source);
     s->make = Py_NewRef(make);
     s->limit = bound;
-    s->limiters = Py_NewRef(limiters);
+    s->limiters = limiters;
     s->ordered = (char)ordered;
     s->return_exceptions = (char)return_exceptions;
     s->as_futures = (char)as_futures;

@@ -371,6 +371,13 @@ PyObject *source_acquire_nowait(PyObject *self, PyObject *ignored);
 PyObject *source_release(PyObject *self, PyObject *ignored);
 PyObject *source_aexit(PyObject *self, PyObject *const *args,
                        Py_ssize_t nargs);
+int is_token_source(ModuleState *state, PyObject *obj);
+/* The token sources a task takes one token of: `first` (a group's own
+ * Limiter, or NULL) and `limiter` (None, a token source, or a list or
+ * tuple of them), each once, as a tuple in rank order. A TypeError for
+ * anything else. */
+PyObject *sources_in_rank_order(ModuleState *state, PyObject *first,
+                                PyObject *limiter);
 
 /* ---- Claim ---- */
 

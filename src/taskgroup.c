@@ -446,36 +446,6 @@ group_start_child(GroupObject *group, PyObject *target, PyObject *iterator,
 
 /* ---- the Python type ---- */
 
-static int
-add_limiter(PyObject *list, PyObject *limiter, ModuleState *st,
-            PyObject *given)
-{
-    if (!PyObject_TypeCheck(limiter, st->limiter_type)
-            && !PyObject_TypeCheck(limiter, st->rate_limiter_type)
-            && !PyObject_TypeCheck(limiter, st->external_source_type)) {
-        PyErr_Format(PyExc_TypeError,
-                     "limiter must be a taskbound limiter (Limiter, "
-                     "RateLimiter, RedisLimiter, ...) or a sequence of them, "
-                     "not %s%s",
-                     given == limiter ? "" : "a sequence holding ",
-                     Py_TYPE(limiter)->tp_name);
-        return -1;
-    }
-    int known = PySequence_Contains(list, limiter);  /* identity first */
-    if (known < 0) {
-        return -1;
-    }
-    return known ? 0 : PyList_Append(list, limiter);
-}
-
-static int
-rank_order(const void *a, const void *b)
-{
-    unsigned long long ra = (*(TokenSource *const *)a)->rank;
-    unsigned long long rb = (*(TokenSource *const *)b)->rank;
-    return (ra > rb) - (ra < rb);
-}
-
 /* Arguments are taken by __init__, so that a subclass may have its own;
  * until then the group has no limit. */
 static PyObject *
@@ -519,50 +489,21 @@ group_init(PyObject *op, PyObject *args, PyObject *kwds)
         return -1;
     }
     ModuleState *st = self->state;
-    PyObject *list = PyList_New(0);
-    if (list == NULL) {
-        return -1;
-    }
-    PyObject *checked_limit = NULL;
+    PyObject *checked_limit = NULL, *own = NULL;
     if (limit != Py_None) {
         checked_limit = PyObject_CallOneArg(st->check_limit, limit);
         if (checked_limit == NULL) {
-            goto fail;
+            return -1;
         }
-        PyObject *own = PyObject_CallOneArg((PyObject *)st->limiter_type,
-                                            checked_limit);
-        if (own == NULL || PyList_Append(list, own) < 0) {
-            Py_XDECREF(own);
-            goto fail;
-        }
-        Py_DECREF(own);
-    }
-    if (limiter != Py_None) {
-        if (PyList_Check(limiter) || PyTuple_Check(limiter)) {
-            PyObject *items = PySequence_Tuple(limiter);
-            if (items == NULL) {
-                goto fail;
-            }
-            for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(items); i++) {
-                if (add_limiter(list, PyTuple_GET_ITEM(items, i), st,
-                                limiter) < 0) {
-                    Py_DECREF(items);
-                    goto fail;
-                }
-            }
-            Py_DECREF(items);
-        }
-        else if (add_limiter(list, limiter, st, limiter) < 0) {
-            goto fail;
+        own = PyObject_CallOneArg((PyObject *)st->limiter_type,
+                                  checked_limit);
+        if (own == NULL) {
+            Py_DECREF(checked_limit);
+            return -1;
         }
     }
-    /* The list holds only token sources, whose ranks never change. */
-    if (PyList_GET_SIZE(list) > 1) {
-        qsort(((PyListObject *)list)->ob_item, PyList_GET_SIZE(list),
-              sizeof(PyObject *), rank_order);
-    }
-    PyObject *limiters = PyList_AsTuple(list);
-    Py_DECREF(list);
+    PyObject *limiters = sources_in_rank_order(st, own, limiter);
+    Py_XDECREF(own);
     if (limiters == NULL) {
         Py_XDECREF(checked_limit);
         return -1;
@@ -571,10 +512,6 @@ group_init(PyObject *op, PyObject *args, PyObject *kwds)
     Py_SETREF(self->limit, checked_limit ? checked_limit
                                          : Py_NewRef(Py_None));
     return 0;
-fail:
-    Py_XDECREF(checked_limit);
-    Py_DECREF(list);
-    return -1;
 }
 
 static int

@@ -324,3 +324,89 @@ source_aexit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(nothing);
     return acq;
 }
+
+/* ---- the one rule for a task's limiters ---- */
+
+/* (The reference's words too: _common.limiters_in_rank_order.) */
+#define NOT_A_LIMITER \
+    "limiter must be a taskbound limiter (Limiter, RateLimiter, " \
+    "RedisLimiter, ...) or a sequence of them, not "
+
+int
+is_token_source(ModuleState *state, PyObject *obj)
+{
+    return PyObject_TypeCheck(obj, state->limiter_type)
+           || PyObject_TypeCheck(obj, state->rate_limiter_type)
+           || PyObject_TypeCheck(obj, state->external_source_type);
+}
+
+static int
+rank_order(const void *a, const void *b)
+{
+    unsigned long long ra = (*(TokenSource *const *)a)->rank;
+    unsigned long long rb = (*(TokenSource *const *)b)->rank;
+    return (ra > rb) - (ra < rb);
+}
+
+PyObject *
+sources_in_rank_order(ModuleState *state, PyObject *first, PyObject *limiter)
+{
+    ASSERT_NO_ERROR();
+    PyObject *given;
+    if (limiter == Py_None) {
+        given = PyTuple_New(0);
+    }
+    else if (is_token_source(state, limiter)) {
+        given = PyTuple_Pack(1, limiter);
+    }
+    else if (PyList_Check(limiter) || PyTuple_Check(limiter)) {
+        given = PySequence_Tuple(limiter);
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, NOT_A_LIMITER "%s",
+                     _PyType_Name(Py_TYPE(limiter)));
+        return NULL;
+    }
+    if (given == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(given);
+    /* Borrowed from `first` and `given`, which outlive the array. */
+    PyObject **sources = PyMem_New(PyObject *, n + 1);
+    if (sources == NULL) {
+        Py_DECREF(given);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t count = 0;
+    if (first != NULL) {
+        sources[count++] = first;
+    }
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(given, i);
+        if (!is_token_source(state, item)) {
+            PyErr_Format(PyExc_TypeError,
+                         NOT_A_LIMITER "a sequence holding %s",
+                         _PyType_Name(Py_TYPE(item)));
+            goto done;
+        }
+        int known = 0;
+        for (Py_ssize_t j = 0; j < count && !known; j++) {
+            known = sources[j] == item;
+        }
+        if (!known) {
+            sources[count++] = item;
+        }
+    }
+    qsort(sources, (size_t)count, sizeof(PyObject *), rank_order);
+    result = PyTuple_New(count);
+    if (result != NULL) {
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyTuple_SET_ITEM(result, i, Py_NewRef(sources[i]));
+        }
+    }
+done:
+    PyMem_Free(sources);
+    Py_DECREF(given);
+    return result;
+}

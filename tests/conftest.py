@@ -15,9 +15,10 @@ import warnings
 
 import pytest
 
+from helpers import MODULES
+
 PURE = os.environ.get("TASKBOUND_PURE_PYTHON", "") not in ("", "0")
 IMPLEMENTATIONS = ["python"] if PURE else ["c", "python"]
-MODULES = {"c": "taskbound._taskbound", "python": "taskbound._pycore"}
 LOOPS = ["asyncio", "uvloop"]
 HAS_EAGER = sys.version_info >= (3, 12)
 
@@ -36,10 +37,7 @@ class Impl:
         self.GroupType = self.module.BoundedTaskGroup
         self.limiters: list = []
         from taskbound._stream import Helpers
-        helpers = Helpers((self.LimiterType, self.RateLimiterType,
-                           self.module.ExternalSource),
-                          getattr(self.module, "Stream", None),
-                          getattr(self.module, "StreamIterator", None))
+        helpers = Helpers.of(self.module)
         self.gather = helpers.gather
         self.as_completed = helpers.as_completed
         self.amap = helpers.amap
@@ -177,20 +175,20 @@ def timed_run(request):
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
+def redis_server():
     """One redis-server for the whole run (tests use names of their own)."""
     from taskbound._benchredis import Server
-    server = Server(str(tmp_path_factory.mktemp("redis")))
+    server = Server()
     server.start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture
-def own_redis_server(tmp_path):
-    """A redis-server of the test's own, which it may stop and restart."""
+def own_redis_server():
+    """A redis-server of the test's own, which it may stop and start again."""
     from taskbound._benchredis import Server
-    server = Server(str(tmp_path))
+    server = Server()
     server.start()
     yield server
-    server.stop()
+    server.close()

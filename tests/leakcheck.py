@@ -22,7 +22,8 @@ import json
 import sys
 import tracemalloc
 
-MODULES = {"c": "taskbound._taskbound", "python": "taskbound._pycore"}
+from helpers import MODULES
+
 WARM_UP = 2_000
 
 
@@ -113,9 +114,7 @@ def main() -> int:
     cycles = int(cycles)
     module = importlib.import_module(MODULES[impl])
     from taskbound._stream import Helpers
-    helpers = Helpers((module.Limiter, module.RateLimiter, module.ExternalSource),
-                      getattr(module, "Stream", None),
-                      getattr(module, "StreamIterator", None))
+    helpers = Helpers.of(module)
     shared = module.Limiter(3)
     scenario = scenarios(module, helpers, shared)[name]
     if loop_kind == "uvloop":

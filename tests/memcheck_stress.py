@@ -58,9 +58,7 @@ async def external() -> None:
 
 
 def main() -> int:
-    helpers = Helpers((_taskbound.Limiter, _taskbound.RateLimiter,
-                       _taskbound.ExternalSource),
-                      _taskbound.Stream, _taskbound.StreamIterator)
+    helpers = Helpers.of(_taskbound)
     for new_loop in (asyncio.new_event_loop, uvloop.new_event_loop):
         shared = _taskbound.Limiter(3)   # a limiter belongs to one loop
         scenarios = leakcheck.scenarios(_taskbound, helpers, shared)

@@ -6,26 +6,7 @@ import asyncio
 
 import pytest
 
-
-class Gauge:
-    """Counts how many items run at once."""
-
-    def __init__(self) -> None:
-        self.now = 0
-        self.peak = 0
-        self.started: list = []
-
-    async def item(self, key, delay=0.0, exc=None):
-        self.now += 1
-        self.peak = max(self.peak, self.now)
-        self.started.append(key)
-        try:
-            await asyncio.sleep(delay)
-            if exc is not None:
-                raise exc
-            return key
-        finally:
-            self.now -= 1
+from helpers import Gauge
 
 
 def group_tasks():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
-import sys
 from typing import Optional
 
 import pytest
@@ -23,10 +22,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import eager_task_factory, new_loop
+from helpers import MODULES
 
 pytestmark = pytest.mark.differential
 
-MODULES = {"c": "taskbound._taskbound", "python": "taskbound._pycore"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,10 +406,7 @@ def run_stream_on(impl: str, program: StreamProgram, loop_kind: str,
                   eager: bool):
     from taskbound._stream import Helpers
     module = importlib.import_module(MODULES[impl])
-    helpers = Helpers((module.Limiter, module.RateLimiter,
-                       module.ExternalSource),
-                      getattr(module, "Stream", None),
-                      getattr(module, "StreamIterator", None))
+    helpers = Helpers.of(module)
     kind = "virtual" if loop_kind == "asyncio" else "uvloop"
     return run_trace(StreamInterpreter(module, helpers, program,
                                        kind == "virtual"), kind, eager)

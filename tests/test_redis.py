@@ -11,7 +11,6 @@ import math
 import os
 import signal
 import time
-import uuid
 
 import pytest
 import redis.asyncio as aioredis
@@ -22,11 +21,7 @@ from taskbound import LimiterStatistics, LimiterUnavailable, WouldBlock
 from taskbound._benchredis import free_port
 from taskbound.redis import _classes
 
-from conftest import MODULES
-
-
-def unique_name() -> str:
-    return f"test-{uuid.uuid4().hex[:12]}"
+from helpers import MODULES, Gauge, unique_name
 
 
 @contextlib.asynccontextmanager
@@ -53,22 +48,6 @@ async def two_processes(RedisLimiter, server, total, leases=(5, 5)):
         finally:
             for limiter in pair:
                 await limiter.aclose()
-
-
-class Gauge:
-    """Counts tasks running at once."""
-
-    def __init__(self) -> None:
-        self.running = 0
-        self.peak = 0
-
-    async def work(self, seconds: float = 0.02) -> None:
-        self.running += 1
-        self.peak = max(self.peak, self.running)
-        try:
-            await asyncio.sleep(seconds)
-        finally:
-            self.running -= 1
 
 
 async def until(predicate, timeout: float = 5.0) -> None:
@@ -102,7 +81,7 @@ def test_group_holds_the_cap_with_a_local_limiter(impl, run, redis_server):
                     limiter=[shared, impl.Limiter(10)]) as tg:
                 assert shared in tg.limiters
                 for _ in range(30):
-                    await tg.spawn(gauge.work())
+                    await tg.spawn(gauge.item(delay=0.02))
             await shared.aclose()
             return gauge.peak, await shared.statistics(), nothing_left(shared)
 
@@ -122,7 +101,7 @@ def test_limiters_on_separate_clients_share_one_cap(impl, run, redis_server):
             async def one_process(limiter):
                 async with impl.BoundedTaskGroup(limiter=limiter) as tg:
                     for _ in range(12):
-                        await tg.spawn(gauge.work())
+                        await tg.spawn(gauge.item(delay=0.02))
 
             await asyncio.gather(*map(one_process, limiters))
             for limiter in limiters:
@@ -279,7 +258,7 @@ def test_streaming_helpers_take_a_redis_limiter(impl, run, redis_server):
             gauge = Gauge()
 
             async def double(item):
-                await gauge.work(0.01)
+                await gauge.item(delay=0.01)
                 return 2 * item
 
             mapped = [x async for x in impl.amap(double, range(12),
@@ -508,7 +487,8 @@ def test_after_a_restart_nobody_new_is_let_in_past_the_holders(
                 await asyncio.sleep(0.01)
             waiter = asyncio.create_task(newcomer())
             await until(lambda: _at_least(waiting(a), 1))
-            server.restart()
+            server.stop()
+            server.start()
             await asyncio.sleep(2.0)        # past the longest lease
             early = "granted" in log
             during = await a.statistics()
@@ -602,7 +582,7 @@ def test_a_flood_of_waiting_children_is_served_in_order(
 
             async def work(i):
                 order.append(i)
-                await gauge.work(0.001)
+                await gauge.item(delay=0.001)
 
             async with impl.BoundedTaskGroup(limiter=shared) as tg:
                 for i in range(300):

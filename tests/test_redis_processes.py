@@ -10,13 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import redis
 import redis.asyncio as aioredis
 
 from taskbound import LimiterStatistics
 
+from helpers import unique_name
 from test_redis import assert_spread
 
 WORKER = os.path.join(os.path.dirname(__file__), "redis_worker.py")
@@ -36,12 +36,8 @@ def finish(worker, timeout=60.0) -> None:
     assert worker.returncode == 0, output
 
 
-def unique_name() -> str:
-    return f"proc-{uuid.uuid4().hex[:12]}"
-
-
 def test_four_processes_never_exceed_the_shared_cap(impl, run, redis_server):
-    name = unique_name()
+    name = unique_name("proc")
     workers = [start_worker(impl, run, redis_server, "cap", name, total=6,
                             lease=5.0, tasks=12, seconds=0.1)
                for _ in range(4)]
@@ -68,7 +64,7 @@ async def statistics(impl, server, name, total):
 def test_tokens_of_a_killed_process_come_back_within_the_lease(
         impl, run, redis_server):
     RedisLimiter, _ = impl.redis
-    name = unique_name()
+    name = unique_name("proc")
     lease = 1.0
     holder = start_worker(impl, run, redis_server, "hold", name, total=3,
                           lease=lease, tokens=3)
@@ -106,7 +102,7 @@ def test_tokens_of_a_killed_process_come_back_within_the_lease(
 
 def test_processes_are_served_in_arrival_order(impl, run, redis_server):
     RedisLimiter, _ = impl.redis
-    name = unique_name()
+    name = unique_name("proc")
     tags = ["first", "second", "third", "fourth"]
 
     async def main():
@@ -138,7 +134,7 @@ def test_processes_are_served_in_arrival_order(impl, run, redis_server):
 
 
 def test_a_rate_is_spread_across_processes(impl, run, redis_server):
-    name = unique_name()
+    name = unique_name("proc")
     workers = [start_worker(impl, run, redis_server, "rate", name, rate=20,
                             starts=5)
                for _ in range(4)]
@@ -155,7 +151,7 @@ def test_processes_ride_out_a_restart_of_the_server(
         impl, run, redis_server, own_redis_server):
     """The limiter's server restarts mid-run, losing every lease; the census
     lives on another server. The cap holds throughout and work resumes."""
-    name = unique_name()
+    name = unique_name("proc")
     observer = redis.Redis(port=redis_server.port)
 
     def rounds() -> int:
@@ -176,7 +172,8 @@ def test_processes_ride_out_a_restart_of_the_server(
                for _ in range(4)]
     try:
         wait_for(lambda: rounds() >= 10)
-        own_redis_server.restart()
+        own_redis_server.stop()
+        own_redis_server.start()
         at_restart = rounds()
         wait_for(lambda: rounds() > at_restart + 10)   # work resumed
     finally:

@@ -19,20 +19,17 @@ from ._common import (
 from ._stream import Helpers as _Helpers
 
 if _os.environ.get("TASKBOUND_PURE_PYTHON", "") not in ("", "0"):
-    from ._pycore import BoundedTaskGroup, Limiter, RateLimiter
-    from ._pycore import ExternalSource as _ExternalSource
-    from ._stream import StreamIterator as _StreamIterator
-    from ._stream import _Stream
+    from . import _pycore as _core
     implementation = "python"
 else:
-    from ._taskbound import BoundedTaskGroup, Limiter, RateLimiter
-    from ._taskbound import ExternalSource as _ExternalSource
-    from ._taskbound import Stream as _Stream
-    from ._taskbound import StreamIterator as _StreamIterator
+    from . import _taskbound as _core
     implementation = "c"
+BoundedTaskGroup = _core.BoundedTaskGroup
+Limiter = _core.Limiter
+RateLimiter = _core.RateLimiter
+_ExternalSource = _core.ExternalSource   # (the base of taskbound.redis)
 
-_helpers = _Helpers((Limiter, RateLimiter, _ExternalSource),
-                    _Stream, _StreamIterator)
+_helpers = _Helpers.of(_core)
 gather = _helpers.gather
 as_completed = _helpers.as_completed
 amap = _helpers.amap

@@ -238,9 +238,7 @@ def peers() -> tuple[list[Contender], list[str]]:
 
 def ours(module, label: str) -> list[Contender]:
     from ._stream import Helpers
-    helpers = Helpers((module.Limiter, module.RateLimiter, module.ExternalSource),
-                      getattr(module, "Stream", None),
-                      getattr(module, "StreamIterator", None))
+    helpers = Helpers.of(module)
 
     async def spawn(n: int, limit: int, item: Item) -> None:
         async with module.BoundedTaskGroup(limit) as tg:

@@ -21,18 +21,18 @@ def free_port() -> int:
 
 
 class Server:
-    """A redis-server on a free loopback port, saving nothing to disk, for
-    the bench and the tests: in `directory`, or a temporary one that
-    close() removes. stop() and start() again keep the port (a restart
-    that loses every key)."""
+    """A redis-server on a free loopback port, saving nothing to disk, in a
+    temporary directory that close() removes (the tests start theirs with
+    it too). stop() and start() again keep the port: a restart that loses
+    every key."""
 
-    def __init__(self, directory: str | None = None) -> None:
+    def __init__(self) -> None:
         self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not os.path.exists(self.binary):
             raise RuntimeError("redis-server is not on PATH (Debian: "
                                "apt-get install redis-server)")
-        self._temporary = None if directory else tempfile.TemporaryDirectory()
-        self.directory = directory or self._temporary.name
+        self._temporary = tempfile.TemporaryDirectory()
+        self.directory = self._temporary.name
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -67,14 +67,9 @@ class Server:
             self.process.wait()
             self.process = None
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def close(self) -> None:
         self.stop()
-        if self._temporary is not None:
-            self._temporary.cleanup()
+        self._temporary.cleanup()
 
 
 def contenders() -> list:

@@ -114,6 +114,32 @@ def check_limit(value: object) -> int:
     return _check_count("limit", "an int or None", value)
 
 
+_NOT_A_LIMITER = ("limiter must be a taskbound limiter (Limiter, RateLimiter, "
+                  "RedisLimiter, ...) or a sequence of them, not ")
+
+
+def limiters_in_rank_order(first: tuple, limiter, source_type) -> tuple:
+    """The token sources a task takes one token of: those in `first` (a
+    group's own Limiter) and `limiter` (None, a `source_type` or a list or
+    tuple of them), each once, in rank order: the one global order that
+    keeps claims from deadlocking each other. (As the C core's
+    sources_in_rank_order.)"""
+    if limiter is None:
+        given = ()
+    elif isinstance(limiter, source_type):
+        given = (limiter,)
+    elif isinstance(limiter, (list, tuple)):
+        given = tuple(limiter)
+        for item in given:
+            if not isinstance(item, source_type):
+                raise TypeError(f"{_NOT_A_LIMITER}a sequence holding "
+                                f"{type(item).__name__}")
+    else:
+        raise TypeError(_NOT_A_LIMITER + type(limiter).__name__)
+    unique = {id(item): item for item in (*first, *given)}
+    return tuple(sorted(unique.values(), key=lambda item: item._rank))
+
+
 def check_positive(name: str, value: object) -> float:
     """Return a valid ``rate`` or ``per`` (a finite number > 0), or raise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -28,6 +28,7 @@ from ._common import (
     check_limit,
     check_positive,
     check_total_tokens,
+    limiters_in_rank_order,
     waiting_stand_in,
     write_unraisable,
 )
@@ -831,28 +832,12 @@ class BoundedTaskGroup:
     takes a token of each shared limiter before a task may start."""
 
     def __init__(self, limit: int | None = None, *, limiter=None) -> None:
-        limiters = []
+        own = ()
         if limit is not None:
             limit = check_limit(limit)
-            limiters.append(Limiter(limit))
-        if limiter is not None:
-            shared = ([limiter] if isinstance(limiter, _TokenSource)
-                      else limiter)
-            if not isinstance(shared, (list, tuple)):
-                raise TypeError(
-                    "limiter must be a taskbound limiter (Limiter, "
-                    "RateLimiter, RedisLimiter, ...) or a sequence of them, "
-                    f"not {type(limiter).__name__}")
-            for item in shared:
-                if not isinstance(item, _TokenSource):
-                    raise TypeError(
-                        "limiter must be a taskbound limiter (Limiter, "
-                        "RateLimiter, RedisLimiter, ...) or a sequence of "
-                        f"them, not a sequence holding {type(item).__name__}")
-                if not any(item is known for known in limiters):
-                    limiters.append(item)
+            own = (Limiter(limit),)
         self._limit = limit
-        self._limiters = tuple(sorted(limiters, key=lambda lim: lim._rank))
+        self._limiters = limiters_in_rank_order(own, limiter, _TokenSource)
         self._entered = False
         self._exiting = False
         self._aborting = False

@@ -29,8 +29,8 @@ import inspect
 import types
 from asyncio import CancelledError
 
-from ._common import check_limit
-from ._pycore import _Claim
+from ._common import check_limit, limiters_in_rank_order
+from ._pycore import _Claim, _TokenSource
 
 
 @types.coroutine
@@ -73,13 +73,13 @@ class _Outcome:
 class _Stream:
     """The engine shared by the three helpers."""
 
-    def __init__(self, source, make, *, limit, limiters, ordered,
+    def __init__(self, source, make, *, limit, limiter, ordered,
                  return_exceptions, as_futures, strict_input) -> None:
         self._source = source
         self._make = make                # item -> awaitable; None: the item
         self._strict_input = strict_input  # a bad item fails the stream
         self._limit = limit
-        self._limiters = limiters        # rank order
+        self._limiters = limiters_in_rank_order((), limiter, _TokenSource)
         self._ordered = ordered
         self._return_exceptions = return_exceptions
         self._as_futures = as_futures
@@ -458,33 +458,24 @@ def _check_iterable(items) -> None:
 
 
 class Helpers:
-    """gather, as_completed and amap over the limiters of one
-    implementation (its Limiter, RateLimiter and ExternalSource types)."""
+    """gather, as_completed and amap on one implementation's stream engine
+    (which takes that implementation's limiters)."""
 
-    def __init__(self, limiter_types: tuple, stream_type=None,
-                 iterator_type=None) -> None:
-        self._limiter_types = limiter_types
+    def __init__(self, stream_type=None, iterator_type=None) -> None:
         self._stream_type = stream_type or _Stream
         self._iterator_type = iterator_type or StreamIterator
 
-    def _limiters(self, limiter) -> tuple:
-        if limiter is None:
-            return ()
-        items = [limiter] if isinstance(limiter, self._limiter_types) \
-            else limiter
-        if not isinstance(items, (list, tuple)) or not all(
-                isinstance(item, self._limiter_types) for item in items):
-            raise TypeError("limiter must be a taskbound limiter (Limiter, "
-                            "RateLimiter, RedisLimiter, ...) or a sequence "
-                            f"of them, not {limiter!r}")
-        unique = list({id(item): item for item in items}.values())
-        return tuple(sorted(unique, key=lambda item: item._rank))
+    @classmethod
+    def of(cls, module) -> Helpers:
+        """The helpers of taskbound._taskbound or of the reference."""
+        return cls(getattr(module, "Stream", None),
+                   getattr(module, "StreamIterator", None))
 
     def _stream(self, source, make, limit, limiter, **options):
         if limit is not None:
             limit = check_limit(limit)
-        return self._stream_type(source, make, limit=limit,
-                                 limiters=self._limiters(limiter), **options)
+        return self._stream_type(source, make, limit=limit, limiter=limiter,
+                                 **options)
 
     async def gather(self, *aws, limit=None, limiter=None,
                      return_exceptions=False):

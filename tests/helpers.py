@@ -1,0 +1,35 @@
+"""What several test files (and the scripts beside them) share."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+# The two implementations, by the module each is imported from.
+MODULES = {"c": "taskbound._taskbound", "python": "taskbound._pycore"}
+
+
+def unique_name(prefix: str = "test") -> str:
+    """A key prefix no other test (or earlier run) uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class Gauge:
+    """Counts how many items run at once, and which started."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.peak = 0
+        self.started: list = []
+
+    async def item(self, key=None, delay=0.0, exc=None):
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        self.started.append(key)
+        try:
+            await asyncio.sleep(delay)
+            if exc is not None:
+                raise exc
+            return key
+        finally:
+            self.running -= 1
