@@ -211,162 +211,60 @@ finish_item(WorkerObject *self, PyObject *value, PyObject *error, int given)
     return stream_deliver(self->stream, self->index, value, error, given);
 }
 
-/* Turns the pulled item into an awaitable and starts it. Returns a step
- * result; PYGEN_RETURN with *result NULL means "go on looping". On
- * PYGEN_NEXT in state W_RUN the item's context is still entered, for the
- * caller's first step. */
-static PySendResult
-start_item(WorkerObject *self, PyObject **result)
-{
-    StreamObject *s = self->stream;
-    ModuleState *st = wstate(self);
-    PyObject *awaitable = NULL, *iterator = NULL;
-    self->context = PyContext_Copy(s->context);
-    if (self->context == NULL) {
-        return PYGEN_ERROR;
-    }
-    if (PyContext_Enter(self->context) < 0) {
-        return PYGEN_ERROR;
-    }
-    awaitable = s->make == Py_None ? Py_NewRef(self->item)
-                                   : PyObject_CallOneArg(s->make, self->item);
-    if (awaitable != NULL) {
-        iterator = iterator_of(st, awaitable);
-    }
-    PyObject *error = PyErr_GetRaisedException();
-    int may_be_future = s->as_futures && awaitable != NULL
-                        && !PyCoro_CheckExact(awaitable);
-    if (error != NULL || may_be_future) {
-        if (PyContext_Exit(self->context) < 0) {
-            PyErr_WriteUnraisable((PyObject *)self);
-        }
-    }
-    if (error != NULL) {
-        Py_XDECREF(awaitable);
-        if (s->strict_input) {
-            close_item(self);
-            stream_fail(s, error, self->task);
-            Py_DECREF(error);
-            Py_CLEAR(self->context);
-            release_tokens(self);
-            self->state = W_START;
-            *result = NULL;
-            return PYGEN_RETURN;
-        }
-        Py_CLEAR(self->item);
-        int status = finish_item(self, NULL, error, 0);
-        Py_DECREF(error);
-        *result = NULL;
-        return status < 0 ? PYGEN_ERROR : PYGEN_RETURN;
-    }
-    Py_CLEAR(self->item);    /* started: the item's own cleanup runs now */
-    if (may_be_future) {
-        /* (A coroutine is never a future: spares a Python call per item.) */
-        PyObject *is_future = PyObject_CallOneArg(st->isfuture, awaitable);
-        if (is_future == NULL) {
-            Py_DECREF(awaitable);
-            Py_DECREF(iterator);
-            return PYGEN_ERROR;
-        }
-        int given = (is_future == Py_True);
-        Py_DECREF(is_future);
-        if (given) {
-            /* A given Task or Future: wait for it without ever cancelling
-             * it, then hand it on as it is. */
-            Py_DECREF(iterator);
-            int done = call_method_bool(awaitable, st->str_done);
-            if (done != 0) {
-                int status = done < 0 ? -1
-                    : finish_item(self, awaitable, NULL, 1);
-                Py_DECREF(awaitable);
-                *result = NULL;
-                return status < 0 ? PYGEN_ERROR : PYGEN_RETURN;
-            }
-            PyObject *waiter = call_method0(s->loop, st->str_create_future);
-            PyObject *setter = waiter == NULL ? NULL
-                : PyObject_GetAttr(waiter, st->str_set_result);
-            PyObject *res = setter == NULL ? NULL
-                : call_method1(awaitable, st->str_add_done_callback, setter);
-            Py_XDECREF(setter);
-            if (res == NULL || mark_blocking(st, waiter) < 0) {
-                Py_XDECREF(res);
-                Py_XDECREF(waiter);
-                Py_DECREF(awaitable);
-                return PYGEN_ERROR;
-            }
-            Py_DECREF(res);
-            self->given = awaitable;
-            return yield_future(self, waiter, W_GIVEN, result);
-        }
-        if (PyContext_Enter(self->context) < 0) {
-            Py_DECREF(awaitable);
-            Py_DECREF(iterator);
-            return PYGEN_ERROR;
-        }
-    }
-    Py_DECREF(awaitable);
-    self->run_iter = iterator;
-    self->state = W_RUN;
-    return PYGEN_NEXT;   /* the caller drives the first step */
-}
+/* ---- the loop, one function per place in it ----
+ *
+ * Each returns where the worker goes next: another place in the loop, or
+ * GO_YIELD (*result is the future to yield; self->state is where the Task
+ * resumes the worker), GO_END (the stream stopped: the task returns) or
+ * GO_FAIL (an error is set). */
 
-/* Pulls one item: 1 with self->item set, 0 when there is none (exhausted,
- * stopped, or the source failed), 2 when a future was yielded, -1 error. */
+enum {
+    GO_NEXT_ITEM,   /* the top of the loop: room, then tokens */
+    GO_PULL,        /* tokens held: pull an item */
+    GO_START_ITEM,  /* an item pulled: start it */
+    GO_YIELD,
+    GO_END,
+    GO_FAIL,
+};
+
 static int
-pull(WorkerObject *self, PyObject **result)
+wait_for_tokens(WorkerObject *self, PyObject **result)
 {
-    StreamObject *s = self->stream;
-    if (stream_stopped(s) || s->iterator == NULL) {
-        /* Others may wait in line to pull: let the next one see it too. */
-        stream_wake_first(s, &s->pull_line);
-        return 0;
+    if (mark_blocking(wstate(self), self->claim.waiter) < 0) {
+        return GO_FAIL;
     }
-    if (!s->is_async) {
-        self->item = PyIter_Next(s->iterator);
-        if (self->item != NULL) {
-            self->index = s->pulled++;
-            return 1;
-        }
-        if (PyErr_Occurred()) {
-            PyObject *error = PyErr_GetRaisedException();
-            stream_fail(s, error, self->task);
-            Py_DECREF(error);
-        }
-        else {
-            s->exhausted = 1;
-            stream_wake_consumer(s);
-        }
-        return 0;
-    }
-    if (s->pulling) {
-        PyObject *future = stream_wait_in(s, &s->pull_line);
-        if (future == NULL) {
-            return -1;
-        }
-        yield_future(self, future, W_PULL_LINE, result);
-        return 2;
-    }
-    PyTypeObject *tp = Py_TYPE(s->iterator);
-    if (tp->tp_as_async == NULL || tp->tp_as_async->am_anext == NULL) {
-        PyErr_Format(PyExc_TypeError, "%R is not an async iterator",
-                     s->iterator);
-        return -1;
-    }
-    PyObject *awaitable = tp->tp_as_async->am_anext(s->iterator);
-    if (awaitable == NULL) {
-        return -1;
-    }
-    self->pull_iter = iterator_of(wstate(self), awaitable);
-    Py_DECREF(awaitable);
-    if (self->pull_iter == NULL) {
-        return -1;
-    }
-    s->pulling = 1;
-    self->state = W_PULLING;
-    return 3;   /* the caller drives the first step */
+    self->state = W_TOKENS;
+    *result = Py_NewRef(self->claim.waiter);
+    return GO_YIELD;
 }
 
-/* The end of an async pull: 1 with an item, 0 none, -1 error (ours). */
+static int
+go_to_next_item(WorkerObject *self, PyObject **result)
+{
+    StreamObject *s = self->stream;
+    if (stream_stopped(s)) {
+        return GO_END;
+    }
+    if (s->limit > 0 && stream_buffered(s) >= s->limit) {
+        PyObject *future = stream_wait_in(s, &s->room);
+        if (future == NULL) {
+            return GO_FAIL;
+        }
+        yield_future(self, future, W_ROOM, result);
+        return GO_YIELD;
+    }
+    int got = claim_try_take(&self->claim, s->loop);
+    if (got < 0) {
+        /* A limiter that cannot be taken fails the stream, which stops. */
+        PyObject *error = PyErr_GetRaisedException();
+        stream_fail(s, error, self->task);
+        Py_DECREF(error);
+        return GO_NEXT_ITEM;
+    }
+    return got ? GO_PULL : wait_for_tokens(self, result);
+}
+
+/* The end of an async pull (status from its last step). */
 static int
 pull_done(WorkerObject *self, PySendResult status, PyObject *value)
 {
@@ -381,227 +279,345 @@ pull_done(WorkerObject *self, PySendResult status, PyObject *value)
     if (status == PYGEN_RETURN) {
         self->item = value;
         self->index = s->pulled++;
-        return 1;
+        return GO_START_ITEM;
     }
     if (error == NULL) {
         PyErr_SetString(PyExc_SystemError, "async source failed silently");
-        return -1;
-    }
-    if (PyErr_GivenExceptionMatches(error, PyExc_StopAsyncIteration)) {
-        Py_DECREF(error);
-        s->exhausted = 1;
-        stream_wake_consumer(s);
-        return 0;
+        return GO_FAIL;
     }
     if (is_cancelled_error(wstate(self), error)) {
         PyErr_SetRaisedException(error);
+        return GO_FAIL;
+    }
+    if (PyErr_GivenExceptionMatches(error, PyExc_StopAsyncIteration)) {
+        s->exhausted = 1;
+        stream_wake_consumer(s);
+    }
+    else {
+        stream_fail(s, error, self->task);   /* the source itself failed */
+    }
+    Py_DECREF(error);
+    release_tokens(self);
+    return GO_NEXT_ITEM;
+}
+
+static int
+drive_pull(WorkerObject *self, PyObject *value, PyObject *exc,
+           PyObject **result)
+{
+    PySendResult status = drive_iterator(wstate(self), self->pull_iter,
+                                         value, exc, result);
+    if (status == PYGEN_NEXT) {
+        return GO_YIELD;
+    }
+    return pull_done(self, status, status == PYGEN_RETURN ? *result : NULL);
+}
+
+/* Pulls one item from a sync source at once, or from an async one by
+ * driving its __anext__() (one worker at a time: the others wait in the
+ * pull line, holding their tokens). */
+static int
+go_pull(WorkerObject *self, PyObject **result)
+{
+    StreamObject *s = self->stream;
+    if (stream_stopped(s) || s->iterator == NULL) {
+        /* Others may wait in line to pull: let the next one see it too. */
+        stream_wake_first(s, &s->pull_line);
+        release_tokens(self);
+        return GO_NEXT_ITEM;
+    }
+    if (!s->is_async) {
+        self->item = PyIter_Next(s->iterator);
+        if (self->item != NULL) {
+            self->index = s->pulled++;
+            return GO_START_ITEM;
+        }
+        if (PyErr_Occurred()) {
+            PyObject *error = PyErr_GetRaisedException();
+            stream_fail(s, error, self->task);
+            Py_DECREF(error);
+        }
+        else {
+            s->exhausted = 1;
+            stream_wake_consumer(s);
+        }
+        release_tokens(self);
+        return GO_NEXT_ITEM;
+    }
+    if (s->pulling) {
+        PyObject *future = stream_wait_in(s, &s->pull_line);
+        if (future == NULL) {
+            return GO_FAIL;
+        }
+        yield_future(self, future, W_PULL_LINE, result);
+        return GO_YIELD;
+    }
+    PyTypeObject *tp = Py_TYPE(s->iterator);
+    if (tp->tp_as_async == NULL || tp->tp_as_async->am_anext == NULL) {
+        PyErr_Format(PyExc_TypeError, "%R is not an async iterator",
+                     s->iterator);
+        return GO_FAIL;
+    }
+    PyObject *awaitable = tp->tp_as_async->am_anext(s->iterator);
+    if (awaitable == NULL) {
+        return GO_FAIL;
+    }
+    self->pull_iter = iterator_of(wstate(self), awaitable);
+    Py_DECREF(awaitable);
+    if (self->pull_iter == NULL) {
+        return GO_FAIL;
+    }
+    s->pulling = 1;
+    self->state = W_PULLING;
+    return drive_pull(self, Py_None, NULL, result);
+}
+
+/* One step of the running item; its value or error once it ends. */
+static int
+step_item(WorkerObject *self, PyObject *value, PyObject *exc, int entered,
+          PyObject **result)
+{
+    PySendResult status = run_in_context(self, value, exc, entered, result);
+    if (status == PYGEN_NEXT) {
+        return GO_YIELD;
+    }
+    int failed;
+    if (status == PYGEN_RETURN) {
+        PyObject *item_value = *result;
+        failed = finish_item(self, item_value, NULL, 0) < 0;
+        Py_DECREF(item_value);
+        return failed ? GO_FAIL : GO_NEXT_ITEM;
+    }
+    PyObject *error = PyErr_GetRaisedException();
+    if (is_ours(self, error)) {
+        PyErr_SetRaisedException(error);
+        return GO_FAIL;
+    }
+    if (is_interrupt(error)) {
+        stream_fail(self->stream, error, self->task);
+        PyErr_SetRaisedException(error);
+        return GO_FAIL;
+    }
+    failed = finish_item(self, NULL, error, 0) < 0;
+    Py_DECREF(error);
+    return failed ? GO_FAIL : GO_NEXT_ITEM;
+}
+
+/* The item could not be made into an awaitable (`error`): for gather and
+ * as_completed that fails the stream; for amap it is the item's error. */
+static int
+item_not_started(WorkerObject *self, PyObject *error)
+{
+    StreamObject *s = self->stream;
+    int failed = 0;
+    if (s->strict_input) {
+        close_item(self);
+        stream_fail(s, error, self->task);
+        Py_CLEAR(self->context);
+        release_tokens(self);
+        self->state = W_START;
+    }
+    else {
+        Py_CLEAR(self->item);
+        failed = finish_item(self, NULL, error, 0) < 0;
+    }
+    Py_DECREF(error);
+    return failed ? GO_FAIL : GO_NEXT_ITEM;
+}
+
+static int
+is_future(ModuleState *st, PyObject *obj)
+{
+    PyObject *res = PyObject_CallOneArg(st->isfuture, obj);
+    if (res == NULL) {
         return -1;
     }
-    stream_fail(s, error, self->task);   /* the source itself failed */
-    Py_DECREF(error);
-    return 0;
+    int yes = PyObject_IsTrue(res);
+    Py_DECREF(res);
+    return yes;
+}
+
+/* as_completed given a Task or Future: waits for it without ever
+ * cancelling it, then hands it on as it is. Takes the reference. */
+static int
+wait_for_given(WorkerObject *self, PyObject *given, PyObject **result)
+{
+    StreamObject *s = self->stream;
+    ModuleState *st = wstate(self);
+    int done = call_method_bool(given, st->str_done);
+    if (done != 0) {
+        int failed = done < 0 || finish_item(self, given, NULL, 1) < 0;
+        Py_DECREF(given);
+        return failed ? GO_FAIL : GO_NEXT_ITEM;
+    }
+    PyObject *waiter = call_method0(s->loop, st->str_create_future);
+    PyObject *setter = waiter == NULL ? NULL
+        : PyObject_GetAttr(waiter, st->str_set_result);
+    PyObject *res = setter == NULL ? NULL
+        : call_method1(given, st->str_add_done_callback, setter);
+    Py_XDECREF(setter);
+    if (res == NULL || mark_blocking(st, waiter) < 0) {
+        Py_XDECREF(res);
+        Py_XDECREF(waiter);
+        Py_DECREF(given);
+        return GO_FAIL;
+    }
+    Py_DECREF(res);
+    self->given = given;
+    yield_future(self, waiter, W_GIVEN, result);
+    return GO_YIELD;
+}
+
+/* Makes the pulled item into an awaitable, in a copy of the caller's
+ * context entered for it, and runs its first step there. */
+static int
+go_start_item(WorkerObject *self, PyObject **result)
+{
+    StreamObject *s = self->stream;
+    ModuleState *st = wstate(self);
+    if (s->limit == 0 && !stream_stopped(s) && stream_add_worker(s) < 0) {
+        return GO_FAIL;
+    }
+    self->context = PyContext_Copy(s->context);
+    if (self->context == NULL || PyContext_Enter(self->context) < 0) {
+        return GO_FAIL;
+    }
+    PyObject *awaitable = s->make == Py_None
+        ? Py_NewRef(self->item) : PyObject_CallOneArg(s->make, self->item);
+    PyObject *iterator = awaitable == NULL ? NULL
+                                           : iterator_of(st, awaitable);
+    /* (A coroutine is never a future: spares a Python call per item.) */
+    int may_be_future = s->as_futures && iterator != NULL
+                        && !PyCoro_CheckExact(awaitable);
+    if (iterator == NULL || may_be_future) {
+        assert((iterator == NULL) == (PyErr_Occurred() != NULL));
+        PyObject *error = PyErr_GetRaisedException();
+        if (PyContext_Exit(self->context) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        if (error != NULL) {
+            Py_XDECREF(awaitable);
+            return item_not_started(self, error);
+        }
+    }
+    Py_CLEAR(self->item);    /* started: the item's own cleanup runs now */
+    if (may_be_future) {
+        int given = is_future(st, awaitable);
+        if (given != 0) {
+            Py_DECREF(iterator);
+            if (given < 0) {
+                Py_DECREF(awaitable);
+                return GO_FAIL;
+            }
+            return wait_for_given(self, awaitable, result);
+        }
+        if (PyContext_Enter(self->context) < 0) {
+            Py_DECREF(awaitable);
+            Py_DECREF(iterator);
+            return GO_FAIL;
+        }
+    }
+    Py_DECREF(awaitable);
+    self->run_iter = iterator;
+    self->state = W_RUN;
+    return step_item(self, Py_None, NULL, 1, result);
+}
+
+/* Where the Task resumes the worker, with the value sent or the exception
+ * thrown into it. */
+static int
+resume(WorkerObject *self, PyObject *value, PyObject *exc, PyObject **result)
+{
+    switch (self->state) {
+    case W_PULLING:
+        return drive_pull(self, value, exc, result);
+    case W_RUN:
+        return step_item(self, value, exc, 0, result);
+    }
+    if (exc != NULL) {
+        /* Thrown into a wait (worker_end undoes the wait). */
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        return GO_FAIL;
+    }
+    int waited = self->state;
+    Py_CLEAR(self->waiting_on);
+    self->state = W_START;
+    switch (waited) {
+    case W_TOKENS: {
+        int got = claim_resume(&self->claim, self->stream->loop);
+        if (got < 0) {
+            return GO_FAIL;
+        }
+        return got ? GO_PULL : wait_for_tokens(self, result);
+    }
+    case W_PULL_LINE:
+        return GO_PULL;
+    case W_GIVEN: {
+        PyObject *given = Py_NewRef(self->given);
+        int failed = finish_item(self, given, NULL, 1) < 0;
+        Py_DECREF(given);
+        return failed ? GO_FAIL : GO_NEXT_ITEM;
+    }
+    default:    /* W_START, W_ROOM */
+        return GO_NEXT_ITEM;
+    }
+}
+
+/* The worker's error: a failure of its own (a limiter's, the loop's) is the
+ * stream's, which the consumer raises, and the task returns. Only the
+ * stream's own cancellation and KeyboardInterrupt or SystemExit end the
+ * task with an error. */
+static PySendResult
+worker_failed(WorkerObject *self, PyObject **result)
+{
+    PyObject *error = PyErr_GetRaisedException();
+    if (!is_cancelled_error(wstate(self), error) && !is_interrupt(error)) {
+        stream_fail(self->stream, error, self->task);
+        Py_DECREF(error);
+        worker_end(self);
+        *result = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    if (is_interrupt(error) && self->task != NULL) {
+        retrieve_later(self);
+    }
+    PyErr_SetRaisedException(error);
+    worker_end(self);
+    return PYGEN_ERROR;
 }
 
 static PySendResult
 worker_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
 {
     WorkerObject *self = (WorkerObject *)op;
-    StreamObject *s = self->stream;
-    ModuleState *st = wstate(self);
-    PySendResult status;
-    int got;
-
-    switch (self->state) {
-    case W_DONE:
+    if (self->state == W_DONE) {
         PyErr_SetString(PyExc_RuntimeError,
                         "cannot reuse already awaited coroutine");
         return PYGEN_ERROR;
-    case W_START:
-    case W_ROOM:
-    case W_PULL_LINE:
-        Py_CLEAR(self->waiting_on);
-        if (exc != NULL) {
-            goto raise_thrown;
-        }
-        if (self->state == W_PULL_LINE) {
-            self->state = W_START;
-            goto pull;
-        }
-        self->state = W_START;
-        break;
-    case W_TOKENS:
-        if (exc != NULL) {
-            goto raise_thrown;
-        }
-        got = claim_resume(&self->claim, s->loop);
-        if (got < 0) {
-            goto error;
-        }
-        if (got == 0) {
-            goto wait_tokens;
-        }
-        self->state = W_START;
-        goto pull;
-    case W_PULLING:
-        status = drive_iterator(st, self->pull_iter, value, exc, result);
-        if (status == PYGEN_NEXT) {
-            return status;
-        }
-        got = pull_done(self, status, status == PYGEN_RETURN ? *result : NULL);
-        if (got < 0) {
-            goto error;
-        }
-        if (got == 0) {
-            release_tokens(self);
-            break;
-        }
-        goto run;
-    case W_GIVEN:
-        Py_CLEAR(self->waiting_on);
-        if (exc != NULL) {
-            goto raise_thrown;
-        }
-        {
-            PyObject *given = Py_NewRef(self->given);
-            int failed = finish_item(self, given, NULL, 1) < 0;
-            Py_DECREF(given);
-            if (failed) {
-                goto error;
-            }
-        }
-        break;
-    case W_RUN:
-        goto drive;
     }
-
-    /* The loop: one item per turn. */
+    int go = resume(self, value, exc, result);
     for (;;) {
-        if (stream_stopped(s)) {
+        switch (go) {
+        case GO_NEXT_ITEM:
+            go = go_to_next_item(self, result);
+            break;
+        case GO_PULL:
+            go = go_pull(self, result);
+            break;
+        case GO_START_ITEM:
+            go = go_start_item(self, result);
+            break;
+        case GO_YIELD:
+            return PYGEN_NEXT;
+        case GO_END:
             worker_end(self);
             *result = Py_NewRef(Py_None);
             return PYGEN_RETURN;
-        }
-        if (s->limit > 0 && stream_buffered(s) >= s->limit) {
-            PyObject *future = stream_wait_in(s, &s->room);
-            if (future == NULL) {
-                goto error;
-            }
-            return yield_future(self, future, W_ROOM, result);
-        }
-        got = claim_try_take(&self->claim, s->loop);
-        if (got < 0) {
-            PyObject *error = PyErr_GetRaisedException();
-            stream_fail(s, error, self->task);
-            Py_DECREF(error);
-            continue;
-        }
-        if (got == 0) {
-wait_tokens:
-            if (mark_blocking(st, self->claim.waiter) < 0) {
-                goto error;
-            }
-            self->state = W_TOKENS;
-            *result = Py_NewRef(self->claim.waiter);
-            return PYGEN_NEXT;
-        }
-pull:
-        got = pull(self, result);
-        if (got < 0) {
-            goto error;
-        }
-        if (got == 2) {
-            return PYGEN_NEXT;
-        }
-        if (got == 3) {
-            value = Py_None;
-            exc = NULL;
-            status = drive_iterator(st, self->pull_iter, value, exc, result);
-            if (status == PYGEN_NEXT) {
-                return status;
-            }
-            got = pull_done(self, status,
-                            status == PYGEN_RETURN ? *result : NULL);
-            if (got < 0) {
-                goto error;
-            }
-        }
-        if (got == 0) {
-            release_tokens(self);
-            continue;
-        }
-run:
-        if (s->limit == 0 && !stream_stopped(s) && stream_add_worker(s) < 0) {
-            goto error;
-        }
-        status = start_item(self, result);
-        if (status == PYGEN_ERROR) {
-            goto error;
-        }
-        if (status == PYGEN_RETURN) {
-            continue;         /* delivered or failed already */
-        }
-        if (self->state == W_GIVEN) {
-            return PYGEN_NEXT;
-        }
-        status = run_in_context(self, Py_None, NULL, 1, result);
-        goto stepped;
-drive:
-        status = run_in_context(self, value, exc, 0, result);
-stepped:
-        if (status == PYGEN_NEXT) {
-            return status;
-        }
-        if (status == PYGEN_RETURN) {
-            PyObject *item_value = *result;
-            int failed = finish_item(self, item_value, NULL, 0) < 0;
-            Py_DECREF(item_value);
-            if (failed) {
-                goto error;
-            }
-            continue;
-        }
-        {
-            PyObject *error = PyErr_GetRaisedException();
-            if (is_ours(self, error)) {
-                PyErr_SetRaisedException(error);
-                goto error;
-            }
-            if (is_interrupt(error)) {
-                stream_fail(s, error, self->task);
-                PyErr_SetRaisedException(error);
-                goto error;
-            }
-            int failed = finish_item(self, NULL, error, 0) < 0;
-            Py_DECREF(error);
-            if (failed) {
-                goto error;
-            }
+        default:
+            assert(go == GO_FAIL && PyErr_Occurred());
+            return worker_failed(self, result);
         }
     }
-
-raise_thrown:
-    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-error:
-    {
-        /* A failure of the worker itself (a limiter's, the loop's) is the
-         * stream's: the consumer raises it. Only the stream's own
-         * cancellation and KeyboardInterrupt or SystemExit end the task
-         * with an error. */
-        PyObject *error = PyErr_GetRaisedException();
-        if (!is_cancelled_error(st, error) && !is_interrupt(error)) {
-            stream_fail(s, error, self->task);
-            Py_DECREF(error);
-            worker_end(self);
-            *result = Py_NewRef(Py_None);
-            return PYGEN_RETURN;
-        }
-        if (is_interrupt(error) && self->task != NULL) {
-            retrieve_later(self);
-        }
-        PyErr_SetRaisedException(error);
-    }
-    worker_end(self);
-    return PYGEN_ERROR;
 }
 
 STEP_PROTOCOL(worker, worker_step)

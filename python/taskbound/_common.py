@@ -114,6 +114,15 @@ def check_limit(value: object) -> int:
     return _check_count("limit", "an int or None", value)
 
 
+# What asyncio's TaskGroup calls base errors (it lets them through at once,
+# not in an ExceptionGroup); the C core's is_interrupt().
+BASE_ERRORS = (KeyboardInterrupt, SystemExit)
+
+
+def is_base_error(exc: BaseException) -> bool:
+    return isinstance(exc, BASE_ERRORS)
+
+
 _NOT_A_LIMITER = ("limiter must be a taskbound limiter (Limiter, RateLimiter, "
                   "RedisLimiter, ...) or a sequence of them, not ")
 

@@ -28,6 +28,7 @@ from ._common import (
     check_limit,
     check_positive,
     check_total_tokens,
+    is_base_error,
     limiters_in_rank_order,
     waiting_stand_in,
     write_unraisable,
@@ -597,10 +598,6 @@ def _check_keywords(method: str, kwargs) -> None:
                 f"{method}() got an unexpected keyword argument '{key}'")
 
 
-def _is_base_error(exc: BaseException) -> bool:
-    return isinstance(exc, (SystemExit, KeyboardInterrupt))
-
-
 class _Child(collections.abc.Coroutine):
     """The coroutine a group's Task runs: it waits for the tokens if it has
     to, drives the user's awaitable, and returns the tokens inside the
@@ -915,7 +912,7 @@ class BoundedTaskGroup:
         propagate_cancellation_error = pending_cancellation_error = None
         try:
             self._exiting = True
-            if (exc is not None and _is_base_error(exc)
+            if (exc is not None and is_base_error(exc)
                     and self._base_error is None):
                 self._base_error = exc
             if UNCANCEL_AFTER_WAIT:
@@ -1155,7 +1152,7 @@ class BoundedTaskGroup:
         # may stop the loop before that callback runs, so theirs come back
         # now. The child's own outcome stands: a failure giving its tokens
         # back is reported as unraisable.
-        if not failed or _is_base_error(error):
+        if not failed or is_base_error(error):
             child._claim._release_unraisable()
         task = child._task
         if task is None:
@@ -1209,7 +1206,7 @@ class BoundedTaskGroup:
             })
             return
         self._errors.append(exc)
-        if _is_base_error(exc) and self._base_error is None:
+        if is_base_error(exc) and self._base_error is None:
             self._base_error = exc
         if not self._aborting and not self._parent_cancel_requested:
             self._abort()

@@ -29,7 +29,7 @@ import inspect
 import types
 from asyncio import CancelledError
 
-from ._common import check_limit, limiters_in_rank_order
+from ._common import BASE_ERRORS, check_limit, limiters_in_rank_order
 from ._pycore import _Claim, _TokenSource
 
 
@@ -259,7 +259,7 @@ class _Stream:
             await self._work_on_items()
         except CancelledError:
             raise
-        except (KeyboardInterrupt, SystemExit):
+        except BASE_ERRORS:
             # It ends this task as well as the stream: the consumer raises
             # it, and the task's copy is retrieved in the next turn (as
             # asyncio.gather's done callback would), not logged as never
@@ -356,7 +356,7 @@ class _Stream:
             if self._closed or asyncio.current_task().cancelling():
                 raise             # the stream is shutting down
             return _Outcome(error=exc)
-        except (KeyboardInterrupt, SystemExit) as exc:
+        except BASE_ERRORS as exc:
             self._fail(exc)
             raise
         except BaseException as exc:
