@@ -81,75 +81,22 @@ stream_step_anew(PyObject *spare, StreamObject *stream)
     return Py_NewRef(spare);
 }
 
-/* Closes the source; 1 with a future yielded (an async aclose()), 0 when
- * done, -1 on error. */
-static int
-close_source(StreamStepObject *self, PyObject **result)
-{
-    StreamObject *s = self->stream;
-    ModuleState *st = s->state;
-    PyObject *iterator = s->iterator;
-    s->iterator = NULL;
-    int sequence = PyList_Check(s->source) || PyTuple_Check(s->source);
-    if (iterator == NULL) {
-        if (sequence && !s->started) {
-            iterator = PyObject_GetIter(s->source);
-            if (iterator == NULL) {
-                return -1;
-            }
-            stream_close_coroutines_in(s, iterator);
-            Py_DECREF(iterator);
-        }
-        return 0;
-    }
-    PyObject *method;
-    if (PyObject_GetOptionalAttr(iterator, st->str_aclose, &method) < 0) {
-        Py_DECREF(iterator);
-        return -1;
-    }
-    if (method != NULL) {
-        Py_DECREF(iterator);
-        PyObject *awaitable = PyObject_CallNoArgs(method);
-        Py_DECREF(method);
-        if (awaitable == NULL) {
-            return -1;
-        }
-        self->source_iter = iterator_of(st, awaitable);
-        Py_DECREF(awaitable);
-        if (self->source_iter == NULL) {
-            return -1;
-        }
-        self->phase = S_CLOSE_SOURCE;
-        PySendResult status = drive_iterator(st, self->source_iter, Py_None,
-                                             NULL, result);
-        if (status == PYGEN_NEXT) {
-            return 1;
-        }
-        Py_CLEAR(self->source_iter);
-        if (status == PYGEN_RETURN) {
-            Py_DECREF(*result);
-            *result = NULL;
-            return 0;
-        }
-        return -1;
-    }
-    if (PyObject_GetOptionalAttr(iterator, st->str_close, &method) < 0) {
-        Py_DECREF(iterator);
-        return -1;
-    }
-    if (method != NULL) {
-        PyObject *res = PyObject_CallNoArgs(method);
-        Py_DECREF(method);
-        Py_DECREF(iterator);
-        Py_XDECREF(res);
-        return res == NULL ? -1 : 0;
-    }
-    if (sequence) {
-        stream_close_coroutines_in(s, iterator);   /* coroutines never started */
-    }
-    Py_DECREF(iterator);
-    return 0;
-}
+/* ---- the step, one function per place in it ----
+ *
+ * Each returns where the step goes next: another place, or GO_YIELD
+ * (*result is the future to yield; self->phase is where it resumes),
+ * GO_RETURN (*result is the value), GO_FINISH (the stream is closed:
+ * finish() says what the step returns) or GO_FAIL (an error is set). */
+
+enum {
+    GO_NEXT_VALUE,    /* next(): a value, or the end */
+    GO_CLOSE,         /* cancel the workers and wait until they end */
+    GO_CLOSE_SOURCE,  /* then close the source */
+    GO_YIELD,
+    GO_RETURN,
+    GO_FINISH,
+    GO_FAIL,
+};
 
 /* What the step returns once the stream is closed. */
 static PySendResult
@@ -181,29 +128,197 @@ finish(StreamStepObject *self, PyObject **result)
     return PYGEN_RETURN;
 }
 
-static PySendResult
-stream_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
+/* One step of the source's aclose(). */
+static int
+drive_source_close(StreamStepObject *self, PyObject *value, PyObject *exc,
+                   PyObject **result)
 {
-    StreamStepObject *self = (StreamStepObject *)op;
-    StreamObject *s = self->stream;
-    ModuleState *st = s->state;
+    PySendResult status = drive_iterator(self->stream->state,
+                                         self->source_iter, value, exc,
+                                         result);
+    if (status == PYGEN_NEXT) {
+        return GO_YIELD;
+    }
+    Py_CLEAR(self->source_iter);
+    if (status == PYGEN_ERROR) {
+        return GO_FAIL;
+    }
+    Py_CLEAR(*result);
+    return GO_FINISH;
+}
 
+/* Closes the source's iterator (a reference taken): aclose() of an async
+ * generator, close() of a generator, or the coroutines a list or tuple
+ * still holds (never started). */
+static int
+close_iterator(StreamStepObject *self, PyObject *iterator, int sequence,
+               PyObject **result)
+{
+    ModuleState *st = self->stream->state;
+    PyObject *method;
+    if (PyObject_GetOptionalAttr(iterator, st->str_aclose, &method) < 0) {
+        Py_DECREF(iterator);
+        return GO_FAIL;
+    }
+    if (method != NULL) {
+        Py_DECREF(iterator);
+        PyObject *awaitable = PyObject_CallNoArgs(method);
+        Py_DECREF(method);
+        if (awaitable == NULL) {
+            return GO_FAIL;
+        }
+        self->source_iter = iterator_of(st, awaitable);
+        Py_DECREF(awaitable);
+        if (self->source_iter == NULL) {
+            return GO_FAIL;
+        }
+        self->phase = S_CLOSE_SOURCE;
+        return drive_source_close(self, Py_None, NULL, result);
+    }
+    if (PyObject_GetOptionalAttr(iterator, st->str_close, &method) < 0) {
+        Py_DECREF(iterator);
+        return GO_FAIL;
+    }
+    if (method != NULL) {
+        PyObject *res = PyObject_CallNoArgs(method);
+        Py_DECREF(method);
+        Py_DECREF(iterator);
+        Py_XDECREF(res);
+        return res == NULL ? GO_FAIL : GO_FINISH;
+    }
+    if (sequence) {
+        stream_close_coroutines_in(self->stream, iterator);
+    }
+    Py_DECREF(iterator);
+    return GO_FINISH;
+}
+
+static int
+go_close_source(StreamStepObject *self, PyObject **result)
+{
+    StreamObject *s = self->stream;
+    PyObject *iterator = s->iterator;
+    s->iterator = NULL;
+    int sequence = PyList_Check(s->source) || PyTuple_Check(s->source);
+    if (iterator != NULL) {
+        return close_iterator(self, iterator, sequence, result);
+    }
+    if (sequence && !s->started) {
+        /* Never started: every coroutine it holds is closed. */
+        iterator = PyObject_GetIter(s->source);
+        if (iterator == NULL) {
+            return GO_FAIL;
+        }
+        stream_close_coroutines_in(s, iterator);
+        Py_DECREF(iterator);
+    }
+    return GO_FINISH;
+}
+
+/* The future the closer waits on until the last worker has ended. */
+static PyObject *
+workers_done_future(StreamObject *s)
+{
+    ModuleState *st = s->state;
+    if (s->workers_done != NULL) {
+        int done = call_method_bool(s->workers_done, st->str_done);
+        if (done == 0) {
+            return s->workers_done;
+        }
+        if (done < 0) {
+            /* Not a future that can be awaited: a new one replaces it. */
+            PyErr_WriteUnraisable(s->workers_done);
+        }
+    }
+    Py_XSETREF(s->workers_done, call_method0(s->loop, st->str_create_future));
+    return s->workers_done;
+}
+
+static int
+go_close(StreamStepObject *self, PyObject **result)
+{
+    StreamObject *s = self->stream;
+    s->closed = 1;
+    stream_cancel_workers(s, NULL);
+    if (s->live == 0) {
+        return GO_CLOSE_SOURCE;
+    }
+    PyObject *future = workers_done_future(s);
+    if (future == NULL || mark_blocking(s->state, future) < 0) {
+        return GO_FAIL;
+    }
+    Py_XSETREF(self->waiting_on, Py_NewRef(future));
+    self->phase = S_CLOSE_WORKERS;
+    *result = Py_NewRef(future);
+    return GO_YIELD;
+}
+
+static int
+go_next_value(StreamStepObject *self, PyObject **result)
+{
+    StreamObject *s = self->stream;
+    if (s->error != NULL && !s->raised) {
+        s->raised = 1;
+        self->then = THEN_RAISE_ERROR;
+        return GO_CLOSE;
+    }
+    PyObject *taken;
+    while ((taken = stream_take(s)) != NULL) {
+        if (self->collected == NULL) {
+            *result = taken;
+            return GO_RETURN;
+        }
+        int appended = PyList_Append(self->collected, taken);
+        Py_DECREF(taken);
+        if (appended < 0) {
+            return GO_FAIL;
+        }
+    }
+    if (PyErr_Occurred()) {
+        return GO_FAIL;
+    }
+    if (s->closed || (s->exhausted && s->live == 0)) {
+        self->then = self->collected != NULL ? THEN_RETURN_COLLECTED
+                                             : THEN_STOP;
+        return GO_CLOSE;
+    }
+    PyObject *future = call_method0(s->loop, s->state->str_create_future);
+    if (future == NULL || mark_blocking(s->state, future) < 0) {
+        Py_XDECREF(future);
+        return GO_FAIL;
+    }
+    Py_XSETREF(s->wakeup, Py_NewRef(future));
+    self->waiting_on = future;
+    self->phase = S_WAITING;
+    *result = Py_NewRef(future);
+    return GO_YIELD;
+}
+
+static int
+raise_thrown(PyObject *exc)
+{
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    return GO_FAIL;
+}
+
+/* Where the step starts, or resumes with the value sent or the exception
+ * thrown into it. */
+static int
+resume(StreamStepObject *self, PyObject *value, PyObject *exc,
+       PyObject **result)
+{
+    StreamObject *s = self->stream;
     switch (self->phase) {
-    case S_DONE:
-        PyErr_SetString(PyExc_RuntimeError,
-                        "cannot reuse already awaited coroutine");
-        return PYGEN_ERROR;
     case S_START:
         if (exc != NULL) {
-            goto raise_thrown;
+            return raise_thrown(exc);
         }
         if (self->ready != NULL) {
-            self->phase = S_DONE;
             *result = Py_NewRef(self->ready);
-            return PYGEN_RETURN;
+            return GO_RETURN;
         }
         if (self->closing_only) {
-            goto closing;
+            return GO_CLOSE;
         }
         if (!s->started && stream_start(s) < 0) {
             /* As any failure of the stream: the workers started already
@@ -213,23 +328,20 @@ stream_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
             stream_fail(s, error, NULL);
             Py_DECREF(error);
         }
-        break;
+        return GO_NEXT_VALUE;
     case S_WAITING:
         if (s->wakeup == self->waiting_on) {
             Py_CLEAR(s->wakeup);
         }
         Py_CLEAR(self->waiting_on);
         if (exc != NULL && self->close_on_cancel
-                && is_cancelled_error(st, exc)) {
+                && is_cancelled_error(s->state, exc)) {
             /* The consumer was cancelled: close, then let it know. */
             self->pending = Py_NewRef(exc);
             self->then = THEN_RAISE_PENDING;
-            goto closing;
+            return GO_CLOSE;
         }
-        if (exc != NULL) {
-            goto raise_thrown;
-        }
-        break;
+        return exc != NULL ? raise_thrown(exc) : GO_NEXT_VALUE;
     case S_CLOSE_WORKERS:
         Py_CLEAR(self->waiting_on);
         if (exc != NULL) {
@@ -238,107 +350,49 @@ stream_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
              * error raised. */
             Py_XSETREF(self->pending, Py_NewRef(exc));
             self->then = THEN_RAISE_PENDING;
-            goto close_the_source;
+            return GO_CLOSE_SOURCE;
         }
-        goto closing;
-    case S_CLOSE_SOURCE: {
-        PySendResult status = drive_iterator(st, self->source_iter, value,
-                                             exc, result);
-        if (status == PYGEN_NEXT) {
-            return status;
-        }
-        Py_CLEAR(self->source_iter);
-        if (status == PYGEN_ERROR) {
-            self->phase = S_DONE;
-            return status;
-        }
-        Py_DECREF(*result);
-        *result = NULL;
-        return finish(self, result);
+        return GO_CLOSE;    /* once more: a worker may have started since */
+    default:
+        assert(self->phase == S_CLOSE_SOURCE);
+        return drive_source_close(self, value, exc, result);
     }
-    }
+}
 
-    /* next(): a value, or the end. */
-    if (s->error != NULL && !s->raised) {
-        s->raised = 1;
-        self->then = THEN_RAISE_ERROR;
-        goto closing;
+static PySendResult
+stream_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
+{
+    StreamStepObject *self = (StreamStepObject *)op;
+    if (self->phase == S_DONE) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot reuse already awaited coroutine");
+        return PYGEN_ERROR;
     }
+    int go = resume(self, value, exc, result);
     for (;;) {
-        PyObject *taken = stream_take(s);
-        if (taken == NULL) {
-            if (PyErr_Occurred()) {
-                goto error;
-            }
+        switch (go) {
+        case GO_NEXT_VALUE:
+            go = go_next_value(self, result);
             break;
-        }
-        if (self->collected == NULL) {
-            self->phase = S_DONE;
-            *result = taken;
-            return PYGEN_RETURN;
-        }
-        int appended = PyList_Append(self->collected, taken);
-        Py_DECREF(taken);
-        if (appended < 0) {
-            goto error;
-        }
-    }
-    if (s->closed || (s->exhausted && s->live == 0)) {
-        self->then = self->collected != NULL ? THEN_RETURN_COLLECTED
-                                             : THEN_STOP;
-        goto closing;
-    }
-    {
-        PyObject *future = call_method0(s->loop, st->str_create_future);
-        if (future == NULL || mark_blocking(st, future) < 0) {
-            Py_XDECREF(future);
-            goto error;
-        }
-        Py_XSETREF(s->wakeup, Py_NewRef(future));
-        self->waiting_on = future;
-        self->phase = S_WAITING;
-        *result = Py_NewRef(future);
-        return PYGEN_NEXT;
-    }
-
-closing:
-    s->closed = 1;
-    stream_cancel_workers(s, NULL);
-    if (s->live > 0) {
-        if (s->workers_done == NULL
-                || call_method_bool(s->workers_done, st->str_done) != 0) {
-            PyErr_Clear();
-            Py_XSETREF(s->workers_done,
-                       call_method0(s->loop, st->str_create_future));
-            if (s->workers_done == NULL) {
-                goto error;
-            }
-        }
-        if (mark_blocking(st, s->workers_done) < 0) {
-            goto error;
-        }
-        Py_XSETREF(self->waiting_on, Py_NewRef(s->workers_done));
-        self->phase = S_CLOSE_WORKERS;
-        *result = Py_NewRef(s->workers_done);
-        return PYGEN_NEXT;
-    }
-close_the_source:
-    {
-        int status = close_source(self, result);
-        if (status < 0) {
-            goto error;
-        }
-        if (status > 0) {
+        case GO_CLOSE:
+            go = go_close(self, result);
+            break;
+        case GO_CLOSE_SOURCE:
+            go = go_close_source(self, result);
+            break;
+        case GO_YIELD:
             return PYGEN_NEXT;
+        case GO_FINISH:
+            return finish(self, result);
+        case GO_RETURN:
+            self->phase = S_DONE;
+            return PYGEN_RETURN;
+        default:
+            assert(go == GO_FAIL && PyErr_Occurred());
+            self->phase = S_DONE;
+            return PYGEN_ERROR;
         }
     }
-    return finish(self, result);
-
-raise_thrown:
-    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-error:
-    self->phase = S_DONE;
-    return PYGEN_ERROR;
 }
 
 STEP_PROTOCOL_BUT_ITERNEXT(stream_step, stream_step)
