@@ -172,7 +172,8 @@ acquisition_step(PyObject *op, PyObject *value, PyObject *exc,
     return *result == NULL ? PYGEN_ERROR : PYGEN_RETURN;
 }
 
-STEP_PROTOCOL(acquisition, acquisition_step)
+STEP_PROTOCOL(acquisition_am_send, acquisition_send, acquisition_throw,
+              acquisition_iternext, acquisition_step)
 
 static PyObject *
 acquisition_close(PyObject *op, PyObject *Py_UNUSED(ignored))

@@ -191,15 +191,20 @@ is_generator_coroutine(PyObject *obj)
     if (!PyGen_CheckExact(obj)) {
         return 0;
     }
+    /* (gi_code.co_flags read as attributes: the code object's struct is
+     * the interpreter's own. Only generators get here: the rare
+     * @types.coroutine awaitables.) */
     PyObject *code = PyObject_GetAttrString(obj, "gi_code");
-    if (code == NULL) {
+    PyObject *flags = code == NULL ? NULL
+                                   : PyObject_GetAttrString(code, "co_flags");
+    Py_XDECREF(code);
+    long value = flags == NULL ? -1 : PyLong_AsLong(flags);
+    Py_XDECREF(flags);
+    if (value == -1) {
         PyErr_Clear();
         return 0;
     }
-    int flagged = PyCode_Check(code)
-                  && (((PyCodeObject *)code)->co_flags & CO_ITERABLE_COROUTINE);
-    Py_DECREF(code);
-    return flagged;
+    return (value & CO_ITERABLE_COROUTINE) != 0;
 }
 
 PyObject *

@@ -210,7 +210,8 @@ child_close(ChildObject *self)
     return status;
 }
 
-STEP_PROTOCOL(child, child_step)
+STEP_PROTOCOL(child_am_send, child_send, child_throw,
+              child_iternext, child_step)
 
 static PyObject *
 child_close_method(PyObject *self, PyObject *Py_UNUSED(ignored))

@@ -130,22 +130,12 @@ external_bind(TokenSource *self, PyObject *loop)
 }
 
 static PyMethodDef external_methods[] = {
-    {"acquire", source_acquire, METH_NOARGS,
-     "Wait for a token (FIFO)."},
-    {"release", source_release, METH_NOARGS, "Give a token back."},
-    {"__aenter__", source_acquire, METH_NOARGS, NULL},
-    {"__aexit__", (PyCFunction)(void (*)(void))source_aexit, METH_FASTCALL,
-     NULL},
     {"_bind", (PyCFunction)external_bind, METH_O,
      "Bind to `loop` on first use; refuse any other loop after that."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef external_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(TokenSource, weakreflist),
-     READONLY, NULL},
-    {"_rank", T_ULONGLONG, offsetof(TokenSource, rank), READONLY,
-     "The order in which tasks take this limiter's tokens."},
     {"_loop", T_OBJECT, offsetof(TokenSource, loop), READONLY,
      "The event loop it is bound to, or None."},
     {NULL, 0, 0, 0, NULL},

@@ -389,7 +389,8 @@ error:
     return PYGEN_ERROR;
 }
 
-STEP_PROTOCOL(group_exit, group_exit_step)
+STEP_PROTOCOL(group_exit_am_send, group_exit_send, group_exit_throw,
+              group_exit_iternext, group_exit_step)
 
 static PyObject *
 group_exit_close(PyObject *self, PyObject *Py_UNUSED(ignored))

@@ -469,18 +469,10 @@ limiter_get_available(LimiterObject *self, void *Py_UNUSED(closure))
 }
 
 static PyMethodDef limiter_methods[] = {
-    {"acquire", source_acquire, METH_NOARGS, "Wait for a token (FIFO)."},
-    {"acquire_nowait", source_acquire_nowait, METH_NOARGS,
-     "Take a token now, or raise WouldBlock."},
-    {"release", source_release, METH_NOARGS,
-     "Give a token back; the first waiter gets it."},
     {"statistics", (PyCFunction)limiter_statistics, METH_NOARGS,
      "LimiterStatistics(total_tokens, borrowed_tokens, waiting)."},
     {"locked", (PyCFunction)limiter_locked, METH_NOARGS,
      "True when an acquire would have to wait."},
-    {"__aenter__", source_acquire, METH_NOARGS, NULL},
-    {"__aexit__", (PyCFunction)(void (*)(void))source_aexit, METH_FASTCALL,
-     NULL},
     {"_deadlock_state", (PyCFunction)limiter_deadlock_state, METH_NOARGS,
      NULL},
     {"_fail_waiters", (PyCFunction)(void (*)(void))limiter_fail_waiters,
@@ -498,14 +490,6 @@ static PyGetSetDef limiter_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyMemberDef limiter_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET,
-     offsetof(LimiterObject, base.weakreflist), READONLY, NULL},
-    {"_rank", T_ULONGLONG, offsetof(LimiterObject, base.rank), READONLY,
-     "The order in which tasks take this limiter's tokens."},
-    {NULL, 0, 0, 0, NULL},
-};
-
 static PyType_Slot limiter_slots[] = {
     {Py_tp_doc, "Limiter(total_tokens)\n--\n\n"
                 "A FIFO counting limiter, shareable by any number of groups "
@@ -518,7 +502,6 @@ static PyType_Slot limiter_slots[] = {
     {Py_tp_repr, limiter_repr},
     {Py_tp_methods, limiter_methods},
     {Py_tp_getset, limiter_getset},
-    {Py_tp_members, limiter_members},
     {0, NULL},
 };
 

@@ -58,9 +58,10 @@ import_optional(const char *attr, PyObject **slot)
 
 static int
 add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot,
-         int public)
+         int public, PyTypeObject *base)
 {
-    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, NULL);
+    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec,
+                                                     (PyObject *)base);
     if (*slot == NULL) {
         return -1;
     }
@@ -68,27 +69,39 @@ add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot,
 }
 
 static int
-module_exec(PyObject *module)
+add_types(PyObject *module, ModuleState *st)
 {
-    ModuleState *st = get_state(module);
-
-    if (add_type(module, &limiter_spec, &st->limiter_type, 1) < 0
-            || add_type(module, &rate_limiter_spec, &st->rate_limiter_type,
-                        1) < 0
-            || add_type(module, &external_source_spec,
-                        &st->external_source_type, 1) < 0
-            || add_type(module, &group_spec, &st->group_type, 1) < 0
-            || add_type(module, &child_spec, &st->child_type, 0) < 0
-            || add_type(module, &acquisition_spec, &st->acquisition_type, 0) < 0
-            || add_type(module, &group_exit_spec, &st->group_exit_type, 0) < 0
-            || add_type(module, &stream_spec, &st->stream_type, 1) < 0
-            || add_type(module, &stream_step_spec, &st->stream_step_type, 0) < 0
-            || add_type(module, &worker_spec, &st->worker_type, 0) < 0
-            || add_type(module, &stream_iterator_spec,
-                        &st->stream_iterator_type, 1) < 0) {
+    if (add_type(module, &token_source_spec, &st->token_source_type, 0,
+                 NULL) < 0) {
         return -1;
     }
+    PyTypeObject *source = st->token_source_type;
+    if (add_type(module, &limiter_spec, &st->limiter_type, 1, source) < 0
+            || add_type(module, &rate_limiter_spec, &st->rate_limiter_type,
+                        1, source) < 0
+            || add_type(module, &external_source_spec,
+                        &st->external_source_type, 1, source) < 0
+            || add_type(module, &group_spec, &st->group_type, 1, NULL) < 0
+            || add_type(module, &child_spec, &st->child_type, 0, NULL) < 0
+            || add_type(module, &acquisition_spec, &st->acquisition_type, 0,
+                        NULL) < 0
+            || add_type(module, &group_exit_spec, &st->group_exit_type, 0,
+                        NULL) < 0
+            || add_type(module, &stream_spec, &st->stream_type, 1, NULL) < 0
+            || add_type(module, &stream_step_spec, &st->stream_step_type, 0,
+                        NULL) < 0
+            || add_type(module, &worker_spec, &st->worker_type, 0, NULL) < 0
+            || add_type(module, &stream_iterator_spec,
+                        &st->stream_iterator_type, 1, NULL) < 0) {
+        return -1;
+    }
+    return 0;
+}
 
+/* What the core calls in asyncio and in the package's Python modules. */
+static int
+import_python(ModuleState *st)
+{
 #define IMPORT(field, mod, name)                                \
     if ((st->field = import_attr(mod, name)) == NULL) {         \
         return -1;                                              \
@@ -136,7 +149,12 @@ module_exec(PyObject *module)
                                &st->discard_from_awaited_by) < 0) {
         return -1;
     }
+    return 0;
+}
 
+static int
+intern_strings(ModuleState *st)
+{
 #define INTERN(field, text)                                     \
     if ((st->field = PyUnicode_InternFromString(text)) == NULL) {  \
         return -1;                                              \
@@ -168,7 +186,13 @@ module_exec(PyObject *module)
     INTERN(str__pass_on, "_pass_on");
     INTERN(str__give_back, "_give_back");
 #undef INTERN
-    /* Asyncio must take our child and worker coroutines for coroutines. */
+    return 0;
+}
+
+/* Asyncio must take our child and worker coroutines for coroutines. */
+static int
+register_coroutines(ModuleState *st)
+{
     PyTypeObject *coroutines[] = {st->child_type, st->worker_type};
     for (size_t i = 0; i < sizeof(coroutines) / sizeof(*coroutines); i++) {
         PyObject *registered = PyObject_CallMethod(
@@ -178,7 +202,18 @@ module_exec(PyObject *module)
         }
         Py_DECREF(registered);
     }
+    return 0;
+}
+
+static int
+module_exec(PyObject *module)
+{
+    ModuleState *st = get_state(module);
     st->next_rank = 0;
+    if (add_types(module, st) < 0 || import_python(st) < 0
+            || intern_strings(st) < 0 || register_coroutines(st) < 0) {
+        return -1;
+    }
     return 0;
 }
 
@@ -202,7 +237,7 @@ module_exec(PyObject *module)
     X(str_send) X(str_set_result) X(str_throw) X(str_uncancel)            \
     X(future_type) X(waiting_stand_in)                                    \
     X(add_to_awaited_by) X(discard_from_awaited_by)                       \
-    X(external_source_type) X(str__try_take) X(str__enqueue)              \
+    X(external_source_type) X(token_source_type) X(str__try_take) X(str__enqueue)              \
     X(str__dequeue) X(str__pass_on) X(str__give_back)
 
 static int

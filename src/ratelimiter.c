@@ -379,19 +379,10 @@ rate_get_burst(RateLimiterObject *self, void *Py_UNUSED(closure))
 }
 
 static PyMethodDef rate_methods[] = {
-    {"acquire", source_acquire, METH_NOARGS,
-     "Wait for the next start (FIFO)."},
-    {"acquire_nowait", source_acquire_nowait, METH_NOARGS,
-     "Start now, or raise WouldBlock."},
-    {"release", source_release, METH_NOARGS,
-     "Nothing to give back: a no-op."},
     {"statistics", (PyCFunction)rate_statistics, METH_NOARGS,
      "RateLimiterStatistics(rate, per, burst, waiting)."},
     {"locked", (PyCFunction)rate_locked, METH_NOARGS,
      "True when an acquire would have to wait."},
-    {"__aenter__", source_acquire, METH_NOARGS, NULL},
-    {"__aexit__", (PyCFunction)(void (*)(void))source_aexit, METH_FASTCALL,
-     NULL},
     {"_on_timer", (PyCFunction)rate_on_timer, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -403,14 +394,6 @@ static PyGetSetDef rate_getset[] = {
     {"burst", (getter)rate_get_burst, NULL,
      "How many starts may follow each other at once.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyMemberDef rate_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET,
-     offsetof(RateLimiterObject, base.weakreflist), READONLY, NULL},
-    {"_rank", T_ULONGLONG, offsetof(RateLimiterObject, base.rank), READONLY,
-     "The order in which tasks take this limiter's tokens."},
-    {NULL, 0, 0, 0, NULL},
 };
 
 static PyType_Slot rate_slots[] = {
@@ -425,7 +408,6 @@ static PyType_Slot rate_slots[] = {
     {Py_tp_repr, rate_repr},
     {Py_tp_methods, rate_methods},
     {Py_tp_getset, rate_getset},
-    {Py_tp_members, rate_members},
     {0, NULL},
 };
 

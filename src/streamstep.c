@@ -395,7 +395,8 @@ stream_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
     }
 }
 
-STEP_PROTOCOL_BUT_ITERNEXT(stream_step, stream_step)
+STEP_PROTOCOL_BUT_ITERNEXT(stream_step_am_send, stream_step_send,
+                          stream_step_throw, stream_step)
 
 /* Raises StopIteration(value). Since 3.12 an async for receives each value
  * from a C awaitable that way (through __next__, not am_send), and making

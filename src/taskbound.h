@@ -90,6 +90,7 @@ typedef struct {
     PyTypeObject *limiter_type;
     PyTypeObject *rate_limiter_type;
     PyTypeObject *external_source_type;
+    PyTypeObject *token_source_type;    /* the base of the three above */
     PyTypeObject *group_type;
     PyTypeObject *child_type;
     PyTypeObject *acquisition_type;
@@ -349,6 +350,7 @@ typedef struct {
     PyObject *timer;         /* loop handle waking the first waiter */
 } RateLimiterObject;
 
+extern PyType_Spec token_source_spec;   /* their base */
 extern PyType_Spec limiter_spec;
 extern PyType_Spec rate_limiter_spec;
 extern PyType_Spec external_source_spec;
@@ -366,11 +368,6 @@ int source_withdraw(TokenSource *self, PyObject *future);
 int source_traverse(TokenSource *self, visitproc visit, void *arg);
 void source_clear(TokenSource *self);
 void source_dealloc(TokenSource *self, inquiry clear);
-PyObject *source_acquire(PyObject *self, PyObject *ignored);
-PyObject *source_acquire_nowait(PyObject *self, PyObject *ignored);
-PyObject *source_release(PyObject *self, PyObject *ignored);
-PyObject *source_aexit(PyObject *self, PyObject *const *args,
-                       Py_ssize_t nargs);
 int is_token_source(ModuleState *state, PyObject *obj);
 /* The token sources a task takes one token of: `first` (a group's own
  * Limiter, or NULL) and `limiter` (None, a token source, or a list or
@@ -586,29 +583,29 @@ PyObject *step_send_method(PyObject *self, PyObject *value, step_func step);
 PyObject *step_throw_method(PyObject *self, PyObject *const *args,
                             Py_ssize_t nargs, step_func step);
 PyObject *step_iternext(PyObject *self, step_func step);
-/* Defines prefix_am_send, prefix_send and prefix_throw (and, with
- * STEP_PROTOCOL, prefix_iternext) for a type whose coroutine protocol is
- * the step function `step`. */
-#define STEP_PROTOCOL_BUT_ITERNEXT(prefix, step)                            \
+/* Defines a type's coroutine protocol on its step function `step`:
+ * am_send, send() and throw(), and with STEP_PROTOCOL tp_iternext, each
+ * named in full where it is used, so that a search finds it. */
+#define STEP_PROTOCOL_BUT_ITERNEXT(am_send, send, throw, step)              \
     static PySendResult                                                     \
-    prefix##_am_send(PyObject *self, PyObject *value, PyObject **result)    \
+    am_send(PyObject *self, PyObject *value, PyObject **result)             \
     {                                                                       \
         return step(self, value, NULL, result);                             \
     }                                                                       \
     static PyObject *                                                       \
-    prefix##_send(PyObject *self, PyObject *value)                          \
+    send(PyObject *self, PyObject *value)                                   \
     {                                                                       \
         return step_send_method(self, value, step);                         \
     }                                                                       \
     static PyObject *                                                       \
-    prefix##_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs) \
+    throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)          \
     {                                                                       \
         return step_throw_method(self, args, nargs, step);                  \
     }
-#define STEP_PROTOCOL(prefix, step)                                         \
-    STEP_PROTOCOL_BUT_ITERNEXT(prefix, step)                                \
+#define STEP_PROTOCOL(am_send, send, throw, iternext, step)                 \
+    STEP_PROTOCOL_BUT_ITERNEXT(am_send, send, throw, step)                  \
     static PyObject *                                                       \
-    prefix##_iternext(PyObject *self)                                       \
+    iternext(PyObject *self)                                                \
     {                                                                       \
         return step_iternext(self, step);                                   \
     }

@@ -259,9 +259,9 @@ source_dealloc(TokenSource *self, inquiry clear)
     Py_DECREF(tp);
 }
 
-/* ---- the methods both types have ---- */
+/* ---- the base type: what every token source has ---- */
 
-PyObject *
+static PyObject *
 source_acquire(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     PyObject *limiters = PyTuple_Pack(1, self);
@@ -274,7 +274,7 @@ source_acquire(PyObject *self, PyObject *Py_UNUSED(ignored))
     return acq;
 }
 
-PyObject *
+static PyObject *
 source_acquire_nowait(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     TokenSource *self = (TokenSource *)op;
@@ -298,7 +298,7 @@ source_acquire_nowait(PyObject *op, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-PyObject *
+static PyObject *
 source_release(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     TokenSource *self = (TokenSource *)op;
@@ -308,7 +308,7 @@ source_release(PyObject *op, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-PyObject *
+static PyObject *
 source_aexit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     TokenSource *self = (TokenSource *)op;
@@ -325,6 +325,52 @@ source_aexit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     return acq;
 }
 
+static int
+token_source_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    return source_traverse((TokenSource *)op, visit, arg);
+}
+
+static PyMethodDef source_methods[] = {
+    {"acquire", source_acquire, METH_NOARGS,
+     "Wait for a token (FIFO); for a RateLimiter, for the next start."},
+    {"acquire_nowait", source_acquire_nowait, METH_NOARGS,
+     "Take a token now, or raise WouldBlock."},
+    {"release", source_release, METH_NOARGS,
+     "Give a token back; the first waiter gets it (a RateLimiter has "
+     "nothing to give back)."},
+    {"__aenter__", source_acquire, METH_NOARGS, NULL},
+    {"__aexit__", (PyCFunction)(void (*)(void))source_aexit, METH_FASTCALL,
+     NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef source_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(TokenSource, weakreflist),
+     READONLY, NULL},
+    {"_rank", T_ULONGLONG, offsetof(TokenSource, rank), READONLY,
+     "The order in which tasks take this limiter's tokens."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot token_source_slots[] = {
+    {Py_tp_doc, "The base of Limiter, RateLimiter and ExternalSource: a "
+                "FIFO line of waiters, an event loop, a rank."},
+    {Py_tp_traverse, token_source_traverse},
+    {Py_tp_methods, source_methods},
+    {Py_tp_members, source_members},
+    {0, NULL},
+};
+
+/* Not instantiable: only its subclasses are. */
+PyType_Spec token_source_spec = {
+    .name = "taskbound._taskbound.TokenSource",
+    .basicsize = sizeof(TokenSource),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE
+             | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = token_source_slots,
+};
+
 /* ---- the one rule for a task's limiters ---- */
 
 /* (The reference's words too: _common.limiters_in_rank_order.) */
@@ -335,9 +381,7 @@ source_aexit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 int
 is_token_source(ModuleState *state, PyObject *obj)
 {
-    return PyObject_TypeCheck(obj, state->limiter_type)
-           || PyObject_TypeCheck(obj, state->rate_limiter_type)
-           || PyObject_TypeCheck(obj, state->external_source_type);
+    return PyObject_TypeCheck(obj, state->token_source_type);
 }
 
 static int

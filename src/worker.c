@@ -620,7 +620,8 @@ worker_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
     }
 }
 
-STEP_PROTOCOL(worker, worker_step)
+STEP_PROTOCOL(worker_am_send, worker_send, worker_throw,
+              worker_iternext, worker_step)
 
 static PyObject *
 worker_close(PyObject *op, PyObject *Py_UNUSED(ignored))
