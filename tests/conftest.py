@@ -6,7 +6,6 @@ still has borrowed tokens when it ends."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import importlib
 import os
 import selectors
@@ -15,7 +14,7 @@ import warnings
 
 import pytest
 
-from helpers import MODULES
+from helpers import MODULES, collecting_what_it_leaves
 
 PURE = os.environ.get("TASKBOUND_PURE_PYTHON", "") not in ("", "0")
 IMPLEMENTATIONS = ["python"] if PURE else ["c", "python"]
@@ -140,10 +139,10 @@ class Runner:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                with asyncio.Runner(loop_factory=factory) as runner:
+                with collecting_what_it_leaves(), \
+                        asyncio.Runner(loop_factory=factory) as runner:
                     return runner.run(main)
             finally:
-                gc.collect()
                 problems = [w for w in caught
                             if "never awaited" in str(w.message)
                             or "destroyed" in str(w.message)]

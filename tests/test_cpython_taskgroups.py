@@ -18,7 +18,6 @@ true.
 from __future__ import annotations
 
 import asyncio
-import gc
 import importlib
 import types
 import unittest
@@ -28,6 +27,7 @@ import pytest
 
 from conftest import (HAS_EAGER, IMPLEMENTATIONS, LOOPS, Impl,
                       eager_task_factory, new_loop)
+from helpers import collecting_what_it_leaves
 
 stdlib_tests = importlib.import_module("test.test_asyncio.test_taskgroups")
 
@@ -124,8 +124,8 @@ def test_stdlib_taskgroup_test(monkeypatch, group_class, loop_kind, eager,
         # As CPython's own runner has them; only deprecations (the suite's
         # own use of deprecated calls) are let through below.
         warnings.simplefilter("always")
-        make_case(loop_kind, eager)(name).run(result)
-        gc.collect()
+        with collecting_what_it_leaves():
+            make_case(loop_kind, eager)(name).run(result)
     unexpected = [str(w.message) for w in caught
                   if not issubclass(w.category, DeprecationWarning)]
     assert not unexpected, unexpected
