@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import uuid
 
 # The two implementations, by the module each is imported from.
@@ -16,6 +17,15 @@ def unique_name(prefix: str = "test") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+# Every so many blocks the collection is a full one: what became garbage
+# after a block ended (a run's error, freed by the test after the run) is
+# frozen with the live objects by the next block, and would otherwise wait
+# for the interpreter's rare full collections (on 3.13, asyncio.all_tasks()
+# walks every such task).
+FULL_COLLECTION_EVERY = 16
+_blocks = itertools.count(1)
+
+
 @contextlib.contextmanager
 def collecting_what_it_leaves():
     """Collects, as the block ends, the cycles made in it, so that what they
@@ -23,6 +33,12 @@ def collecting_what_it_leaves():
     objects alive before the block are frozen out of the collection
     (gc.freeze): it costs what the block made, not the whole session's heap
     (a full collection per run was most of the suite's time)."""
+    if next(_blocks) % FULL_COLLECTION_EVERY == 0:
+        try:
+            yield
+        finally:
+            gc.collect()
+        return
     gc.freeze()
     try:
         yield
