@@ -18,8 +18,9 @@ setup(
     ext_modules=[
         Extension(
             "taskbound._taskbound",
-            sources=sorted(glob("src/*.c")),
-            depends=sorted(glob("src/*.h")),
+            sources=sorted(glob("src/*.c") + glob("src/*/*.c")),
+            depends=sorted(glob("src/*/*.h")),
+            include_dirs=["src"],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
         )

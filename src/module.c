@@ -1,14 +1,20 @@
-/* taskbound._taskbound: the module, its state and its types.
+/* taskbound._taskbound: the module. It only assembles the three layers
+ * (core/, group/, stream/): their types, the Python objects they call, the
+ * interned names.
  *
  * Multi-phase init; every Python object the C code needs is in the module
- * state, reached from each type with PyType_GetModuleByDef.
+ * state (core/state.h), reached from each type with PyType_GetModuleByDef.
  */
-#include "taskbound.h"
+#include "core/core.h"
+#include "group/group.h"
+#include "stream/stream.h"
 
 static ModuleState *
 get_state(PyObject *module)
 {
-    return (ModuleState *)PyModule_GetState(module);
+    void *state = PyModule_GetState(module);
+    assert(state != NULL);
+    return (ModuleState *)state;
 }
 
 static PyObject *
@@ -83,8 +89,9 @@ add_types(PyObject *module, ModuleState *st)
                         &st->external_source_type, 1, source) < 0
             || add_type(module, &group_spec, &st->group_type, 1, NULL) < 0
             || add_type(module, &child_spec, &st->child_type, 0, NULL) < 0
-            || add_type(module, &acquisition_spec, &st->acquisition_type, 0,
+            || add_type(module, &claim_wait_spec, &st->claim_wait_type, 0,
                         NULL) < 0
+            || add_type(module, &spawn_spec, &st->spawn_type, 0, NULL) < 0
             || add_type(module, &group_exit_spec, &st->group_exit_type, 0,
                         NULL) < 0
             || add_type(module, &stream_spec, &st->stream_type, 1, NULL) < 0
@@ -217,28 +224,27 @@ module_exec(PyObject *module)
     return 0;
 }
 
-#define STATE_FIELDS(X)                                                   \
-    X(limiter_type) X(rate_limiter_type) X(group_type) X(child_type)      \
-    X(acquisition_type) X(stream_type) X(stream_step_type) X(worker_type) \
-    X(stream_iterator_type) X(spare_stop_iteration)                       \
-    X(future_set_result) X(future_set_exception)                          \
-    X(deadlock_error) X(on_block) X(on_exit_wait)                         \
-    X(isfuture) X(str_add_done_callback) X(str_aclose)                    \
-    X(str_set_exception)                                                  \
-    X(group_exit_type) X(get_running_loop) X(current_task)                \
-    X(cancelled_error) X(would_block) X(limiter_statistics)               \
-    X(rate_limiter_statistics) X(check_positive) X(check_burst)           \
-    X(str_call_at) X(str_time)                                            \
-    X(group_statistics) X(check_total_tokens) X(check_limit)              \
-    X(coroutine_abc) X(str_asyncio_future_blocking)                       \
-    X(str_call_exception_handler) X(str_call_soon) X(str_cancel)          \
-    X(str_cancelled) X(str_cancelling) X(str_close) X(str_create_future)  \
-    X(str_create_task) X(str_done) X(str_exception) X(str_result)         \
-    X(str_send) X(str_set_result) X(str_throw) X(str_uncancel)            \
-    X(future_type) X(waiting_stand_in)                                    \
-    X(add_to_awaited_by) X(discard_from_awaited_by)                       \
-    X(external_source_type) X(token_source_type) X(str__try_take) X(str__enqueue)              \
-    X(str__dequeue) X(str__pass_on) X(str__give_back)
+/* Every reference the state holds, for traverse and clear. */
+#define STATE_FIELDS(X)                                                    \
+    X(token_source_type) X(limiter_type) X(rate_limiter_type)              \
+    X(external_source_type) X(claim_wait_type) X(get_running_loop)         \
+    X(current_task) X(cancelled_error) X(coroutine_abc) X(isfuture)        \
+    X(future_type) X(future_set_result) X(future_set_exception)            \
+    X(would_block) X(deadlock_error) X(on_block) X(on_exit_wait)           \
+    X(limiter_statistics) X(rate_limiter_statistics) X(check_positive)     \
+    X(check_burst) X(check_total_tokens) X(str_asyncio_future_blocking)    \
+    X(str_call_at) X(str_call_exception_handler) X(str_call_soon)          \
+    X(str_cancel) X(str_cancelled) X(str_cancelling) X(str_close)          \
+    X(str_create_future) X(str_create_task) X(str_add_done_callback)       \
+    X(str_aclose) X(str_set_exception) X(str_done) X(str_exception)        \
+    X(str_result) X(str_send) X(str_set_result) X(str_throw) X(str_time)   \
+    X(str_uncancel) X(str__try_take) X(str__enqueue) X(str__dequeue)       \
+    X(str__pass_on) X(str__give_back)                                      \
+    X(group_type) X(child_type) X(spawn_type) X(group_exit_type)           \
+    X(group_statistics) X(check_limit) X(waiting_stand_in)                 \
+    X(add_to_awaited_by) X(discard_from_awaited_by)                        \
+    X(stream_type) X(stream_step_type) X(worker_type)                      \
+    X(stream_iterator_type) X(spare_stop_iteration)
 
 static int
 module_traverse(PyObject *module, visitproc visit, void *arg)
@@ -256,7 +262,8 @@ module_clear(PyObject *module)
     ModuleState *st = get_state(module);
     /* Before the types: freeing a kept object reads its type. */
     freelist_clear(&st->child_freelist);
-    freelist_clear(&st->acquisition_freelist);
+    freelist_clear(&st->claim_wait_freelist);
+    freelist_clear(&st->spawn_freelist);
     freelist_clear(&st->stream_step_freelist);
 #define CLEAR(field) Py_CLEAR(st->field);
     STATE_FIELDS(CLEAR)

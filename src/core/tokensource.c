@@ -6,93 +6,7 @@
  * False when a group aborts its claim. Waiters cancelled from outside stay
  * queued until their task runs again; they are skipped and pruned.
  */
-#include "taskbound.h"
-
-/* ---- the waiter queue: a ring buffer of futures ---- */
-
-PyObject *
-queue_at(WaiterQueue *q, Py_ssize_t i)
-{
-    return q->items[(q->head + i) % q->cap];
-}
-
-int
-queue_push(WaiterQueue *q, PyObject *item)
-{
-    if (q->len == q->cap) {
-        Py_ssize_t cap = q->cap ? q->cap * 2 : 8;
-        PyObject **items = PyMem_New(PyObject *, cap);
-        if (items == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        for (Py_ssize_t i = 0; i < q->len; i++) {
-            items[i] = queue_at(q, i);
-        }
-        PyMem_Free(q->items);
-        q->items = items;
-        q->head = 0;
-        q->cap = cap;
-    }
-    q->items[(q->head + q->len) % q->cap] = Py_NewRef(item);
-    q->len++;
-    return 0;
-}
-
-PyObject *
-queue_pop(WaiterQueue *q)
-{
-    PyObject *item = q->items[q->head];
-    q->head = (q->head + 1) % q->cap;
-    q->len--;
-    return item;
-}
-
-static int
-queue_remove(WaiterQueue *q, PyObject *item)
-{
-    for (Py_ssize_t i = 0; i < q->len; i++) {
-        if (queue_at(q, i) == item) {
-            for (Py_ssize_t j = i; j + 1 < q->len; j++) {
-                q->items[(q->head + j) % q->cap] = queue_at(q, j + 1);
-            }
-            q->len--;
-            Py_DECREF(item);
-            return 1;
-        }
-    }
-    return 0;
-}
-
-void
-queue_clear(WaiterQueue *q)
-{
-    /* Empty the structure before dropping references: a DECREF may run
-     * code that looks at the queue. */
-    PyObject **items = q->items;
-    Py_ssize_t head = q->head, len = q->len, cap = q->cap;
-    q->items = NULL;
-    q->head = q->len = q->cap = 0;
-    for (Py_ssize_t i = 0; i < len; i++) {
-        Py_DECREF(items[(head + i) % cap]);
-    }
-    PyMem_Free(items);
-}
-
-/* ---- the protocol ---- */
-
-int
-call_method_bool(PyObject *obj, PyObject *name)
-{
-    ASSERT_NO_ERROR();
-    PyObject *res = call_method0(obj, name);
-    if (res == NULL) {
-        return -1;
-    }
-    int truth = PyObject_IsTrue(res);
-    Py_DECREF(res);
-    return truth;
-}
+#include "core/core.h"
 
 int
 source_init(TokenSource *self, PyTypeObject *type, const TokenSourceOps *ops)
@@ -268,10 +182,9 @@ source_acquire(PyObject *self, PyObject *Py_UNUSED(ignored))
     if (limiters == NULL) {
         return NULL;
     }
-    PyObject *acq = acquisition_new(((TokenSource *)self)->state, limiters,
-                                    NULL, NULL, NULL);
+    PyObject *wait = claim_wait_new(((TokenSource *)self)->state, limiters);
     Py_DECREF(limiters);
-    return acq;
+    return wait;
 }
 
 static PyObject *
@@ -315,14 +228,14 @@ source_aexit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     if (op_release(self) < 0) {
         return NULL;
     }
-    /* An acquisition of no tokens: an awaitable that returns None. */
+    /* A wait for no tokens: an awaitable that returns None. */
     PyObject *nothing = PyTuple_New(0);
     if (nothing == NULL) {
         return NULL;
     }
-    PyObject *acq = acquisition_new(self->state, nothing, NULL, NULL, NULL);
+    PyObject *wait = claim_wait_new(self->state, nothing);
     Py_DECREF(nothing);
-    return acq;
+    return wait;
 }
 
 static int

@@ -2,7 +2,7 @@
  * per type: send(), throw(), __next__ (for Python's Task and for
  * `yield from`) and am_send (the fast path the C Task takes).
  */
-#include "taskbound.h"
+#include "core/core.h"
 
 PyObject *
 take_stop_iteration_value(void)
@@ -254,4 +254,17 @@ close_awaitable(ModuleState *state, PyObject *obj)
     Py_DECREF(close);
     Py_XDECREF(res);
     return res == NULL ? -1 : 0;
+}
+
+int
+call_method_bool(PyObject *obj, PyObject *name)
+{
+    ASSERT_NO_ERROR();
+    PyObject *res = call_method0(obj, name);
+    if (res == NULL) {
+        return -1;
+    }
+    int truth = PyObject_IsTrue(res);
+    Py_DECREF(res);
+    return truth;
 }

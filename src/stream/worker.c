@@ -6,7 +6,7 @@
  * tokens back and deliver the value. Every wait is a future yielded to the
  * worker's Task; every state below is where the Task resumes it.
  */
-#include "taskbound.h"
+#include "stream/stream.h"
 
 enum {
     W_START,      /* not run yet */

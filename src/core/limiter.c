@@ -5,7 +5,21 @@
  * nobody can take it in between: no barging. Waiters cancelled from outside
  * stay queued until their task runs again; they are skipped and pruned.
  */
-#include "taskbound.h"
+#include "core/core.h"
+
+#define TOTAL_INFINITE PY_SSIZE_T_MAX
+
+typedef struct {
+    TokenSource base;
+    Py_ssize_t total;        /* TOTAL_INFINITE for math.inf */
+    Py_ssize_t borrowed;     /* includes tokens handed to woken waiters */
+    /* For deadlock detection: tokens taken with acquire()/acquire_nowait()
+     * by task (a dict, made on first use); groups' children hold theirs in
+     * their claims. */
+    PyObject *holders;
+    Py_ssize_t unattributed; /* taken outside any task */
+    char lost_track;         /* a task released what it never took */
+} LimiterObject;
 
 /* Hands free tokens to waiters, first come first served. */
 static int
@@ -193,34 +207,6 @@ limiter_may_deadlock(TokenSource *source)
     LimiterObject *self = (LimiterObject *)source;
     return source->ops == &limiter_ops && self->total != TOTAL_INFINITE
            && self->borrowed >= self->total;
-}
-
-/* detector(subject, future), keeping any error already set. */
-static void
-call_detector(PyObject *detector, PyObject *subject, PyObject *future)
-{
-    PyObject *exc = PyErr_GetRaisedException();
-    PyObject *res = PyObject_CallFunctionObjArgs(detector, subject, future,
-                                                 NULL);
-    if (res == NULL) {
-        PyErr_WriteUnraisable(detector);
-    }
-    Py_XDECREF(res);
-    PyErr_SetRaisedException(exc);
-}
-
-void
-deadlock_on_block(ModuleState *st, TokenSource *source, PyObject *future)
-{
-    ASSERT_NO_ERROR();
-    call_detector(st->on_block, (PyObject *)source, future);
-}
-
-void
-deadlock_on_exit_wait(ModuleState *st, PyObject *group, PyObject *future)
-{
-    ASSERT_NO_ERROR();
-    call_detector(st->on_exit_wait, group, future);
 }
 
 /* (loop, borrowed, holders, live waiters), or None when this limiter

@@ -8,7 +8,7 @@
  * task's repr, stack and call graph read as if it ran the user's coroutine
  * itself; while it waits for its tokens, they show that wait instead.
  */
-#include "taskbound.h"
+#include "group/group.h"
 
 ChildObject *
 child_new(GroupObject *group, PyObject *target, PyObject *iterator,

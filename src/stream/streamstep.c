@@ -6,7 +6,7 @@
  * aclose() of an async generator, or the coroutines left in a list or
  * tuple) and drops what was never consumed.
  */
-#include "taskbound.h"
+#include "stream/stream.h"
 
 enum { S_START, S_WAITING, S_CLOSE_WORKERS, S_CLOSE_SOURCE, S_DONE };
 enum { THEN_RETURN, THEN_RAISE_ERROR, THEN_STOP, THEN_RAISE_PENDING,

@@ -3,9 +3,11 @@
  * claim_try_take() takes what is free and, at the first busy limiter,
  * queues a waiter future at once, so the claim keeps its place in line from
  * the moment it is made. claim_resume() goes on once that future is done;
- * claim_abandon() gives everything back, whatever state the claim is in.
+ * claim_wait_for_next() is the loop of an awaitable taking a claim between
+ * the two; claim_abandon() gives everything back, whatever state the claim
+ * is in.
  */
-#include "taskbound.h"
+#include "core/core.h"
 
 void
 claim_init(Claim *claim, PyObject *limiters)
@@ -83,6 +85,31 @@ claim_resume(Claim *claim, PyObject *loop)
         return -1;
     }
     return claim_try_take(claim, loop);
+}
+
+int
+claim_wait_for_next(ModuleState *st, Claim *claim, PyObject *loop,
+                    int status, PyObject **waiter)
+{
+    while (status == 0) {
+        /* A wait that would complete a deadlock fails at once, without a
+         * trip through the loop (as awaiting a done future does). */
+        TokenSource *busy = LIMITER_AT(claim, claim->held);
+        if (limiter_may_deadlock(busy)) {
+            deadlock_on_block(st, busy, claim->waiter);
+            int done = call_method_bool(claim->waiter, st->str_done);
+            if (done != 0) {
+                status = done < 0 ? -1 : claim_resume(claim, loop);
+                continue;
+            }
+        }
+        if (mark_blocking(st, claim->waiter) < 0) {
+            return -1;
+        }
+        *waiter = claim->waiter;
+        return 0;
+    }
+    return status;
 }
 
 int

@@ -6,7 +6,7 @@
  * state's copies of taskbound._compat choose, as the reference does.
  * cancel() behaves as 3.15.2's on every version (gh-155433 included).
  */
-#include "taskbound.h"
+#include "group/group.h"
 
 enum { START, CHECKPOINT, WAITING, DONE };
 

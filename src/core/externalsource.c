@@ -15,7 +15,7 @@
  *   _pass_on()                   a waiter handed a token gave up: pass it on
  *   _give_back()                 a token comes back
  */
-#include "taskbound.h"
+#include "core/core.h"
 
 static int
 external_try_take(TokenSource *self, PyObject *loop)

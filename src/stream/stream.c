@@ -5,9 +5,9 @@
  * deliver the values here, where the consumer (streamstep.c) takes them in
  * input or completion order. A worker does not pull while `limit` values
  * wait for the consumer, so a slow consumer holds the source back. The
- * Python reference (taskbound/_stream.py) states the same engine plainly.
+ * Python reference (taskbound/_pycore/stream.py) states the same engine plainly.
  */
-#include "taskbound.h"
+#include "stream/stream.h"
 
 /* ---- the ordered buffer ---- */
 

@@ -1,5 +1,5 @@
 /* Free lists for the objects made once per spawn (see FreeList). */
-#include "taskbound.h"
+#include "core/core.h"
 
 PyObject *
 freelist_new(FreeList *list, PyTypeObject *tp)

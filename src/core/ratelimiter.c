@@ -6,7 +6,16 @@
  * max(tat, now) + interval. Waiters queue in FIFO order; one loop timer
  * wakes the first of them when its start comes. release() is a no-op.
  */
-#include "taskbound.h"
+#include "core/core.h"
+
+typedef struct {
+    TokenSource base;
+    double rate;
+    double per;
+    Py_ssize_t burst;
+    double tat;              /* theoretical arrival time of the next start */
+    PyObject *timer;         /* loop handle waking the first waiter */
+} RateLimiterObject;
 
 static double
 interval(RateLimiterObject *self)

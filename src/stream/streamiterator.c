@@ -6,7 +6,7 @@
  * that closes the stream in the background. A consumer cancelled while it
  * waits closes the stream before the CancelledError reaches it.
  */
-#include "taskbound.h"
+#include "stream/stream.h"
 
 typedef struct {
     PyObject_HEAD

@@ -8,7 +8,7 @@
  * exit waits; both run as one call_soon() callback, at the moment asyncio's
  * done callback would have run.
  */
-#include "taskbound.h"
+#include "group/group.h"
 
 /* ---- the list of children (each linked child is a strong ref) ---- */
 
@@ -160,10 +160,9 @@ group_abort(GroupObject *group)
         return -1;
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pending); i++) {
-        AcquisitionObject *acq =
-            (AcquisitionObject *)PyList_GET_ITEM(pending, i);
+        PyObject *spawn = PyList_GET_ITEM(pending, i);
         PyObject *error = group_error(group, "is shutting down");
-        if (error == NULL || claim_abort(&acq->claim, error) < 0) {
+        if (error == NULL || spawn_abort(spawn, error) < 0) {
             Py_XDECREF(error);
             Py_DECREF(pending);
             return -1;
@@ -664,10 +663,9 @@ group_spawn(GroupObject *self, PyObject *const *args, Py_ssize_t nargs,
                         &kwargs) < 0) {
         return NULL;
     }
-    PyObject *acquisition = acquisition_new(self->state, self->limiters,
-                                            self, coro, kwargs);
+    PyObject *spawn = spawn_new(self, coro, kwargs);
     Py_XDECREF(kwargs);
-    return acquisition;
+    return spawn;
 }
 
 static PyObject *

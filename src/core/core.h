@@ -1,0 +1,295 @@
+/* The core layer: token sources, claims, and the asyncio helpers the
+ * layers above build on. It includes nothing above it.
+ *
+ *   waiterqueue.c    WaiterQueue, a FIFO line of futures
+ *   tokensource.c    TokenSource, the base type of every token source:
+ *                    the loop it is bound to, its rank, its waiter line,
+ *                    acquire()/acquire_nowait()/release()/async with
+ *   limiter.c        Limiter (a counting limiter)
+ *   ratelimiter.c    RateLimiter (starts per period, GCRA)
+ *   externalsource.c ExternalSource (tokens kept outside the process)
+ *   claim.c          Claim: one token of each of several sources
+ *   claimwait.c      ClaimWait, the awaitable of acquire()
+ *   deadlock.c       the hooks into taskbound._deadlock
+ *   awaitable.c      the coroutine protocol of the C awaitables, and the
+ *                    calls into asyncio they share
+ *   freelist.c       FreeList (core/state.h)
+ */
+#ifndef TASKBOUND_CORE_H
+#define TASKBOUND_CORE_H
+
+#include "core/compat.h"
+#include "core/state.h"
+
+/* The rule of the C core: no token-source operation, helper or call into
+ * Python starts with an exception set. The interpreter's own functions
+ * assume it: with an error pending, future.done() raises SystemError, and a
+ * failure reported then is lost, so that the caller sees -1 with nothing
+ * set (a crash on 3.11). Cleanup that must run while an error is pending
+ * takes the error out first and puts it back after
+ * (PyErr_GetRaisedException, PyErr_SetRaisedException). The suite's run on
+ * a debug interpreter checks these asserts. */
+#define ASSERT_NO_ERROR() assert(!PyErr_Occurred())
+
+/* method(obj) / method(obj, arg) through vectorcall. */
+static inline PyObject *
+call_method0(PyObject *obj, PyObject *name)
+{
+    ASSERT_NO_ERROR();
+    PyObject *args[1] = {obj};
+    return PyObject_VectorcallMethod(
+        name, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static inline PyObject *
+call_method1(PyObject *obj, PyObject *name, PyObject *arg)
+{
+    ASSERT_NO_ERROR();
+    PyObject *args[2] = {obj, arg};
+    return PyObject_VectorcallMethod(
+        name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* Calls method(obj) and returns its truth, or -1 on error. */
+int call_method_bool(PyObject *obj, PyObject *name);
+
+/* ---- WaiterQueue (waiterqueue.c) ---- */
+
+typedef struct {
+    PyObject **items;   /* ring buffer of waiter futures (strong refs) */
+    Py_ssize_t head;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+} WaiterQueue;
+
+PyObject *queue_at(WaiterQueue *q, Py_ssize_t i);
+int queue_push(WaiterQueue *q, PyObject *item);
+/* Takes the first future out (the caller owns it); the line is not empty. */
+PyObject *queue_pop(WaiterQueue *q);
+/* Takes item out wherever it is: 1 if it was there. */
+int queue_remove(WaiterQueue *q, PyObject *item);
+void queue_clear(WaiterQueue *q);
+
+/* ---- TokenSource (tokensource.c) ---- */
+
+typedef struct TokenSource TokenSource;
+
+/* How a claim takes tokens, whatever the kind of source. */
+typedef struct {
+    /* 1 taken, 0 busy (or others queued ahead), -1 error */
+    int (*try_take)(TokenSource *self, PyObject *loop);
+    /* a new waiter future, queued last */
+    PyObject *(*enqueue)(TokenSource *self, PyObject *loop);
+    /* takes a waiter out of the line; 1 if it was there */
+    int (*dequeue)(TokenSource *self, PyObject *future);
+    /* a waiter handed a token gave up: pass it on */
+    int (*pass_on)(TokenSource *self);
+    /* a token comes back from a claim */
+    int (*give_back)(TokenSource *self);
+    /* release(), by whoever took a token with acquire() */
+    int (*release)(TokenSource *self);
+    /* acquire()/acquire_nowait() took a token (NULL: nothing to note) */
+    void (*note_holder)(TokenSource *self, PyObject *loop);
+} TokenSourceOps;
+
+struct TokenSource {
+    PyObject_HEAD
+    const TokenSourceOps *ops;
+    ModuleState *state;
+    WaiterQueue waiters;
+    PyObject *loop;          /* the loop it is bound to, or NULL */
+    unsigned long long rank;
+    char initialized;        /* its __init__ has run (a subclass may skip) */
+    PyObject *weakreflist;
+};
+
+/* Every use of a source's operations goes through these, which hold them
+ * to the rule above. */
+static inline int
+op_try_take(TokenSource *self, PyObject *loop)
+{
+    ASSERT_NO_ERROR();
+    return self->ops->try_take(self, loop);
+}
+
+static inline PyObject *
+op_enqueue(TokenSource *self, PyObject *loop)
+{
+    ASSERT_NO_ERROR();
+    return self->ops->enqueue(self, loop);
+}
+
+static inline int
+op_dequeue(TokenSource *self, PyObject *future)
+{
+    ASSERT_NO_ERROR();
+    return self->ops->dequeue(self, future);
+}
+
+static inline int
+op_pass_on(TokenSource *self)
+{
+    ASSERT_NO_ERROR();
+    return self->ops->pass_on(self);
+}
+
+static inline int
+op_give_back(TokenSource *self)
+{
+    ASSERT_NO_ERROR();
+    return self->ops->give_back(self);
+}
+
+static inline int
+op_release(TokenSource *self)
+{
+    ASSERT_NO_ERROR();
+    return self->ops->release(self);
+}
+
+static inline void
+op_note_holder(TokenSource *self, PyObject *loop)
+{
+    ASSERT_NO_ERROR();
+    if (self->ops->note_holder != NULL) {
+        self->ops->note_holder(self, loop);
+    }
+}
+
+/* What the kinds of source share, for their own files. */
+int source_init(TokenSource *self, PyTypeObject *type,
+                const TokenSourceOps *ops);
+int source_bind(TokenSource *self, PyObject *loop);
+int source_prune(TokenSource *self);
+Py_ssize_t source_waiting(TokenSource *self);
+PyObject *source_enqueue(TokenSource *self, PyObject *loop);
+int source_dequeue(TokenSource *self, PyObject *future);
+int source_withdraw(TokenSource *self, PyObject *future);
+int source_traverse(TokenSource *self, visitproc visit, void *arg);
+void source_clear(TokenSource *self);
+void source_dealloc(TokenSource *self, inquiry clear);
+
+int is_token_source(ModuleState *state, PyObject *obj);
+/* The token sources a task takes one token of: `first` (a group's own
+ * Limiter, or NULL) and `limiter` (None, a token source, or a list or
+ * tuple of them), each once, as a tuple in rank order. A TypeError for
+ * anything else. */
+PyObject *sources_in_rank_order(ModuleState *state, PyObject *first,
+                                PyObject *limiter);
+
+extern PyType_Spec token_source_spec;   /* their base */
+extern PyType_Spec limiter_spec;
+extern PyType_Spec rate_limiter_spec;
+extern PyType_Spec external_source_spec;
+
+/* ---- deadlock detection (limiter.c, deadlock.c) ---- */
+
+/* Whether a wait on this source could be part of a deadlock: a finite
+ * Limiter with no token free. */
+int limiter_may_deadlock(TokenSource *source);
+/* Whether some task holds tokens of this Limiter taken with acquire(). */
+int limiter_has_holders(TokenSource *source);
+/* Lets taskbound._deadlock look at a wait that may be part of a deadlock
+ * (on_block) or at a group's exit about to wait (on_exit_wait). Reports
+ * its own errors as unraisable. */
+void deadlock_on_block(ModuleState *state, TokenSource *source,
+                       PyObject *future);
+void deadlock_on_exit_wait(ModuleState *state, PyObject *group,
+                           PyObject *future);
+
+/* ---- Claim (claim.c) ---- */
+
+typedef struct {
+    PyObject *limiters;      /* tuple of TokenSource, in rank order */
+    Py_ssize_t held;         /* limiters[:held] have given a token */
+    PyObject *waiter;        /* future queued at limiters[held], or NULL */
+    PyObject *abort_error;   /* raised by claim_resume once set */
+} Claim;
+
+void claim_init(Claim *claim, PyObject *limiters);
+/* The i-th source of a claim, in rank order. */
+#define LIMITER_AT(claim, i) \
+    ((TokenSource *)PyTuple_GET_ITEM((claim)->limiters, (i)))
+
+int claim_try_take(Claim *claim, PyObject *loop);
+int claim_resume(Claim *claim, PyObject *loop);
+/* For an awaitable taking a claim: carries on from `status` (what
+ * claim_try_take or claim_resume returned). 1 when every token is held,
+ * 0 with *waiter (borrowed) the future to yield to the Task, marked
+ * blocking, -1 on error. */
+int claim_wait_for_next(ModuleState *state, Claim *claim, PyObject *loop,
+                        int status, PyObject **waiter);
+int claim_abort(Claim *claim, PyObject *error);
+int claim_abandon(Claim *claim);
+int claim_release(Claim *claim);
+int claim_traverse(Claim *claim, visitproc visit, void *arg);
+void claim_clear(Claim *claim);
+
+/* ---- ClaimWait (claimwait.c) ---- */
+
+extern PyType_Spec claim_wait_spec;
+/* The awaitable of acquire(): takes one token of each of `limiters`. */
+PyObject *claim_wait_new(ModuleState *state, PyObject *limiters);
+
+/* ---- awaitables and asyncio (awaitable.c) ---- */
+
+/* The coroutine protocol shared by the awaitable types: each provides a
+ * step function; send(), throw(), __next__ and am_send are built on it. */
+typedef PySendResult (*step_func)(PyObject *self, PyObject *value,
+                                  PyObject *exc, PyObject **result);
+PyObject *step_send_method(PyObject *self, PyObject *value, step_func step);
+PyObject *step_throw_method(PyObject *self, PyObject *const *args,
+                            Py_ssize_t nargs, step_func step);
+PyObject *step_iternext(PyObject *self, step_func step);
+/* Defines a type's coroutine protocol on its step function `step`:
+ * am_send, send() and throw(), and with STEP_PROTOCOL tp_iternext, each
+ * named in full where it is used, so that a search finds it. */
+#define STEP_PROTOCOL_BUT_ITERNEXT(am_send, send, throw, step)              \
+    static PySendResult                                                     \
+    am_send(PyObject *self, PyObject *value, PyObject **result)             \
+    {                                                                       \
+        return step(self, value, NULL, result);                             \
+    }                                                                       \
+    static PyObject *                                                       \
+    send(PyObject *self, PyObject *value)                                   \
+    {                                                                       \
+        return step_send_method(self, value, step);                         \
+    }                                                                       \
+    static PyObject *                                                       \
+    throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)          \
+    {                                                                       \
+        return step_throw_method(self, args, nargs, step);                  \
+    }
+#define STEP_PROTOCOL(am_send, send, throw, iternext, step)                 \
+    STEP_PROTOCOL_BUT_ITERNEXT(am_send, send, throw, step)                  \
+    static PyObject *                                                       \
+    iternext(PyObject *self)                                                \
+    {                                                                       \
+        return step_iternext(self, step);                                   \
+    }
+
+/* Drives an iterator one step: send(value), or throw(exc) when exc is set. */
+PySendResult drive_iterator(ModuleState *state, PyObject *iterator,
+                            PyObject *value, PyObject *exc,
+                            PyObject **result);
+/* What a task drives for an awaitable, or NULL with TypeError. */
+PyObject *iterator_of(ModuleState *state, PyObject *awaitable);
+/* Closes a coroutine or iterator that will never run (if it can close). */
+int close_awaitable(ModuleState *state, PyObject *obj);
+/* The current StopIteration's value (new ref), clearing it; NULL if the
+ * error is another one (left set). */
+PyObject *take_stop_iteration_value(void);
+/* The running loop (new ref), or NULL with RuntimeError. */
+PyObject *running_loop(ModuleState *state);
+/* future.set_result(value) unless it is done: 1 if set, 0 if done, -1. */
+int set_result_if_pending(ModuleState *state, PyObject *future,
+                          PyObject *value);
+/* Yields a future to the running Task: marks it blocking. */
+int mark_blocking(ModuleState *state, PyObject *future);
+/* Whether the current exception is asyncio.CancelledError. */
+int is_cancelled_error(ModuleState *state, PyObject *exc);
+/* Whether exc is a KeyboardInterrupt or SystemExit: what asyncio lets
+ * through a TaskGroup or Task as it is, not as another task's failure. */
+int is_interrupt(PyObject *exc);
+
+#endif

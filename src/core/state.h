@@ -1,0 +1,136 @@
+/* The module's state: every type and every Python object the C code uses,
+ * reached from any of its types with state_of_type().
+ *
+ * There is one module, so there is one state; its fields are grouped by
+ * the layer that uses them, and a layer touches only its own and those
+ * below it (core, then group and stream).
+ */
+#ifndef TASKBOUND_CORE_STATE_H
+#define TASKBOUND_CORE_STATE_H
+
+#include "core/compat.h"
+
+/* Objects of one type kept for reuse instead of being freed. Each spawn
+ * makes a Child and a Spawn, each value an async for takes from a stream a
+ * StreamStep; every GC allocation counts towards the collector's young
+ * generation and a free only lowers that count while it is above zero, so
+ * at steady state the limit's children alone were enough to run a
+ * collection every ~100 spawns. Reused objects count neither way, and skip
+ * the allocator. */
+#define FREELIST_SIZE 128
+
+typedef struct {
+    Py_ssize_t count;
+    PyObject *items[FREELIST_SIZE];
+} FreeList;
+
+/* A new, untracked object of type tp (basicsize bytes), reused from the
+ * list when it can be. */
+PyObject *freelist_new(FreeList *list, PyTypeObject *tp);
+/* For tp_dealloc, after untracking and clearing: 1 if the list kept the
+ * object (the caller must not free it), 0 if the caller frees it. An
+ * object whose finalizer ran is never kept: the flag would stay set. */
+int freelist_keep(FreeList *list, PyTypeObject *owner, PyObject *op);
+void freelist_clear(FreeList *list);
+
+typedef struct {
+    /* ---- core ---- */
+    PyTypeObject *token_source_type;    /* the base of the three below */
+    PyTypeObject *limiter_type;
+    PyTypeObject *rate_limiter_type;
+    PyTypeObject *external_source_type;
+    PyTypeObject *claim_wait_type;
+
+    /* From asyncio and taskbound._common. */
+    PyObject *get_running_loop;     /* asyncio.events._get_running_loop */
+    PyObject *current_task;         /* asyncio.current_task */
+    PyObject *cancelled_error;      /* asyncio.CancelledError */
+    PyObject *coroutine_abc;        /* collections.abc.Coroutine */
+    PyObject *isfuture;             /* asyncio.isfuture */
+    PyObject *future_type;          /* asyncio.Future */
+    PyObject *future_set_result;    /* asyncio.Future.set_result */
+    PyObject *future_set_exception; /* asyncio.Future.set_exception */
+    PyObject *would_block;          /* taskbound.WouldBlock */
+    PyObject *deadlock_error;       /* taskbound.DeadlockError */
+    PyObject *on_block;             /* taskbound._deadlock.on_block */
+    PyObject *on_exit_wait;         /* taskbound._deadlock.on_exit_wait */
+    PyObject *limiter_statistics;   /* taskbound.LimiterStatistics */
+    PyObject *rate_limiter_statistics;
+    PyObject *check_positive;
+    PyObject *check_burst;
+    PyObject *check_total_tokens;
+
+    /* Interned names of the methods called on loops, futures and tasks,
+     * and of ExternalSource's operations. */
+    PyObject *str_asyncio_future_blocking;
+    PyObject *str_call_at;
+    PyObject *str_call_exception_handler;
+    PyObject *str_call_soon;
+    PyObject *str_cancel;
+    PyObject *str_cancelled;
+    PyObject *str_cancelling;
+    PyObject *str_close;
+    PyObject *str_create_future;
+    PyObject *str_create_task;
+    PyObject *str_add_done_callback;
+    PyObject *str_aclose;
+    PyObject *str_set_exception;
+    PyObject *str_done;
+    PyObject *str_exception;
+    PyObject *str_result;
+    PyObject *str_send;
+    PyObject *str_set_result;
+    PyObject *str_throw;
+    PyObject *str_time;
+    PyObject *str_uncancel;
+    PyObject *str__try_take;
+    PyObject *str__enqueue;
+    PyObject *str__dequeue;
+    PyObject *str__pass_on;
+    PyObject *str__give_back;
+
+    /* Limiters take tokens in the order of their creation. */
+    unsigned long long next_rank;
+    FreeList claim_wait_freelist;
+
+    /* ---- group ---- */
+    PyTypeObject *group_type;
+    PyTypeObject *child_type;
+    PyTypeObject *spawn_type;
+    PyTypeObject *group_exit_type;
+    PyObject *group_statistics;     /* taskbound.GroupStatistics */
+    PyObject *check_limit;
+    PyObject *waiting_stand_in;     /* taskbound._common.waiting_stand_in */
+    /* What the running interpreter's asyncio.TaskGroup does where CPython
+     * releases differ: taskbound._compat decides, these are its copies. */
+    char uncancel_after_wait;
+    char closes_refused_coro;
+    char eager_done_scheduled;
+    char create_task_kwargs;
+    char bare_generator_exit;
+    PyObject *add_to_awaited_by;        /* NULL before 3.14 */
+    PyObject *discard_from_awaited_by;  /* NULL before 3.14 */
+    FreeList child_freelist;
+    FreeList spawn_freelist;
+
+    /* ---- stream ---- */
+    PyTypeObject *stream_type;
+    PyTypeObject *stream_step_type;
+    PyTypeObject *worker_type;
+    PyTypeObject *stream_iterator_type;
+    FreeList stream_step_freelist;
+    /* The StopIteration that carried a stream's last value to an async
+     * for, for the next value when nothing else holds it. */
+    PyObject *spare_stop_iteration;
+} ModuleState;
+
+extern PyModuleDef taskbound_module;
+
+static inline ModuleState *
+state_of_type(PyTypeObject *type)
+{
+    PyObject *module = PyType_GetModuleByDef(type, &taskbound_module);
+    return module == NULL ? NULL : (ModuleState *)PyModule_GetState(module);
+}
+
+#endif
