@@ -35,7 +35,7 @@ class Impl:
         self.RateLimiterType = self.module.RateLimiter
         self.GroupType = self.module.BoundedTaskGroup
         self.limiters: list = []
-        from taskbound._stream import Helpers
+        from taskbound._helpers import Helpers
         helpers = Helpers.of(self.module)
         self.gather = helpers.gather
         self.as_completed = helpers.as_completed

@@ -113,7 +113,7 @@ def main() -> int:
     impl, loop_kind, name, cycles = sys.argv[1:5]
     cycles = int(cycles)
     module = importlib.import_module(MODULES[impl])
-    from taskbound._stream import Helpers
+    from taskbound._helpers import Helpers
     helpers = Helpers.of(module)
     shared = module.Limiter(3)
     scenario = scenarios(module, helpers, shared)[name]

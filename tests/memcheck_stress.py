@@ -18,7 +18,7 @@ import uvloop
 from toysource import toy_source_type
 
 from taskbound import DeadlockError, _taskbound
-from taskbound._stream import Helpers
+from taskbound._helpers import Helpers
 
 CYCLES = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 

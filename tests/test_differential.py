@@ -404,7 +404,7 @@ class StreamInterpreter(Interpreter):
 
 def run_stream_on(impl: str, program: StreamProgram, loop_kind: str,
                   eager: bool):
-    from taskbound._stream import Helpers
+    from taskbound._helpers import Helpers
     module = importlib.import_module(MODULES[impl])
     helpers = Helpers.of(module)
     kind = "virtual" if loop_kind == "asyncio" else "uvloop"

@@ -16,7 +16,7 @@ from ._common import (
     WouldBlock,
 )
 
-from ._stream import Helpers as _Helpers
+from ._helpers import Helpers as _Helpers
 
 if _os.environ.get("TASKBOUND_PURE_PYTHON", "") not in ("", "0"):
     from . import _pycore as _core

@@ -237,7 +237,7 @@ def peers() -> tuple[list[Contender], list[str]]:
 # -- ours --
 
 def ours(module, label: str) -> list[Contender]:
-    from ._stream import Helpers
+    from ._helpers import Helpers
     helpers = Helpers.of(module)
 
     async def spawn(n: int, limit: int, item: Item) -> None:

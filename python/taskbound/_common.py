@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 from typing import NamedTuple
@@ -162,3 +163,49 @@ def check_positive(name: str, value: object) -> float:
 def check_burst(value: object) -> int:
     """Return a valid ``burst`` (an int >= 1), or raise."""
     return _check_count("burst", "an int", value)
+
+
+def check_awaitable(item):
+    """item, if a stream can await it; a TypeError otherwise."""
+    if not inspect.isawaitable(item):
+        raise TypeError(f"an awaitable was expected, got {item!r}")
+    return item
+
+
+def check_iterable(items) -> None:
+    if not hasattr(items, "__aiter__") and not hasattr(items, "__iter__"):
+        raise TypeError("items must be an iterable or an async iterable, "
+                        f"not {type(items).__name__}")
+
+
+def close_coroutine(item) -> None:
+    """Closes a coroutine that will never run (anything else is left)."""
+    if inspect.iscoroutine(item):
+        item.close()
+
+
+class RateParameters:
+    """A rate limiter's rate, per and burst, checked once, with their
+    accessors and statistics: what the reference RateLimiter and
+    RedisRateLimiter share (the C RateLimiter keeps its own in C)."""
+
+    def _set_rate_parameters(self, rate, per, burst) -> None:
+        self._rate = check_positive("rate", rate)
+        self._per = check_positive("per", per)
+        self._burst = check_burst(burst)
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @property
+    def per(self) -> float:
+        return self._per
+
+    @property
+    def burst(self) -> int:
+        return self._burst
+
+    def _statistics_with(self, waiting: int) -> RateLimiterStatistics:
+        return RateLimiterStatistics(self._rate, self._per, self._burst,
+                                     waiting)

@@ -41,8 +41,8 @@ from ._common import (
     LimiterStatistics,
     LimiterUnavailable,
     RateLimiterStatistics,
+    RateParameters,
     WouldBlock,
-    check_burst,
     check_positive,
 )
 
@@ -597,14 +597,12 @@ class _RedisLimiter(_Remote):
             listener.cancel()
 
 
-class _RedisRateLimiter(_Remote):
+class _RedisRateLimiter(RateParameters, _Remote):
     """RedisRateLimiter(client, name, rate, per=1.0, burst=1)"""
 
     def __init__(self, client, name, rate, per=1.0, burst=1) -> None:
         super().__init__(client, name)
-        self._rate = check_positive("rate", rate)
-        self._per = check_positive("per", per)
-        self._burst = check_burst(burst)
+        self._set_rate_parameters(rate, per, burst)
         self._key = self._prefix + "tat"
         self._script = client.register_script(_RATE_SCRIPT)
         self._timers: dict = {}     # future -> its start's timer
@@ -614,22 +612,9 @@ class _RedisRateLimiter(_Remote):
                 f"per={self._per} burst={self._burst} "
                 f"waiting here={len(self._line) + len(self._timers)}>")
 
-    @property
-    def rate(self) -> float:
-        return self._rate
-
-    @property
-    def per(self) -> float:
-        return self._per
-
-    @property
-    def burst(self) -> int:
-        return self._burst
-
     def statistics(self) -> RateLimiterStatistics:
         """RateLimiterStatistics(rate, per, burst, waiting here)."""
-        return RateLimiterStatistics(self._rate, self._per, self._burst,
-                                     len(self._line) + len(self._timers))
+        return self._statistics_with(len(self._line) + len(self._timers))
 
     def release(self) -> None:
         """A rate limiter has nothing to give back."""

@@ -13,7 +13,7 @@ consumer, the stream cancels and awaits its workers, closes its source and
 closes the coroutines it never started.
 
 A worker takes its tokens as a group's child does, with one claim on
-every limiter in rank order (taskbound._pycore._Claim), and gives them back
+every limiter in rank order (taskbound._pycore.core._Claim), and gives them back
 once the item is done. A failure of a worker itself (a limiter's acquire,
 the loop's task factory) fails the stream like an item's error: the
 consumer raises it.
@@ -29,8 +29,15 @@ import inspect
 import types
 from asyncio import CancelledError
 
-from ._common import BASE_ERRORS, check_limit, limiters_in_rank_order
-from ._pycore import _Claim, _TokenSource
+from .._common import (
+    BASE_ERRORS,
+    check_awaitable,
+    close_coroutine,
+    limiters_in_rank_order,
+)
+from .core import _Claim, _TokenSource
+
+__all__ = ["Stream", "StreamIterator"]
 
 
 @types.coroutine
@@ -56,10 +63,6 @@ def _run_in(context, awaitable):
             value, error = None, exc
 
 
-def _close_coroutine(item) -> None:
-    if inspect.iscoroutine(item):
-        item.close()
-
 
 class _Outcome:
     __slots__ = ("value", "error", "given")
@@ -70,7 +73,7 @@ class _Outcome:
         self.given = given     # a Task or Future the caller gave
 
 
-class _Stream:
+class Stream:
     """The engine shared by the three helpers."""
 
     def __init__(self, source, make, *, limit, limiter, ordered,
@@ -166,7 +169,7 @@ class _Stream:
             # Dropped before its first step: what it was given never runs.
             if not self._closed and isinstance(self._source, (list, tuple)):
                 for item in self._source:
-                    _close_coroutine(item)
+                    close_coroutine(item)
             self._closed = True
             return
         if self._closed and not self._live:
@@ -288,7 +291,7 @@ class _Stream:
                     try:
                         self._add_worker()   # unbounded: one more to pull
                     except BaseException:
-                        _close_coroutine(item)
+                        close_coroutine(item)
                         raise
                 outcome = await self._run(item)
             finally:
@@ -337,11 +340,11 @@ class _Stream:
     async def _run(self, item) -> _Outcome:
         context = self._context.copy()
         try:
-            awaitable = _check_awaitable(
+            awaitable = check_awaitable(
                 item if self._make is None else context.run(self._make, item))
         except BaseException as exc:
             if self._strict_input:
-                _close_coroutine(item)
+                close_coroutine(item)
                 self._fail(exc)
                 return None
             return _Outcome(error=exc)
@@ -410,7 +413,7 @@ class _Stream:
             iterator.close()
         elif isinstance(self._source, (list, tuple)):
             for item in iterator:    # coroutines never started
-                _close_coroutine(item)
+                close_coroutine(item)
 
 
 class StreamIterator:
@@ -445,71 +448,3 @@ class StreamIterator:
         self._stream.finalize()
 
 
-def _check_awaitable(item):
-    if not inspect.isawaitable(item):
-        raise TypeError(f"an awaitable was expected, got {item!r}")
-    return item
-
-
-def _check_iterable(items) -> None:
-    if not hasattr(items, "__aiter__") and not hasattr(items, "__iter__"):
-        raise TypeError("items must be an iterable or an async iterable, "
-                        f"not {type(items).__name__}")
-
-
-class Helpers:
-    """gather, as_completed and amap on one implementation's stream engine
-    (which takes that implementation's limiters)."""
-
-    def __init__(self, stream_type=None, iterator_type=None) -> None:
-        self._stream_type = stream_type or _Stream
-        self._iterator_type = iterator_type or StreamIterator
-
-    @classmethod
-    def of(cls, module) -> Helpers:
-        """The helpers of taskbound._taskbound or of the reference."""
-        return cls(getattr(module, "Stream", None),
-                   getattr(module, "StreamIterator", None))
-
-    def _stream(self, source, make, limit, limiter, **options):
-        if limit is not None:
-            limit = check_limit(limit)
-        return self._stream_type(source, make, limit=limit, limiter=limiter,
-                                 **options)
-
-    async def gather(self, *aws, limit=None, limiter=None,
-                     return_exceptions=False):
-        """Like asyncio.gather, running at most ``limit`` at once."""
-        try:
-            for item in aws:
-                if type(item) is not types.CoroutineType:  # the common case
-                    _check_awaitable(item)
-            stream = self._stream(aws, None, limit, limiter, ordered=True,
-                                  return_exceptions=return_exceptions,
-                                  as_futures=False, strict_input=True)
-        except BaseException:
-            for item in aws:
-                _close_coroutine(item)
-            raise
-        return await stream.collect()
-
-    def as_completed(self, aws, *, limit=None, limiter=None):
-        """Done futures in completion order: each given Task or Future
-        itself, and for each coroutine a done future with its outcome."""
-        _check_iterable(aws)
-        stream = self._stream(aws, None, limit, limiter, ordered=False,
-                              return_exceptions=True, as_futures=True,
-                              strict_input=True)
-        return self._iterator_type(stream)
-
-    def amap(self, fn, items, *, limit=None, limiter=None, ordered=True,
-             return_exceptions=False):
-        """``await fn(item)`` for each item, in input order (``ordered``) or
-        in completion order."""
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, not {fn!r}")
-        _check_iterable(items)
-        stream = self._stream(items, fn, limit, limiter, ordered=ordered,
-                              return_exceptions=return_exceptions,
-                              as_futures=False, strict_input=False)
-        return self._iterator_type(stream)

@@ -1,0 +1,559 @@
+"""The reference's core layer (the twin of src/core/): token sources, the
+claim of one token of each of several, and the wait for a claim.
+
+Limiter, RateLimiter and ExternalSource share _TokenSource (TokenSource in
+C): a FIFO line of waiter futures, the event loop they are bound to, a rank
+in the global order, and acquire()/release()/async with. A _Claim takes one
+token of each of several sources in rank order; _wait_for_claim is how an
+awaitable waits for one (ClaimWait and claim_wait_for_next in C).
+"""
+
+from __future__ import annotations
+
+import collections
+import collections.abc
+import inspect
+import itertools
+import math
+import types
+from asyncio import current_task, get_running_loop
+from asyncio.events import _get_running_loop
+
+from .. import _deadlock
+from .._common import (
+    LimiterStatistics,
+    RateLimiterStatistics,
+    RateParameters,
+    WouldBlock,
+    check_positive,
+    check_total_tokens,
+    write_unraisable,
+)
+
+__all__ = ["ExternalSource", "Limiter", "RateLimiter"]
+
+# Every limiter gets a rank when it is created; a task takes its tokens in
+# rank order, so two groups naming the same limiters in any order cannot each
+# hold one token while waiting for the other's.
+_ranks = itertools.count()
+
+
+class _TokenSource:
+    """What Limiter and RateLimiter share: a FIFO line of waiter futures, the
+    event loop they are bound to, and a rank in the global order."""
+
+    def __new__(cls, *args, **kwargs):
+        # The rank comes with the object, as in C, so that a subclass whose
+        # __init__ never calls ours gets the clear error of _bind().
+        self = super().__new__(cls)
+        self._rank = next(_ranks)
+        self._loop = None
+        self._initialized = False
+        return self
+
+    def __init__(self) -> None:
+        # Futures of the tasks waiting, in arrival order. A waiter is woken
+        # with the result True when it is handed its token (which counts as
+        # taken from that moment, so nobody can barge in between), or False
+        # when a group aborts its claim.
+        self._waiters: collections.deque = collections.deque()
+        self._initialized = True
+
+    async def acquire(self) -> None:
+        claim = _Claim((self,))
+        loop = get_running_loop()
+        if not claim.try_take(loop):
+            await _wait_for_claim(claim, loop)
+        self._note_holder()
+
+    def acquire_nowait(self) -> None:
+        if not self._try_take(get_running_loop()):
+            raise WouldBlock(f"no token of {self!r} is free")
+        self._note_holder()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+    # -- the protocol a claim uses --
+
+    def _bind(self, loop) -> None:
+        if not self._initialized:
+            raise RuntimeError(f"{type(self).__name__}.__init__() was not "
+                               "called on this object")
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError(f"{self!r} is bound to a different event loop")
+
+    def _enqueue(self, loop):
+        future = loop.create_future()
+        self._waiters.append(future)
+        return future
+
+    def _dequeue(self, future) -> None:
+        try:
+            self._waiters.remove(future)
+        except ValueError:
+            pass
+
+    def _leave_line(self, future) -> None:
+        """Takes ``future`` out of the line. That cannot fail for its claim:
+        a failure of a subclass's _dequeue is reported as unraisable."""
+        try:
+            self._dequeue(future)
+        except BaseException as error:
+            write_unraisable(error)
+
+    def _withdraw(self, future) -> None:
+        """The owner of ``future`` gives up: pass its token on if it has one."""
+        if future.done() and not future.cancelled():
+            if future.exception() is not None:
+                # Failed by deadlock detection: handed nothing.
+                self._leave_line(future)
+            elif future.result():
+                self._pass_on()
+            return
+        self._leave_line(future)
+        try:
+            future.cancel()
+        except RuntimeError:
+            pass        # its loop is closed: out of line is enough
+
+    def _prune(self) -> None:
+        # Waiters cancelled from outside stay queued until their task runs;
+        # they must not make a free source look busy.
+        waiters = self._waiters
+        while waiters and waiters[0].done():
+            waiters.popleft()
+
+    def _waiting(self) -> int:
+        return sum(1 for future in self._waiters if not future.done())
+
+    # -- who holds what, for deadlock detection (see _deadlock) --
+
+    def _note_holder(self) -> None:
+        pass
+
+    def _deadlock_state(self):
+        return None
+
+
+class Limiter(_TokenSource):
+    """A FIFO counting limiter, shareable by any number of groups on one loop."""
+
+    def __init__(self, total_tokens: int | float) -> None:
+        self._total = check_total_tokens(total_tokens)
+        self._borrowed = 0
+        # Tokens taken with acquire()/acquire_nowait(), by task; groups'
+        # children hold theirs in their claims.
+        self._holders: dict = {}
+        self._unattributed = 0      # taken outside any task
+        self._lost_track = False    # a task released what it never took
+        super().__init__()
+
+    def __repr__(self) -> str:
+        return (f"<Limiter total_tokens={self._total} "
+                f"borrowed={self._borrowed} waiting={self._waiting()}>")
+
+    @property
+    def total_tokens(self) -> int | float:
+        return self._total
+
+    @total_tokens.setter
+    def total_tokens(self, value: int | float) -> None:
+        self._total = check_total_tokens(value)
+        self._wake()
+
+    @property
+    def borrowed_tokens(self) -> int:
+        return self._borrowed
+
+    @property
+    def available_tokens(self) -> int | float:
+        if self._total == math.inf:
+            return math.inf
+        return max(0, self._total - self._borrowed)
+
+    def statistics(self) -> LimiterStatistics:
+        return LimiterStatistics(self._total, self._borrowed, self._waiting())
+
+    def locked(self) -> bool:
+        """True when an acquire would have to wait."""
+        self._prune()
+        return self._borrowed >= self._total or bool(self._waiters)
+
+    def release(self) -> None:
+        if self._borrowed <= 0:
+            raise RuntimeError(
+                f"release() called on {self!r}, which has no borrowed tokens")
+        task = current_task() if _get_running_loop() is not None else None
+        count = self._holders.get(task, 0)
+        if count > 1:
+            self._holders[task] = count - 1
+        elif count == 1:
+            del self._holders[task]
+        elif self._unattributed > 0:
+            self._unattributed -= 1
+        else:
+            self._lost_track = True
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """A token comes back (from a claim, or from release())."""
+        if self._borrowed <= 0:
+            raise RuntimeError(
+                f"release() called on {self!r}, which has no borrowed tokens")
+        self._borrowed -= 1
+        if self._borrowed == 0:
+            # Nothing is held: whoever was recorded is stale.
+            self._holders.clear()
+            self._unattributed = 0
+            self._lost_track = False
+        self._wake()
+
+    def _note_holder(self) -> None:
+        task = current_task()
+        if task is None:
+            self._unattributed += 1
+        else:
+            self._holders[task] = self._holders.get(task, 0) + 1
+
+    def _deadlock_state(self):
+        if (self._total == math.inf or self._borrowed < self._total
+                or self._lost_track or self._unattributed):
+            return None
+        waiters = [future for future in self._waiters if not future.done()]
+        if not waiters:
+            return None
+        return self._loop, self._borrowed, self._holders, waiters
+
+    def _fail_waiters(self, futures, message: str) -> None:
+        for future in futures:
+            self._dequeue(future)
+            if not future.done():
+                future.set_exception(_deadlock.DeadlockError(message))
+
+    def _try_take(self, loop) -> bool:
+        """Take a token if one is free and nobody is queued ahead."""
+        self._bind(loop)
+        self._prune()
+        if self._waiters or self._borrowed >= self._total:
+            return False
+        self._borrowed += 1
+        return True
+
+    _pass_on = _give_back
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters and self._borrowed < self._total:
+            future = waiters.popleft()
+            if not future.done():
+                try:
+                    future.set_result(True)
+                except RuntimeError:
+                    continue    # its loop is closed: it can never run
+                self._borrowed += 1
+
+
+class RateLimiter(RateParameters, _TokenSource):
+    """Starts at most ``rate`` acquisitions per ``per`` seconds, with bursts
+    of up to ``burst`` (GCRA: a token bucket kept as one timestamp).
+    ``release()`` is a no-op: a start, once made, is spent."""
+
+    def __init__(self, rate: float, per: float = 1.0, burst: int = 1) -> None:
+        self._set_rate_parameters(rate, per, burst)
+        # The theoretical arrival time of the next start: a start at `now`
+        # is allowed when now >= tat - tolerance.
+        self._tat = -math.inf
+        self._timer = None
+        super().__init__()
+
+    def __repr__(self) -> str:
+        return (f"<RateLimiter rate={self._rate!r} per={self._per!r} "
+                f"burst={self._burst} waiting={self._waiting()}>")
+
+    @RateParameters.rate.setter
+    def rate(self, value: float) -> None:
+        rate = check_positive("rate", value)
+        # The last start stays where it was; the next one follows it at
+        # the new interval.
+        old_interval = self._interval()
+        self._rate = rate
+        self._tat += self._interval() - old_interval
+        if self._loop is not None:
+            self._schedule()
+
+    def statistics(self) -> RateLimiterStatistics:
+        return self._statistics_with(self._waiting())
+
+    def locked(self) -> bool:
+        self._prune()
+        if self._waiters:
+            return True
+        return self._loop is not None and not self._due(self._loop.time())
+
+    def release(self) -> None:
+        """A rate limiter has nothing to give back."""
+
+    def _give_back(self) -> None:
+        pass
+
+    def _interval(self) -> float:
+        return self._per / self._rate
+
+    def _next_start(self) -> float:
+        return self._tat - self._interval() * (self._burst - 1)
+
+    def _due(self, now: float) -> bool:
+        # A microsecond early counts: loop clocks are floats (uvloop's counts
+        # milliseconds), so a timer set for a start can wake to a time that
+        # rounds a hair below it.
+        return now + 1e-6 >= self._next_start()
+
+    def _start(self, now: float) -> None:
+        self._tat = max(self._tat, now) + self._interval()
+
+    def _try_take(self, loop) -> bool:
+        self._bind(loop)
+        self._prune()
+        now = loop.time()
+        if self._waiters or not self._due(now):
+            return False
+        self._start(now)
+        return True
+
+    def _enqueue(self, loop):
+        future = super()._enqueue(loop)
+        if len(self._waiters) == 1:
+            self._schedule()
+        return future
+
+    def _dequeue(self, future) -> None:
+        head = bool(self._waiters) and self._waiters[0] is future
+        super()._dequeue(future)
+        if head:
+            self._schedule()
+
+    def _pass_on(self) -> None:
+        # A waiter was handed a start but gave up: the next one gets it.
+        self._prune()
+        if self._waiters:
+            self._waiters.popleft().set_result(True)
+            self._schedule()
+        else:
+            self._tat -= self._interval()
+
+    def _schedule(self) -> None:
+        """Arm the timer for the first waiter's start."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._prune()
+        if self._waiters:
+            self._timer = self._loop.call_at(self._next_start(), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        first = True
+        self._prune()
+        # The timer may fire a clock tick early: the first waiter goes
+        # anyway, and _start() keeps the schedule from there.
+        while self._waiters and (first or self._due(now)):
+            self._start(now)
+            self._waiters.popleft().set_result(True)
+            first = False
+            self._prune()
+        self._schedule()
+
+
+class ExternalSource(_TokenSource):
+    """The base of limiters whose tokens live outside this process
+    (taskbound.redis). A claim drives it through the same methods as any
+    token source; the subclass implements them and keeps its own line:
+
+    - ``_try_take(loop) -> bool``: take a token now, without waiting;
+    - ``_enqueue(loop) -> future``: queue a waiter, whose result is True once
+      it holds a token (False: the claim aborted);
+    - ``_dequeue(future)``: the waiter leaves the line, unserved;
+    - ``_pass_on()``: a waiter handed a token gave up: pass it on;
+    - ``_give_back()``: a token comes back.
+
+    ``_bind(loop)`` and ``_loop`` come from the base, as for every source.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self._initialized = True   # nothing of the base's to set up
+        return self
+
+    def release(self) -> None:
+        self._give_back()
+
+    def _try_take(self, loop) -> bool:
+        raise NotImplementedError
+
+    def _pass_on(self) -> None:
+        raise NotImplementedError
+
+    def _give_back(self) -> None:
+        raise NotImplementedError
+
+
+class _FirstError:
+    """Cleanup that keeps going: each ``with`` block's error is caught;
+    the first is raised by ``raise_it()``, the others are unraisable (as
+    the C core's claim_release does)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb) -> bool:
+        if exc is not None:
+            if self.error is None:
+                self.error = exc
+            else:
+                write_unraisable(exc)
+        return True
+
+    def raise_it(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class _Claim:
+    """One token of each of several limiters, taken in rank order.
+
+    ``try_take`` takes what is free and, at the first limiter that is busy,
+    queues a waiter future at once (so the claim keeps its place in line
+    from the moment it is made). ``resume`` continues after that future is
+    done; ``abandon`` gives everything back.
+    """
+
+    __slots__ = ("limiters", "held", "waiter", "abort_error")
+
+    def __init__(self, limiters) -> None:
+        self.limiters = limiters
+        self.held = 0
+        self.waiter = None
+        self.abort_error = None
+
+    def try_take(self, loop) -> bool:
+        limiters = self.limiters
+        try:
+            while self.held < len(limiters):
+                limiter = limiters[self.held]
+                if not limiter._try_take(loop):
+                    self.waiter = limiter._enqueue(loop)
+                    return False
+                self.held += 1
+        except BaseException:
+            self._release_unraisable()
+            raise
+        return True
+
+    def resume(self, loop) -> bool:
+        """The waiter is done: count its token and go on; True when all held."""
+        future = self.waiter
+        self.waiter = None
+        try:
+            handed = future.result()
+        except BaseException:
+            # Cancelled from outside (or failed by deadlock detection):
+            # nothing was handed; leave the line, give back what is held.
+            self.limiters[self.held]._leave_line(future)
+            self._release_unraisable()
+            raise
+        if handed:
+            self.held += 1
+        if self.abort_error is not None:
+            error, self.abort_error = self.abort_error, None
+            self._release_unraisable()
+            raise error
+        return self.try_take(loop)
+
+    def abort(self, error: BaseException) -> None:
+        """Make a waiting claim fail with ``error`` when its owner next runs."""
+        self.abort_error = error
+        future = self.waiter
+        if future is not None:
+            self.limiters[self.held]._leave_line(future)
+            if not future.done():
+                future.set_result(False)
+
+    def abandon(self) -> None:
+        """Gives everything back, whatever the state; raises the first
+        error of doing so (the others are unraisable)."""
+        errors = _FirstError()
+        future = self.waiter
+        if future is not None:
+            self.waiter = None
+            with errors:
+                self.limiters[self.held]._withdraw(future)
+        self.abort_error = None
+        with errors:
+            self.release()
+        errors.raise_it()
+
+    def release(self) -> None:
+        """Gives back every token held, last taken first. Keeps going after
+        an error, and raises the first one (the others are unraisable)."""
+        held, self.held = self.held, 0
+        errors = _FirstError()
+        for limiter in reversed(self.limiters[:held]):
+            with errors:
+                limiter._give_back()
+        errors.raise_it()
+
+    # For an error already under way, which stays the one raised:
+    def _release_unraisable(self) -> None:
+        try:
+            self.release()
+        except BaseException as exc:
+            write_unraisable(exc)
+
+    def _abandon_unraisable(self) -> None:
+        try:
+            self.abandon()
+        except BaseException as exc:
+            write_unraisable(exc)
+
+
+async def _wait_for_claim(claim: _Claim, loop) -> None:
+    try:
+        while True:
+            _deadlock.on_block(claim.limiters[claim.held], claim.waiter)
+            await claim.waiter
+            if claim.resume(loop):
+                return
+    except BaseException:
+        claim._abandon_unraisable()
+        raise
+
+
+def _iterator_of(awaitable):
+    """What a child drives: a coroutine itself, or what ``__await__`` gives."""
+    if isinstance(awaitable, collections.abc.Coroutine):
+        return awaitable
+    if inspect.isawaitable(awaitable):
+        if isinstance(awaitable, types.GeneratorType):
+            return awaitable  # a generator-based coroutine
+        return awaitable.__await__()
+    raise TypeError(f"an awaitable was expected, got {awaitable!r}")
+
+
+def _close(iterator) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
