@@ -69,7 +69,11 @@ int group_wake_exit(GroupObject *group);
 int group_abort(GroupObject *group);
 int group_on_child_done(GroupObject *group, ChildObject *child,
                         PyObject *task);
+/* RuntimeError("TaskGroup <group> <problem>"), the form of asyncio's
+ * messages: group_error() makes it, raise_group_error() raises it and
+ * returns -1. */
 PyObject *group_error(GroupObject *group, const char *problem);
+int raise_group_error(GroupObject *group, const char *problem);
 
 ChildObject *child_new(GroupObject *group, PyObject *target,
                        PyObject *iterator, Claim *claim, int waiting);

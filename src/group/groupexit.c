@@ -65,11 +65,7 @@ enter(GroupObject *group)
 {
     ModuleState *st = group->state;
     if (group->entered) {
-        PyObject *error = group_error(group, "has already been entered");
-        if (error != NULL) {
-            PyErr_SetObject(PyExc_RuntimeError, error);
-            Py_DECREF(error);
-        }
+        (void)raise_group_error(group, "has already been entered");
         return NULL;
     }
     if (group->loop == NULL && (group->loop = running_loop(st)) == NULL) {
@@ -81,12 +77,7 @@ enter(GroupObject *group)
     }
     if (parent == Py_None) {
         Py_DECREF(parent);
-        PyObject *error = group_error(group,
-                                      "cannot determine the parent task");
-        if (error != NULL) {
-            PyErr_SetObject(PyExc_RuntimeError, error);
-            Py_DECREF(error);
-        }
+        (void)raise_group_error(group, "cannot determine the parent task");
         return NULL;
     }
     Py_XSETREF(group->parent_task, parent);

@@ -65,10 +65,7 @@ spawn_begin(SpawnObject *self)
         return -1;
     }
     if (self->loop != group->loop) {
-        PyErr_Format(PyExc_RuntimeError,
-                     "TaskGroup %R is bound to a different event loop",
-                     group);
-        return -1;
+        return raise_group_error(group, "is bound to a different event loop");
     }
     int status = claim_try_take(&self->claim, self->loop);
     if (status == 0) {

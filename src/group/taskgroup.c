@@ -74,7 +74,7 @@ group_error(GroupObject *group, const char *problem)
     return error;
 }
 
-static int
+int
 raise_group_error(GroupObject *group, const char *problem)
 {
     PyObject *error = group_error(group, problem);

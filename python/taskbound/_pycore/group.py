@@ -338,14 +338,12 @@ class BoundedTaskGroup:
 
     async def __aenter__(self):
         if self._entered:
-            raise RuntimeError(
-                f"TaskGroup {self!r} has already been entered")
+            raise self._error("has already been entered")
         if self._loop is None:
             self._loop = get_running_loop()
         self._parent_task = current_task(self._loop)
         if self._parent_task is None:
-            raise RuntimeError(
-                f"TaskGroup {self!r} cannot determine the parent task")
+            raise self._error("cannot determine the parent task")
         self._entered = True
         if self._cancel_on_enter:
             self.cancel()
@@ -474,8 +472,7 @@ class BoundedTaskGroup:
         loop = self._loop
         if _get_running_loop() is not loop:
             _close(coro)
-            raise RuntimeError(
-                f"TaskGroup {self!r} is bound to a different event loop")
+            raise self._error("is bound to a different event loop")
         claim = _Claim(self._limiters)
         try:
             if not claim.try_take(loop):
@@ -499,8 +496,7 @@ class BoundedTaskGroup:
         claim = _Claim(self._limiters)
         try:
             if _get_running_loop() is not self._loop:
-                raise RuntimeError(
-                    f"TaskGroup {self!r} is bound to a different event loop")
+                raise self._error("is bound to a different event loop")
             held = claim.try_take(self._loop)
         except BaseException:
             _close(coro)
@@ -547,7 +543,11 @@ class BoundedTaskGroup:
             return
         if close_refused:
             _close(coro)
-        raise RuntimeError(f"TaskGroup {self!r} {problem}")
+        raise self._error(problem)
+
+    def _error(self, problem: str) -> RuntimeError:
+        """The error of asyncio's form, "TaskGroup <group> <problem>"."""
+        return RuntimeError(f"TaskGroup {self!r} {problem}")
 
     def _start(self, target, iterator, claim, waiting, kwargs):
         child = _Child(self, target, iterator, claim, waiting)
@@ -681,6 +681,5 @@ class BoundedTaskGroup:
             if task is not None and not task.done():
                 task.cancel()
         if self._pending:
-            error = f"TaskGroup {self!r} is shutting down"
             for claim in list(self._pending):
-                claim.abort(RuntimeError(error))
+                claim.abort(self._error("is shutting down"))
