@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 
@@ -105,6 +106,9 @@ async def churn(client, name, options):
                 async with limiter:
                     await census.work(0.02)
                     await observer.incr(f"{name}:rounds")
+                    # This process has seen the limiter's state: from now on
+                    # a restart makes it recreate the state with a pause.
+                    await observer.sadd(f"{name}:seen", os.getpid())
             except taskbound.LimiterUnavailable:
                 await observer.incr(f"{name}:unavailable")
                 await asyncio.sleep(0.05)
