@@ -91,6 +91,7 @@ add_types(PyObject *module, ModuleState *st)
             || add_type(module, &child_spec, &st->child_type, 0, NULL) < 0
             || add_type(module, &claim_wait_spec, &st->claim_wait_type, 0,
                         NULL) < 0
+            || add_type(module, &ready_spec, &st->ready_type, 0, NULL) < 0
             || add_type(module, &spawn_spec, &st->spawn_type, 0, NULL) < 0
             || add_type(module, &group_exit_spec, &st->group_exit_type, 0,
                         NULL) < 0
@@ -181,6 +182,7 @@ intern_strings(ModuleState *st)
     INTERN(str_set_exception, "set_exception");
     INTERN(str_done, "done");
     INTERN(str_exception, "exception");
+    INTERN(str_get_coro, "get_coro");
     INTERN(str_result, "result");
     INTERN(str_send, "send");
     INTERN(str_set_result, "set_result");
@@ -217,7 +219,11 @@ module_exec(PyObject *module)
 {
     ModuleState *st = get_state(module);
     st->next_rank = 0;
-    if (add_types(module, st) < 0 || import_python(st) < 0
+    /* The core asks the group layer, above it, through this. */
+    st->task_may_deadlock = group_task_may_deadlock;
+    if (add_types(module, st) < 0
+            || (st->ready = ready_new(st->ready_type)) == NULL
+            || import_python(st) < 0
             || intern_strings(st) < 0 || register_coroutines(st) < 0) {
         return -1;
     }
@@ -227,7 +233,8 @@ module_exec(PyObject *module)
 /* Every reference the state holds, for traverse and clear. */
 #define STATE_FIELDS(X)                                                    \
     X(token_source_type) X(limiter_type) X(rate_limiter_type)              \
-    X(external_source_type) X(claim_wait_type) X(get_running_loop)         \
+    X(external_source_type) X(claim_wait_type) X(ready) X(ready_type)      \
+    X(get_running_loop)                                                    \
     X(current_task) X(cancelled_error) X(coroutine_abc) X(isfuture)        \
     X(future_type) X(future_set_result) X(future_set_exception)            \
     X(would_block) X(deadlock_error) X(on_block) X(on_exit_wait)           \
@@ -237,6 +244,7 @@ module_exec(PyObject *module)
     X(str_cancel) X(str_cancelled) X(str_cancelling) X(str_close)          \
     X(str_create_future) X(str_create_task) X(str_add_done_callback)       \
     X(str_aclose) X(str_set_exception) X(str_done) X(str_exception)        \
+    X(str_get_coro)                                                        \
     X(str_result) X(str_send) X(str_set_result) X(str_throw) X(str_time)   \
     X(str_uncancel) X(str__try_take) X(str__enqueue) X(str__dequeue)       \
     X(str__pass_on) X(str__give_back)                                      \

@@ -9,6 +9,7 @@ same limiter. A wait that is only slow is never called a deadlock."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -172,3 +173,70 @@ def test_a_deadlock_across_two_limiters_fails_cleanly(impl, run):
         return a.borrowed_tokens, b.borrowed_tokens
 
     assert run(main()) == (0, 0)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_holders_are_counted_per_task_through_any_order(impl, run, seed):
+    """Sixty tasks take and give back tokens with acquire_nowait() and
+    release() in a shuffled order, each keeping at least one, until the
+    limiter is full; then each waits for one more. Only an exact count of
+    every task's tokens (through the table's growth and deletions) lets
+    the detector see that all of them are stuck: each gets DeadlockError,
+    none hangs. The total is lowered to what they keep before the wait."""
+    rng = random.Random(seed)
+    tasks = 60
+    takes = [rng.randint(1, 4) for _ in range(tasks)]
+    gives = [rng.randint(0, n - 1) for n in takes]
+    # Each task's own order never gives back more than it holds (a task
+    # that releases what it never took makes detection stand down, by
+    # design); the tasks' orders are interleaved at random.
+    orders = []
+    for i in range(tasks):
+        order, held, left = [], 0, {"take": takes[i], "give": gives[i]}
+        while left["take"] or left["give"]:
+            give = left["give"] and held and (not left["take"]
+                                              or rng.random() < 0.5)
+            action = "give" if give else "take"
+            left[action] -= 1
+            held += 1 if action == "take" else -1
+            order.append((i, action))
+        orders.append(order)
+    actions = []
+    while any(orders):
+        order = rng.choice([order for order in orders if order])
+        actions.append(order.pop(0))
+
+    async def main():
+        limiter = impl.Limiter(sum(takes))
+        inboxes = [asyncio.Queue() for _ in range(tasks)]
+
+        async def holder(i):
+            while (action := await inboxes[i].get()) != "wait":
+                if action == "take":
+                    limiter.acquire_nowait()
+                else:
+                    limiter.release()
+                inboxes[i].task_done()
+            inboxes[i].task_done()
+            try:
+                async with limiter:
+                    return "never"
+            finally:
+                for _ in range(takes[i] - gives[i]):
+                    limiter.release()
+
+        workers = [asyncio.create_task(holder(i)) for i in range(tasks)]
+        async with asyncio.timeout(10):
+            for i, action in actions:
+                inboxes[i].put_nowait(action)
+                await inboxes[i].join()
+        limiter.total_tokens = sum(takes) - sum(gives)
+        assert limiter.borrowed_tokens == limiter.total_tokens
+        for inbox in inboxes:
+            inbox.put_nowait("wait")
+        async with asyncio.timeout(10):
+            results = await asyncio.gather(*workers, return_exceptions=True)
+        assert all(isinstance(r, DeadlockError) for r in results), results
+        assert limiter.borrowed_tokens == 0
+
+    run(main())

@@ -268,3 +268,67 @@ call_method_bool(PyObject *obj, PyObject *name)
     Py_DECREF(res);
     return truth;
 }
+
+/* ---- Ready: an awaitable that returns None at once ---- */
+
+/* It has no state, so one object serves every await (what __aexit__ of a
+ * token source returns: the token is given back by the call itself). */
+static PySendResult
+ready_step(PyObject *self, PyObject *value, PyObject *exc, PyObject **result)
+{
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        return PYGEN_ERROR;
+    }
+    *result = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+STEP_PROTOCOL(ready_am_send, ready_send, ready_throw, ready_iternext,
+              ready_step)
+
+static PyObject *
+ready_close(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    Py_RETURN_NONE;
+}
+
+static void
+ready_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef ready_methods[] = {
+    {"send", (PyCFunction)ready_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))ready_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)ready_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot ready_slots[] = {
+    {Py_tp_doc, "An awaitable that returns None at once."},
+    {Py_tp_dealloc, ready_dealloc},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, ready_iternext},
+    {Py_tp_methods, ready_methods},
+    {Py_am_await, PyObject_SelfIter},
+    {Py_am_send, ready_am_send},
+    {0, NULL},
+};
+
+PyType_Spec ready_spec = {
+    .name = "taskbound._taskbound.Ready",
+    .basicsize = sizeof(PyObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE
+             | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = ready_slots,
+};
+
+PyObject *
+ready_new(PyTypeObject *type)
+{
+    return (PyObject *)PyObject_New(PyObject, type);
+}

@@ -95,7 +95,7 @@ claim_wait_for_next(ModuleState *st, Claim *claim, PyObject *loop,
         /* A wait that would complete a deadlock fails at once, without a
          * trip through the loop (as awaiting a done future does). */
         TokenSource *busy = LIMITER_AT(claim, claim->held);
-        if (limiter_may_deadlock(busy)) {
+        if (limiter_wait_may_deadlock(st, busy, loop)) {
             deadlock_on_block(st, busy, claim->waiter);
             int done = call_method_bool(claim->waiter, st->str_done);
             if (done != 0) {

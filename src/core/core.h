@@ -8,6 +8,7 @@
  *   limiter.c        Limiter (a counting limiter)
  *   ratelimiter.c    RateLimiter (starts per period, GCRA)
  *   externalsource.c ExternalSource (tokens kept outside the process)
+ *   holders.c        HolderTable: the tokens each task took of a Limiter
  *   claim.c          Claim: one token of each of several sources
  *   claimwait.c      ClaimWait, the awaitable of acquire()
  *   deadlock.c       the hooks into taskbound._deadlock
@@ -71,8 +72,6 @@ int queue_remove(WaiterQueue *q, PyObject *item);
 void queue_clear(WaiterQueue *q);
 
 /* ---- TokenSource (tokensource.c) ---- */
-
-typedef struct TokenSource TokenSource;
 
 /* How a claim takes tokens, whatever the kind of source. */
 typedef struct {
@@ -182,11 +181,40 @@ extern PyType_Spec limiter_spec;
 extern PyType_Spec rate_limiter_spec;
 extern PyType_Spec external_source_spec;
 
+/* ---- HolderTable (holders.c) ---- */
+
+typedef struct {
+    PyObject *task;          /* a strong reference, or NULL: empty */
+    Py_ssize_t count;
+} HolderSlot;
+
+typedef struct {
+    HolderSlot *slots;
+    Py_ssize_t cap;          /* 0 or a power of two */
+    Py_ssize_t used;
+} HolderTable;
+
+int holders_add(HolderTable *t, PyObject *task);
+/* 1 when task held one (now one fewer), 0 when it held none. */
+int holders_remove(HolderTable *t, PyObject *task);
+Py_ssize_t holders_count(const HolderTable *t, PyObject *task);
+void holders_clear(HolderTable *t);
+int holders_traverse(const HolderTable *t, visitproc visit, void *arg);
+/* {task: count}, a new dict. */
+PyObject *holders_as_dict(const HolderTable *t);
+
 /* ---- deadlock detection (limiter.c, deadlock.c) ---- */
 
 /* Whether a wait on this source could be part of a deadlock: a finite
  * Limiter with no token free. */
 int limiter_may_deadlock(TokenSource *source);
+/* Whether the current task of `loop`, about to wait on `busy`, could
+ * complete a deadlock by it: `busy` may deadlock, and the task holds one
+ * of its tokens (taken with acquire(), or as state->task_may_deadlock
+ * says). Only then is taskbound._deadlock asked. Never fails: what it
+ * cannot find out counts as no. */
+int limiter_wait_may_deadlock(ModuleState *state, TokenSource *busy,
+                              PyObject *loop);
 /* Whether some task holds tokens of this Limiter taken with acquire(). */
 int limiter_has_holders(TokenSource *source);
 /* Lets taskbound._deadlock look at a wait that may be part of a deadlock
@@ -267,6 +295,11 @@ PyObject *step_iternext(PyObject *self, step_func step);
     {                                                                       \
         return step_iternext(self, step);                                   \
     }
+
+/* Ready: an awaitable that returns None at once, without state, so that
+ * one (state->ready) serves every await. */
+extern PyType_Spec ready_spec;
+PyObject *ready_new(PyTypeObject *type);
 
 /* Drives an iterator one step: send(value), or throw(exc) when exc is set. */
 PySendResult drive_iterator(ModuleState *state, PyObject *iterator,

@@ -14,9 +14,8 @@ typedef struct {
     Py_ssize_t total;        /* TOTAL_INFINITE for math.inf */
     Py_ssize_t borrowed;     /* includes tokens handed to woken waiters */
     /* For deadlock detection: tokens taken with acquire()/acquire_nowait()
-     * by task (a dict, made on first use); groups' children hold theirs in
-     * their claims. */
-    PyObject *holders;
+     * by task; groups' children hold theirs in their claims. */
+    HolderTable holders;
     Py_ssize_t unattributed; /* taken outside any task */
     char lost_track;         /* a task released what it never took */
 } LimiterObject;
@@ -81,9 +80,7 @@ limiter_give_back(TokenSource *base)
     self->borrowed--;
     if (self->borrowed == 0) {
         /* Nothing is held: whoever was recorded is stale. */
-        if (self->holders != NULL) {
-            PyDict_Clear(self->holders);
-        }
+        holders_clear(&self->holders);
         self->unattributed = 0;
         self->lost_track = 0;
     }
@@ -102,32 +99,29 @@ task_of(ModuleState *st, PyObject *loop)
     return PyObject_CallOneArg(st->current_task, loop);
 }
 
-/* Adds `delta` to the count of `task` in the holders; 0 when it had none
- * to take from. */
-static int
-count_holder(LimiterObject *self, PyObject *task, int delta)
+int
+limiter_wait_may_deadlock(ModuleState *st, TokenSource *busy, PyObject *loop)
 {
-    if (self->holders == NULL && (self->holders = PyDict_New()) == NULL) {
-        return -1;
+    ASSERT_NO_ERROR();
+    LimiterObject *self = (LimiterObject *)busy;
+    if (!limiter_may_deadlock(busy) || self->lost_track
+            || self->unattributed > 0) {
+        return 0;   /* the detector could not tell either */
     }
-    PyObject *count = PyDict_GetItemWithError(self->holders, task);
-    if (count == NULL && PyErr_Occurred()) {
-        return -1;
-    }
-    Py_ssize_t n = count == NULL ? 0 : PyLong_AsSsize_t(count);
-    if (n + delta < 0) {
+    PyObject *task = task_of(st, loop);
+    if (task == NULL) {
+        PyErr_Clear();
         return 0;
     }
-    if (n + delta == 0) {
-        return PyDict_DelItem(self->holders, task) < 0 ? -1 : 1;
+    int may = 0;
+    if (task != Py_None) {
+        may = holders_count(&self->holders, task) > 0;
+        if (!may && st->task_may_deadlock != NULL) {
+            may = st->task_may_deadlock(st, task, busy);
+        }
     }
-    PyObject *next = PyLong_FromSsize_t(n + delta);
-    if (next == NULL) {
-        return -1;
-    }
-    int status = PyDict_SetItem(self->holders, task, next);
-    Py_DECREF(next);
-    return status < 0 ? -1 : 1;
+    Py_DECREF(task);
+    return may;
 }
 
 /* What cannot be recorded is lost track of: detection then stays quiet
@@ -151,7 +145,7 @@ limiter_note_holder(TokenSource *base, PyObject *loop)
     if (task == Py_None) {
         self->unattributed++;
     }
-    else if (count_holder(self, task, 1) < 0) {
+    else if (holders_add(&self->holders, task) < 0) {
         lose_track(self);
     }
     Py_DECREF(task);
@@ -168,7 +162,7 @@ limiter_release(TokenSource *base)
     PyObject *task = loop == NULL ? NULL : task_of(base->state, loop);
     Py_XDECREF(loop);
     int counted = task == NULL ? -1
-        : task == Py_None ? 0 : count_holder(self, task, -1);
+        : task == Py_None ? 0 : holders_remove(&self->holders, task);
     Py_XDECREF(task);
     if (counted < 0) {
         lose_track(self);
@@ -198,7 +192,7 @@ int
 limiter_has_holders(TokenSource *source)
 {
     LimiterObject *self = (LimiterObject *)source;
-    return self->holders != NULL && PyDict_GET_SIZE(self->holders) > 0;
+    return self->holders.used > 0;
 }
 
 int
@@ -235,12 +229,13 @@ limiter_deadlock_state(LimiterObject *self, PyObject *Py_UNUSED(ignored))
         Py_DECREF(waiters);
         Py_RETURN_NONE;
     }
-    if (self->holders == NULL && (self->holders = PyDict_New()) == NULL) {
+    PyObject *holders = holders_as_dict(&self->holders);
+    if (holders == NULL) {
         Py_DECREF(waiters);
         return NULL;
     }
-    return Py_BuildValue("OnON", self->base.loop, self->borrowed,
-                         self->holders, waiters);
+    return Py_BuildValue("OnNN", self->base.loop, self->borrowed, holders,
+                         waiters);
 }
 
 /* Takes the futures out of the line and fails them with DeadlockError. */
@@ -349,14 +344,14 @@ limiter_init(PyObject *op, PyObject *args, PyObject *kwds)
 static int
 limiter_traverse(LimiterObject *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->holders);
-    return source_traverse(&self->base, visit, arg);
+    int err = holders_traverse(&self->holders, visit, arg);
+    return err ? err : source_traverse(&self->base, visit, arg);
 }
 
 static int
 limiter_clear(LimiterObject *self)
 {
-    Py_CLEAR(self->holders);
+    holders_clear(&self->holders);
     source_clear(&self->base);
     return 0;
 }

@@ -33,13 +33,18 @@ PyObject *freelist_new(FreeList *list, PyTypeObject *tp);
 int freelist_keep(FreeList *list, PyTypeObject *owner, PyObject *op);
 void freelist_clear(FreeList *list);
 
-typedef struct {
+typedef struct ModuleState ModuleState;
+typedef struct TokenSource TokenSource;     /* core/core.h */
+
+struct ModuleState {
     /* ---- core ---- */
     PyTypeObject *token_source_type;    /* the base of the three below */
     PyTypeObject *limiter_type;
     PyTypeObject *rate_limiter_type;
     PyTypeObject *external_source_type;
     PyTypeObject *claim_wait_type;
+    PyTypeObject *ready_type;
+    PyObject *ready;                /* the one Ready */
 
     /* From asyncio and taskbound._common. */
     PyObject *get_running_loop;     /* asyncio.events._get_running_loop */
@@ -77,6 +82,7 @@ typedef struct {
     PyObject *str_set_exception;
     PyObject *str_done;
     PyObject *str_exception;
+    PyObject *str_get_coro;
     PyObject *str_result;
     PyObject *str_send;
     PyObject *str_set_result;
@@ -92,6 +98,11 @@ typedef struct {
     /* Limiters take tokens in the order of their creation. */
     unsigned long long next_rank;
     FreeList claim_wait_freelist;
+    /* Whether `task` may hold a token of `busy` through a layer above the
+     * core (a group's child's claim), so that its wait on `busy` could
+     * complete a deadlock; set by the module from the group layer. */
+    int (*task_may_deadlock)(ModuleState *state, PyObject *task,
+                             TokenSource *busy);
 
     /* ---- group ---- */
     PyTypeObject *group_type;
@@ -122,7 +133,7 @@ typedef struct {
     /* The StopIteration that carried a stream's last value to an async
      * for, for the next value when nothing else holds it. */
     PyObject *spare_stop_iteration;
-} ModuleState;
+};
 
 extern PyModuleDef taskbound_module;
 

@@ -228,14 +228,7 @@ source_aexit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     if (op_release(self) < 0) {
         return NULL;
     }
-    /* A wait for no tokens: an awaitable that returns None. */
-    PyObject *nothing = PyTuple_New(0);
-    if (nothing == NULL) {
-        return NULL;
-    }
-    PyObject *wait = claim_wait_new(self->state, nothing);
-    Py_DECREF(nothing);
-    return wait;
+    return Py_NewRef(self->state->ready);
 }
 
 static int

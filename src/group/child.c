@@ -55,6 +55,34 @@ child_fail(ChildObject *self)
     PyErr_SetRaisedException(exc);
 }
 
+/* Whether this child's claim holds a token of `source`. */
+static int
+claim_of_child_holds(ChildObject *self, TokenSource *source)
+{
+    if (self->finished || self->claim.limiters == NULL) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < self->claim.held; i++) {
+        if (LIMITER_AT(&self->claim, i) == source) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The Child a task runs (borrowed from *coro, a new reference the caller
+ * drops), or NULL when it runs something else or cannot say. */
+static ChildObject *
+child_of_task(ModuleState *st, PyObject *task, PyObject **coro)
+{
+    *coro = call_method0(task, st->str_get_coro);
+    if (*coro == NULL) {
+        PyErr_Clear();  /* a task type of its own: not one of ours */
+        return NULL;
+    }
+    return Py_IS_TYPE(*coro, st->child_type) ? (ChildObject *)*coro : NULL;
+}
+
 /* Whether the group's parent task may hold a token of `busy` (one of its
  * acquire()s, or a token of its own group's claim): only then can this
  * child's wait complete a deadlock, and only then is the detector asked,
@@ -68,21 +96,29 @@ parent_may_hold(GroupObject *group, TokenSource *busy)
     if (limiter_has_holders(busy)) {
         return 1;
     }
-    PyObject *coro = PyObject_CallMethod(group->parent_task, "get_coro",
-                                         NULL);
-    if (coro == NULL) {
-        PyErr_Clear();
-        return 0;
-    }
-    int holds = 0;
-    if (Py_IS_TYPE(coro, group->state->child_type)) {
-        Claim *claim = &((ChildObject *)coro)->claim;
-        for (Py_ssize_t i = 0; i < claim->held; i++) {
-            holds |= LIMITER_AT(claim, i) == busy;
-        }
-    }
-    Py_DECREF(coro);
+    PyObject *coro;
+    ChildObject *child = child_of_task(group->state, group->parent_task,
+                                       &coro);
+    int holds = child != NULL && claim_of_child_holds(child, busy);
+    Py_XDECREF(coro);
     return holds;
+}
+
+int
+group_task_may_deadlock(ModuleState *st, PyObject *task, TokenSource *busy)
+{
+    PyObject *coro;
+    ChildObject *child = child_of_task(st, task, &coro);
+    /* A child that holds `busy` itself, or one whose group's exit waits
+     * while the group's parent may hold it: what taskbound._deadlock's
+     * on_block looks for. */
+    int may = child != NULL
+        && (claim_of_child_holds(child, busy)
+            || (child->group != NULL && child->group->exiting
+                && child->group->on_completed_fut != NULL
+                && parent_may_hold(child->group, busy)));
+    Py_XDECREF(coro);
+    return may;
 }
 
 /* One step while waiting for tokens: 1 with a future to yield in *result,
@@ -382,14 +418,8 @@ child_get_await(ChildObject *self, void *Py_UNUSED(closure))
 static PyObject *
 child_holds(ChildObject *self, PyObject *limiter)
 {
-    if (!self->finished && self->claim.limiters != NULL) {
-        for (Py_ssize_t i = 0; i < self->claim.held; i++) {
-            if ((PyObject *)LIMITER_AT(&self->claim, i) == limiter) {
-                Py_RETURN_TRUE;
-            }
-        }
-    }
-    Py_RETURN_FALSE;
+    return PyBool_FromLong(
+        claim_of_child_holds(self, (TokenSource *)limiter));
 }
 
 static PyObject *

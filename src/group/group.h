@@ -75,6 +75,10 @@ int group_on_child_done(GroupObject *group, ChildObject *child,
 PyObject *group_error(GroupObject *group, const char *problem);
 int raise_group_error(GroupObject *group, const char *problem);
 
+/* For ModuleState.task_may_deadlock: whether `task` runs a child that
+ * holds `busy`, or one whose group's exit waits while its parent may. */
+int group_task_may_deadlock(ModuleState *state, PyObject *task,
+                            TokenSource *busy);
 ChildObject *child_new(GroupObject *group, PyObject *target,
                        PyObject *iterator, Claim *claim, int waiting);
 int child_close(ChildObject *child);
