@@ -1,6 +1,7 @@
 """The main command runs: a tiny `python -m taskbound bench` on each loop
 prints every contender of ours, in C and in the reference, with ratios,
-and writes its JSON, with the Redis row (on a redis-server it starts). (Speed itself is for bench/, not for tests.)"""
+and writes its JSON, with the limiter rows and the Redis row (on a
+redis-server it starts). (Speed itself is for bench/, not for tests.)"""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def test_bench_runs_and_reports_every_contender(loop, tmp_path):
         [sys.executable, "-m", "taskbound", "bench", "--items", "300",
          "--wait-items", "100", "--wait-ms", "1", "--stream-items", "500",
          "--rounds", "1", "--loop", loop, "--redis-pairs", "50",
+         "--limiter-entries", "500",
          "--json", str(out)],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -26,7 +28,8 @@ def test_bench_runs_and_reports_every_contender(loop, tmp_path):
                  "BoundedTaskGroup.spawn [C]", "amap [Python]",
                  "as_completed [C]", "gather [Python]",
                  "INCR/DECR pair (redis-py)",
-                 "RedisLimiter acquire/release [C]"):
+                 "RedisLimiter acquire/release [C]", "x Semaphore",
+                 "Limiter [C]", "switch floor"):
         assert name in done.stdout
     figures = json.loads(out.read_text())
     rows = figures["workloads"]["trivial"]["rows"]
@@ -36,7 +39,14 @@ def test_bench_runs_and_reports_every_contender(loop, tmp_path):
     spawn = [r for r in rows if r["contender"] == "BoundedTaskGroup.spawn [C]"]
     assert spawn[0]["peak_live_tasks"] <= 101
     assert set(figures["workloads"]) == {"trivial", "short wait",
-                                         "streaming", "redis"}
+                                         "streaming", "limiter", "redis"}
+    limiter_rows = figures["workloads"]["limiter"]["rows"]
+    assert set(limiter_rows["alone"]) == {
+        "asyncio.Semaphore", "Limiter [C]", "Limiter [Python]"}
+    assert set(limiter_rows["shared"]) == set(limiter_rows["alone"]) | {
+        "switch floor"}
+    assert all(rate > 0 for rows in limiter_rows.values()
+               for rate in rows.values())
     redis_rows = figures["workloads"]["redis"]["rows"]
     assert [r["contender"] for r in redis_rows] == [
         "INCR/DECR pair (redis-py)", "RedisLimiter acquire/release [C]",

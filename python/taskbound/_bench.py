@@ -466,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-memory", action="store_true",
                         help="also trace memory in the streaming run "
                              "(slow: tracemalloc over every item)")
+    parser.add_argument("--limiter-entries", type=int, default=100_000,
+                        help="async with entries per case of the limiter "
+                             "rows (0 to skip them)")
     parser.add_argument("--redis-pairs", type=int, default=2_000,
                         help="acquire/release pairs per round of the Redis "
                              "row (0 to skip it)")
@@ -517,6 +520,15 @@ def main(argv: list[str] | None = None) -> int:
         report["workloads"]["streaming"] = {
             "items": args.stream_items, "delay": 0.0,
             "rows": table(title, results, args.stream_items)}
+    if args.limiter_entries > 0:
+        from . import _benchlimiter, _pycore, _taskbound
+        modules = {"C": _taskbound, "Python": _pycore}
+        figures = _benchlimiter.measure(modules, args.limiter_entries,
+                                        args.rounds, new_loop, args.loop,
+                                        progress)
+        _benchlimiter.table(args.limiter_entries, figures)
+        report["workloads"]["limiter"] = {"entries": args.limiter_entries,
+                                          "rows": figures}
     if args.redis_pairs > 0:
         from . import _benchredis
         title = (f"Redis over loopback: {args.redis_pairs:,} acquire/release "
