@@ -65,6 +65,21 @@ def main() -> int:
         rows = limiter[case]
         check(f"Limiter [C] / asyncio.Semaphore, {case}",
               rows["Limiter [C]"] / rows["asyncio.Semaphore"], goal)
+    rates = _benchlimiter.measure_rates({"C": _taskbound},
+                                        args.limiter_entries, 5.0,
+                                        args.rounds, _bench.new_loop,
+                                        args.loop, _bench.progress)
+    if "aiolimiter.AsyncLimiter" in rates["starts"]:
+        starts = rates["starts"]
+        check("RateLimiter [C] / aiolimiter.AsyncLimiter, nobody waits",
+              starts["RateLimiter [C]"] / starts["aiolimiter.AsyncLimiter"],
+              1.0)
+    else:
+        lines.append(("FAIL", "FAIL  aiolimiter is not installed: not "
+                              "compared"))
+    for name, share in rates["achieved"].items():
+        check(f"{name}: achieved / configured rate, 2,000/s binding",
+              share, 0.99)
     rows = limiter["shared"]
     lines.append(("INFO", "INFO  switch floor / asyncio.Semaphore, shared: "
                           f"{rows['switch floor'] / rows['asyncio.Semaphore']:.2f}"

@@ -19,7 +19,7 @@ def test_bench_runs_and_reports_every_contender(loop, tmp_path):
         [sys.executable, "-m", "taskbound", "bench", "--items", "300",
          "--wait-items", "100", "--wait-ms", "1", "--stream-items", "500",
          "--rounds", "1", "--loop", loop, "--redis-pairs", "50",
-         "--limiter-entries", "500",
+         "--limiter-entries", "500", "--rate-seconds", "1.2",
          "--json", str(out)],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -29,7 +29,8 @@ def test_bench_runs_and_reports_every_contender(loop, tmp_path):
                  "as_completed [C]", "gather [Python]",
                  "INCR/DECR pair (redis-py)",
                  "RedisLimiter acquire/release [C]", "x Semaphore",
-                 "Limiter [C]", "switch floor"):
+                 "Limiter [C]", "switch floor", "RateLimiter [C]",
+                 "achieved/rate"):
         assert name in done.stdout
     figures = json.loads(out.read_text())
     rows = figures["workloads"]["trivial"]["rows"]
@@ -39,7 +40,8 @@ def test_bench_runs_and_reports_every_contender(loop, tmp_path):
     spawn = [r for r in rows if r["contender"] == "BoundedTaskGroup.spawn [C]"]
     assert spawn[0]["peak_live_tasks"] <= 101
     assert set(figures["workloads"]) == {"trivial", "short wait",
-                                         "streaming", "limiter", "redis"}
+                                         "streaming", "limiter",
+                                         "rate limiter", "redis"}
     limiter_rows = figures["workloads"]["limiter"]["rows"]
     assert set(limiter_rows["alone"]) == {
         "asyncio.Semaphore", "Limiter [C]", "Limiter [Python]"}
@@ -47,6 +49,13 @@ def test_bench_runs_and_reports_every_contender(loop, tmp_path):
         "switch floor"}
     assert all(rate > 0 for rows in limiter_rows.values()
                for rate in rows.values())
+    rate_rows = figures["workloads"]["rate limiter"]["rows"]
+    assert {"RateLimiter [C]", "RateLimiter [Python]"} <= set(
+        rate_rows["starts"])
+    assert set(rate_rows["achieved"]) == set(rate_rows["starts"])
+    # A share of the configured rate; ours (burst 1) never go above it.
+    assert all(share > 0 for share in rate_rows["achieved"].values())
+    assert rate_rows["achieved"]["RateLimiter [C]"] <= 1.01
     redis_rows = figures["workloads"]["redis"]["rows"]
     assert [r["contender"] for r in redis_rows] == [
         "INCR/DECR pair (redis-py)", "RedisLimiter acquire/release [C]",

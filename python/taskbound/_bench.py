@@ -469,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limiter-entries", type=int, default=100_000,
                         help="async with entries per case of the limiter "
                              "rows (0 to skip them)")
+    parser.add_argument("--rate-seconds", type=float, default=5.0,
+                        help="how long the rate limiters run with the rate "
+                             "binding")
     parser.add_argument("--redis-pairs", type=int, default=2_000,
                         help="acquire/release pairs per round of the Redis "
                              "row (0 to skip it)")
@@ -527,8 +530,16 @@ def main(argv: list[str] | None = None) -> int:
                                         args.rounds, new_loop, args.loop,
                                         progress)
         _benchlimiter.table(args.limiter_entries, figures)
+        rates = _benchlimiter.measure_rates(
+            modules, args.limiter_entries, args.rate_seconds, args.rounds,
+            new_loop, args.loop, progress)
+        _benchlimiter.rate_table(args.limiter_entries, args.rate_seconds,
+                                 rates)
         report["workloads"]["limiter"] = {"entries": args.limiter_entries,
                                           "rows": figures}
+        report["workloads"]["rate limiter"] = {
+            "entries": args.limiter_entries, "seconds": args.rate_seconds,
+            "rows": rates}
     if args.redis_pairs > 0:
         from . import _benchredis
         title = (f"Redis over loopback: {args.redis_pairs:,} acquire/release "

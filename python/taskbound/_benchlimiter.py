@@ -3,6 +3,12 @@ used directly, against asyncio.Semaphore, in the two ways workers use a
 cap: one task alone (nothing waits) and 100 tasks sharing 10 tokens with an
 `await asyncio.sleep(0)` inside (90 wait at any time).
 
+RateLimiter is measured against aiolimiter.AsyncLimiter (when installed)
+the same two ways: with the rate and burst so high that nobody waits
+(entries per second), and with the rate binding (100 tasks under 2,000
+starts a second for a few seconds: the rate each achieves after its first
+second, as a share of the configured one).
+
 The contended case also runs the *switch floor*: the least any FIFO
 limiter must cost there, a bare line of futures written inline (each entry
 one wake through a future and the sleep(0)). A ratio to the Semaphore above
@@ -59,6 +65,95 @@ async def _switch_floor(entries: int) -> None:
                 free += 1
 
     await asyncio.gather(*[worker() for _ in range(TASKS)])
+
+
+RATE_TASKS = 100
+UNBOUND_RATE = 200_000.0
+BINDING_RATE = 2_000.0
+
+
+def rate_contenders(modules: dict) -> list[tuple[str, object]]:
+    """(name, factory of a rate limiter of `rate` starts a second with a
+    burst of `burst`) of each module's RateLimiter and aiolimiter's."""
+    found = [(f"RateLimiter [{label}]",
+              lambda rate, burst, m=module: m.RateLimiter(rate, 1.0, burst))
+             for label, module in modules.items()]
+    try:
+        import aiolimiter
+    except ImportError:
+        return found
+    # Its bucket holds max_rate: the burst is the rate.
+    found.append(("aiolimiter.AsyncLimiter",
+                  lambda rate, burst: aiolimiter.AsyncLimiter(rate, 1.0)))
+    return found
+
+
+async def _starts(make, entries: int) -> float:
+    limiter = make(UNBOUND_RATE, int(UNBOUND_RATE))
+
+    async def worker():
+        for _ in range(entries // RATE_TASKS):
+            async with limiter:
+                pass
+
+    start = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(RATE_TASKS)])
+    return entries / (time.perf_counter() - start)
+
+
+async def _achieved(make, seconds: float) -> float:
+    """Starts per second from the end of the first second to `seconds`,
+    over the configured rate: 1.0 is exact."""
+    limiter = make(BINDING_RATE, 1)
+    loop = asyncio.get_running_loop()
+    begin = loop.time()
+    warm, end = begin + 1.0, begin + seconds
+    counted = 0
+
+    async def worker():
+        nonlocal counted
+        while loop.time() < end:
+            async with limiter:
+                if warm <= loop.time() < end:
+                    counted += 1
+
+    await asyncio.gather(*[worker() for _ in range(RATE_TASKS)])
+    return counted / (seconds - 1.0) / BINDING_RATE
+
+
+def measure_rates(modules: dict, entries: int, seconds: float, rounds: int,
+                  new_loop, loop_kind, progress) -> dict:
+    """{"starts": {name: entries/s}, "achieved": {name: share}}, medians
+    of interleaved rounds."""
+    samples: dict = {"starts": collections.defaultdict(list),
+                     "achieved": collections.defaultdict(list)}
+    for number in range(1, rounds + 1):
+        for name, make in rate_contenders(modules):
+            for case, run in (("starts", lambda: _starts(make, entries)),
+                              ("achieved", lambda: _achieved(make, seconds))):
+                progress(f"rate limiter, round {number}: {case}, {name}")
+                loop = new_loop(loop_kind)
+                try:
+                    samples[case][name].append(loop.run_until_complete(run()))
+                finally:
+                    loop.close()
+    return {case: {name: statistics.median(values)
+                   for name, values in rows.items()}
+            for case, rows in samples.items()}
+
+
+def rate_table(entries: int, seconds: float, figures: dict) -> None:
+    starts, achieved = figures["starts"], figures["achieved"]
+    base = starts.get("aiolimiter.AsyncLimiter")
+    print(f"\nrate limiter: {RATE_TASKS} tasks; {entries:,} starts with "
+          f"rate and burst {UNBOUND_RATE:,.0f}/s (nobody waits), and "
+          f"{seconds:g} s at {BINDING_RATE:,.0f}/s (the rate binds)")
+    print(f"  {'contender':<24} {'starts/s':>12} {'x aiolimiter':>13} "
+          f"{'achieved/rate':>14}")
+    for name, rate in starts.items():
+        ratio = f"{rate / base:.2f}" if base else "-"
+        print(f"  {name:<24} {rate:>12,.0f} {ratio:>13} "
+              f"{achieved[name]:>14.4f}")
 
 
 def contenders(modules: dict) -> list[tuple[str, object]]:
