@@ -143,6 +143,15 @@ import_python(ModuleState *st)
     IMPORT(check_limit, "taskbound._common", "check_limit");
     IMPORT(waiting_stand_in, "taskbound._common", "waiting_stand_in");
 #undef IMPORT
+    PyObject *lateness = import_attr("taskbound._common", "TIMER_LATENESS");
+    if (lateness == NULL) {
+        return -1;
+    }
+    st->timer_lateness = PyFloat_AsDouble(lateness);
+    Py_DECREF(lateness);
+    if (st->timer_lateness == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
     if (import_flag("UNCANCEL_AFTER_WAIT", &st->uncancel_after_wait) < 0
             || import_flag("CLOSES_REFUSED_CORO",
                            &st->closes_refused_coro) < 0

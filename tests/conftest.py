@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 import os
 import selectors
 import sys
@@ -76,17 +77,22 @@ def impl(request):
 
 
 class VirtualClockSelector(selectors.DefaultSelector):
-    """Instead of sleeping until the next timer, jumps the clock to it."""
+    """Instead of sleeping until the next timer, jumps the clock to it; with
+    a `tick`, to the next multiple of it at or after it, as epoll rounds a
+    wait up to the millisecond, so timers fire late as on a real loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, tick: float = 0.0) -> None:
         super().__init__()
         self.now = 0.0
+        self.tick = tick
 
     def select(self, timeout=None):
         if timeout is None:
             return super().select(None)
         events = super().select(0)
         if not events and timeout > 0:
+            if self.tick:
+                timeout = math.ceil(timeout / self.tick) * self.tick
             self.now += timeout
         return events
 
@@ -95,8 +101,8 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     """asyncio's loop on a clock that only moves when the loop would wait:
     timings in tests become exact."""
 
-    def __init__(self) -> None:
-        self._virtual = VirtualClockSelector()
+    def __init__(self, tick: float = 0.0) -> None:
+        self._virtual = VirtualClockSelector(tick)
         super().__init__(selector=self._virtual)
 
     def time(self) -> float:
@@ -109,6 +115,8 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
         return uvloop.new_event_loop()
     if kind == "virtual":
         return VirtualClockLoop()
+    if kind == "virtual-ms":
+        return VirtualClockLoop(tick=1e-3)
     return asyncio.new_event_loop()
 
 
@@ -170,6 +178,14 @@ def timed_run(request):
     makes every time exact; on uvloop, in real time, so a check there
     allows for the machine's lateness (never for earliness)."""
     kind = "virtual" if request.param == "asyncio" else "uvloop"
+    return Runner(kind)
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def coarse_run(request):
+    """Like timed_run, but the virtual clock wakes only on whole
+    milliseconds, so every timer fires late by up to one, as epoll's do."""
+    kind = "virtual-ms" if request.param == "asyncio" else "uvloop"
     return Runner(kind)
 
 

@@ -5,7 +5,9 @@ burst; FIFO; composes with Limiter in groups. Times are exact on asyncio
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
+import time
 
 import pytest
 
@@ -92,6 +94,76 @@ def test_raising_the_rate_speeds_up_waiters(impl, timed_run):
     started, rate = timed_run(main())
     assert rate == 10.0
     assert_schedule(timed_run, [started], [0.1])
+
+
+RATE = 2_000          # 0.5 ms apart: finer than a loop's timers
+
+
+def test_a_rate_finer_than_the_loops_timers_is_achieved(impl, coarse_run):
+    """The loop wakes a timer up to a millisecond late (asyncio rounds its
+    waits up to one, uvloop counts in them): the waiters it wakes start on
+    the schedule, so 2,000 a second means 2,000 a second, and no window
+    gets more than its share plus the few that came due while it was late
+    (TIMER_LATENESS worth)."""
+    from taskbound._common import TIMER_LATENESS
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        limiter = impl.RateLimiter(RATE)
+        t0 = loop.time()
+        end = t0 + 1.0
+        starts = []
+
+        async def worker():
+            while True:
+                await limiter.acquire()
+                now = loop.time()
+                if now >= end:
+                    return
+                starts.append(now - t0)
+
+        await asyncio.gather(*(worker() for _ in range(20)))
+        return starts
+
+    starts = coarse_run(main())
+    caught_up = 1 + math.ceil(TIMER_LATENESS * RATE)
+    # Before the waiters started on the schedule: 680 a second.
+    least = RATE - 2 if coarse_run.loop_kind == "virtual-ms" else 0.75 * RATE
+    assert least <= len(starts) <= RATE + caught_up
+    for tenth in range(10):
+        window = [t for t in starts if tenth / 10 <= t < (tenth + 1) / 10]
+        assert len(window) <= RATE / 10 + caught_up, tenth
+    if coarse_run.loop_kind == "virtual-ms":    # exact times: two a wake
+        assert max(collections.Counter(starts).values()) == 2
+
+
+def test_a_stalled_loop_lets_no_flood_of_missed_starts_through(
+        impl, timed_run):
+    """A stall far longer than a late timer (the loop blocked for 0.3 s)
+    restarts the schedule: one start, not the thirty it missed."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        limiter = impl.RateLimiter(100, burst=1)        # 10 ms apart
+        await limiter.acquire()
+        starts = []
+
+        async def one():
+            await limiter.acquire()
+            starts.append(loop.time())
+
+        waiters = [asyncio.create_task(one()) for _ in range(5)]
+        await asyncio.sleep(0)
+        if timed_run.loop_kind == "virtual":
+            loop._virtual.now += 0.3
+        else:
+            time.sleep(0.3)
+        await asyncio.gather(*waiters)
+        return starts
+
+    starts = timed_run(main())
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert min(gaps) >= 0.01 - (1e-9 if timed_run.loop_kind == "virtual"
+                                else 0.002), gaps
 
 
 def test_with_a_limiter_in_a_group_both_bounds_hold(impl, timed_run):

@@ -184,6 +184,11 @@ def close_coroutine(item) -> None:
         item.close()
 
 
+# How late a RateLimiter's timer may fire and its waiters still start on
+# the schedule (both implementations read it here).
+TIMER_LATENESS = 0.005
+
+
 class RateParameters:
     """A rate limiter's rate, per and burst, checked once, with their
     accessors and statistics: what the reference RateLimiter and

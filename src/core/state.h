@@ -64,6 +64,7 @@ struct ModuleState {
     PyObject *check_positive;
     PyObject *check_burst;
     PyObject *check_total_tokens;
+    double timer_lateness;          /* taskbound._common.TIMER_LATENESS */
 
     /* Interned names of the methods called on loops, futures and tasks,
      * and of ExternalSource's operations. */

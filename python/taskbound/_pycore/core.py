@@ -23,6 +23,7 @@ from .. import _deadlock
 from .._common import (
     LimiterStatistics,
     RateLimiterStatistics,
+    TIMER_LATENESS,
     RateParameters,
     WouldBlock,
     check_positive,
@@ -270,6 +271,7 @@ class RateLimiter(RateParameters, _TokenSource):
         # is allowed when now >= tat - tolerance.
         self._tat = -math.inf
         self._timer = None
+        self._timer_when = -math.inf
         super().__init__()
 
     def __repr__(self) -> str:
@@ -354,7 +356,8 @@ class RateLimiter(RateParameters, _TokenSource):
             self._timer = None
         self._prune()
         if self._waiters:
-            self._timer = self._loop.call_at(self._next_start(), self._on_timer)
+            self._timer_when = self._next_start()
+            self._timer = self._loop.call_at(self._timer_when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -362,9 +365,15 @@ class RateLimiter(RateParameters, _TokenSource):
         first = True
         self._prune()
         # The timer may fire a clock tick early: the first waiter goes
-        # anyway, and _start() keeps the schedule from there.
+        # anyway, and _start() keeps the schedule from there. Late by up to
+        # TIMER_LATENESS (a loop rounds its waits to the millisecond), the
+        # waiters start on the schedule, as if it had fired in time, and
+        # those that came due meanwhile go at once; a longer stall restarts
+        # the schedule from now instead of letting missed starts flood in.
+        late = now - self._timer_when
+        scheduled = self._timer_when if 0 < late <= TIMER_LATENESS else now
         while self._waiters and (first or self._due(now)):
-            self._start(now)
+            self._start(scheduled)
             self._waiters.popleft().set_result(True)
             first = False
             self._prune()
