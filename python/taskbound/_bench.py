@@ -479,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the Redis server of the Redis row (default: "
                              "a redis-server started for the run, if one "
                              "is on PATH)")
+    parser.add_argument("--http-requests", type=int, default=20_000,
+                        help="requests of the HTTP fan-out row (0 to skip "
+                             "it; needs aiohttp)")
+    parser.add_argument("--http-sleep-ms", type=float, default=1.0,
+                        help="the HTTP server's handler sleeps this long")
     parser.add_argument("--json", metavar="FILE",
                         help="write the raw figures to FILE")
     parser.add_argument("--plot", metavar="FILE",
@@ -552,6 +557,23 @@ def main(argv: list[str] | None = None) -> int:
             _benchredis.table(title, rows)
             report["workloads"]["redis"] = {"pairs": args.redis_pairs,
                                             "rows": rows}
+    if args.http_requests > 0:
+        from . import _benchhttp
+        title = (f"HTTP fan-out over loopback (aiohttp): "
+                 f"{args.http_requests:,} requests, limit {args.limit}, the "
+                 f"handler sleeps {args.http_sleep_ms:g} ms; each run in a "
+                 "process of its own")
+        rows = _benchhttp.measure(args.http_requests, args.limit,
+                                  args.http_sleep_ms / 1000, args.rounds,
+                                  args.loop, {c.name for c in chosen},
+                                  progress)
+        if isinstance(rows, str):
+            print(f"\nskipped: the HTTP row ({rows})")
+        else:
+            _benchhttp.table(title, rows)
+            report["workloads"]["http"] = {
+                "requests": args.http_requests,
+                "sleep": args.http_sleep_ms / 1000, "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
