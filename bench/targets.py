@@ -83,7 +83,8 @@ def main() -> int:
     rows = limiter["shared"]
     lines.append(("INFO", "INFO  switch floor / asyncio.Semaphore, shared: "
                           f"{rows['switch floor'] / rows['asyncio.Semaphore']:.2f}"
-                          " (the most any FIFO limiter can reach)"))
+                          " (the most a FIFO limiter waking its waiters "
+                          "through the loop's futures can reach)"))
 
     if not args.skip_memory:
         amap = next(c for c in found if c.name == "amap [C]")

@@ -126,9 +126,21 @@ import_python(ModuleState *st)
                                                    "set_result");
     st->future_set_exception = PyObject_GetAttrString(st->future_type,
                                                       "set_exception");
-    if (st->future_set_result == NULL || st->future_set_exception == NULL) {
+    st->future_done = PyObject_GetAttrString(st->future_type, "done");
+    st->future_result = PyObject_GetAttrString(st->future_type, "result");
+    st->future_blocking = PyObject_GetAttrString(st->future_type,
+                                                 "_asyncio_future_blocking");
+    if (st->future_set_result == NULL || st->future_set_exception == NULL
+            || st->future_done == NULL || st->future_result == NULL
+            || st->future_blocking == NULL) {
         return -1;
     }
+    if (Py_TYPE(st->future_blocking)->tp_descr_set == NULL) {
+        PyErr_SetString(PyExc_ImportError, "asyncio.Future's "
+                        "_asyncio_future_blocking is not a settable slot");
+        return -1;
+    }
+    IMPORT(invalid_state_error, "asyncio", "InvalidStateError");
     IMPORT(would_block, "taskbound._common", "WouldBlock");
     IMPORT(deadlock_error, "taskbound._common", "DeadlockError");
     IMPORT(on_block, "taskbound._deadlock", "on_block");
@@ -246,6 +258,8 @@ module_exec(PyObject *module)
     X(get_running_loop)                                                    \
     X(current_task) X(cancelled_error) X(coroutine_abc) X(isfuture)        \
     X(future_type) X(future_set_result) X(future_set_exception)            \
+    X(future_done) X(future_result) X(future_blocking)                     \
+    X(invalid_state_error)                                                 \
     X(would_block) X(deadlock_error) X(on_block) X(on_exit_wait)           \
     X(limiter_statistics) X(rate_limiter_statistics) X(check_positive)     \
     X(check_burst) X(check_total_tokens) X(str_asyncio_future_blocking)    \

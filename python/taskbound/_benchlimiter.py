@@ -9,10 +9,11 @@ the same two ways: with the rate and burst so high that nobody waits
 starts a second for a few seconds: the rate each achieves after its first
 second, as a share of the configured one).
 
-The contended case also runs the *switch floor*: the least any FIFO
-limiter must cost there, a bare line of futures written inline (each entry
-one wake through a future and the sleep(0)). A ratio to the Semaphore above
-floor / Semaphore cannot be had by any limiter.
+The contended case also runs the *switch floor*: the least a FIFO limiter
+that wakes its waiters through the loop's futures must cost there, a bare
+line of `loop.create_future()` futures written inline (each entry one wake
+through a future and the sleep(0)). A ratio to the Semaphore above
+floor / Semaphore cannot be had that way.
 """
 
 from __future__ import annotations

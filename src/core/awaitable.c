@@ -129,13 +129,29 @@ int
 set_result_if_pending(ModuleState *state, PyObject *future, PyObject *value)
 {
     ASSERT_NO_ERROR();
-    int done = call_method_bool(future, state->str_done);
-    if (done != 0) {
-        return done < 0 ? -1 : 0;
+    if (!Py_IS_TYPE(future, (PyTypeObject *)state->future_type)) {
+        int done = future_done(state, future);
+        if (done != 0) {
+            return done < 0 ? -1 : 0;
+        }
+        PyObject *res = call_method1(future, state->str_set_result, value);
+        Py_XDECREF(res);
+        return res == NULL ? -1 : 1;
     }
-    PyObject *res = call_method1(future, state->str_set_result, value);
-    Py_XDECREF(res);
-    return res == NULL ? -1 : 1;
+    /* asyncio's own: a waiter is almost always pending, so asking first
+     * would cost a call per wake to save one in the rare other case. */
+    PyObject *args[2] = {future, value};
+    PyObject *res = PyObject_Vectorcall(state->future_set_result, args, 2,
+                                        NULL);
+    if (res != NULL) {
+        Py_DECREF(res);
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(state->invalid_state_error)) {
+        PyErr_Clear();      /* done already (cancelled): nothing set */
+        return 0;
+    }
+    return -1;
 }
 
 PySendResult
@@ -167,8 +183,48 @@ int
 mark_blocking(ModuleState *state, PyObject *future)
 {
     ASSERT_NO_ERROR();
+    if (Py_IS_TYPE(future, (PyTypeObject *)state->future_type)) {
+        /* Its slot's setter directly: no attribute lookup per wait. */
+        PyObject *slot = state->future_blocking;
+        return Py_TYPE(slot)->tp_descr_set(slot, future, Py_True);
+    }
     return PyObject_SetAttr(future, state->str_asyncio_future_blocking,
                             Py_True);
+}
+
+/* The waiters are asyncio's own futures but where a loop makes its own:
+ * theirs are called through the type's methods, not looked up by name. */
+int
+future_done(ModuleState *state, PyObject *future)
+{
+    if (!Py_IS_TYPE(future, (PyTypeObject *)state->future_type)) {
+        return call_method_bool(future, state->str_done);
+    }
+    PyObject *res = PyObject_Vectorcall(state->future_done, &future, 1, NULL);
+    if (res == NULL) {
+        return -1;
+    }
+    int done = res == Py_True;
+    Py_DECREF(res);
+    return done;
+}
+
+PyObject *
+future_result(ModuleState *state, PyObject *future)
+{
+    if (!Py_IS_TYPE(future, (PyTypeObject *)state->future_type)) {
+        return call_method0(future, state->str_result);
+    }
+    return PyObject_Vectorcall(state->future_result, &future, 1, NULL);
+}
+
+PyObject *
+current_task_of(ModuleState *state, PyObject *loop)
+{
+    if (loop == NULL || loop == Py_None) {
+        return Py_NewRef(Py_None);
+    }
+    return PyObject_CallOneArg(state->current_task, loop);
 }
 
 int

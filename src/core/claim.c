@@ -55,7 +55,7 @@ claim_resume(Claim *claim, PyObject *loop)
     PyObject *future = claim->waiter;
     claim->waiter = NULL;
     TokenSource *limiter = LIMITER_AT(claim, claim->held);
-    PyObject *handed = call_method0(future, limiter->state->str_result);
+    PyObject *handed = future_result(limiter->state, future);
     if (handed == NULL) {
         /* Cancelled from outside (or failed by deadlock detection): nothing
          * was handed; leave the line, give back what is held, and raise
@@ -89,15 +89,15 @@ claim_resume(Claim *claim, PyObject *loop)
 
 int
 claim_wait_for_next(ModuleState *st, Claim *claim, PyObject *loop,
-                    int status, PyObject **waiter)
+                    PyObject *task, int status, PyObject **waiter)
 {
     while (status == 0) {
         /* A wait that would complete a deadlock fails at once, without a
          * trip through the loop (as awaiting a done future does). */
         TokenSource *busy = LIMITER_AT(claim, claim->held);
-        if (limiter_wait_may_deadlock(st, busy, loop)) {
+        if (limiter_wait_may_deadlock(st, busy, loop, task)) {
             deadlock_on_block(st, busy, claim->waiter);
-            int done = call_method_bool(claim->waiter, st->str_done);
+            int done = future_done(st, claim->waiter);
             if (done != 0) {
                 status = done < 0 ? -1 : claim_resume(claim, loop);
                 continue;

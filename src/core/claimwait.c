@@ -13,6 +13,7 @@ typedef struct {
     ModuleState *state;
     Claim claim;
     PyObject *loop;
+    PyObject *task;     /* the task awaiting it, once looked up, or NULL */
     char started;
     char finished;
 } ClaimWaitObject;
@@ -28,6 +29,7 @@ claim_wait_new(ModuleState *state, PyObject *limiters)
     self->state = state;
     claim_init(&self->claim, limiters);
     self->loop = NULL;
+    self->task = NULL;
     self->started = 0;
     self->finished = 0;
     PyObject_GC_Track(self);
@@ -82,9 +84,17 @@ claim_wait_step(PyObject *op, PyObject *value, PyObject *exc,
     else {
         status = claim_resume(&self->claim, self->loop);
     }
+    if (status == 0 && self->task == NULL) {
+        /* Looked up once, for the deadlock check of each wait and for the
+         * holders at the end. */
+        self->task = current_task_of(self->state, self->loop);
+        if (self->task == NULL) {
+            status = -1;
+        }
+    }
     PyObject *waiter;
     status = claim_wait_for_next(self->state, &self->claim, self->loop,
-                                 status, &waiter);
+                                 self->task, status, &waiter);
     if (status < 0) {
         claim_wait_fail(self);
         return PYGEN_ERROR;
@@ -94,9 +104,13 @@ claim_wait_step(PyObject *op, PyObject *value, PyObject *exc,
         return PYGEN_NEXT;
     }
     self->finished = 1;
+    PyObject *task = self->task != NULL
+        ? Py_NewRef(self->task) : current_task_of(self->state, self->loop);
     for (Py_ssize_t i = 0; i < self->claim.held; i++) {
-        op_note_holder(LIMITER_AT(&self->claim, i), self->loop);
+        op_note_holder(LIMITER_AT(&self->claim, i), task);
     }
+    Py_XDECREF(task);
+    Py_CLEAR(self->task);
     *result = Py_NewRef(Py_None);
     return PYGEN_RETURN;
 }
@@ -136,6 +150,7 @@ claim_wait_traverse(PyObject *op, visitproc visit, void *arg)
     ClaimWaitObject *self = ClaimWait_CAST(op);
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->loop);
+    Py_VISIT(self->task);
     return claim_traverse(&self->claim, visit, arg);
 }
 
@@ -145,6 +160,7 @@ claim_wait_clear(PyObject *op)
     ClaimWaitObject *self = ClaimWait_CAST(op);
     claim_clear(&self->claim);
     Py_CLEAR(self->loop);
+    Py_CLEAR(self->task);
     return 0;
 }
 

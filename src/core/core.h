@@ -87,8 +87,10 @@ typedef struct {
     int (*give_back)(TokenSource *self);
     /* release(), by whoever took a token with acquire() */
     int (*release)(TokenSource *self);
-    /* acquire()/acquire_nowait() took a token (NULL: nothing to note) */
-    void (*note_holder)(TokenSource *self, PyObject *loop);
+    /* acquire()/acquire_nowait() took a token for `task` (the current
+     * task, None when there is none; NULL when it could not be found, with
+     * the error set). The op NULL: nothing to note. */
+    void (*note_holder)(TokenSource *self, PyObject *task);
 } TokenSourceOps;
 
 struct TokenSource {
@@ -147,11 +149,10 @@ op_release(TokenSource *self)
 }
 
 static inline void
-op_note_holder(TokenSource *self, PyObject *loop)
+op_note_holder(TokenSource *self, PyObject *task)
 {
-    ASSERT_NO_ERROR();
     if (self->ops->note_holder != NULL) {
-        self->ops->note_holder(self, loop);
+        self->ops->note_holder(self, task);
     }
 }
 
@@ -208,13 +209,13 @@ PyObject *holders_as_dict(const HolderTable *t);
 /* Whether a wait on this source could be part of a deadlock: a finite
  * Limiter with no token free. */
 int limiter_may_deadlock(TokenSource *source);
-/* Whether the current task of `loop`, about to wait on `busy`, could
- * complete a deadlock by it: `busy` may deadlock, and the task holds one
- * of its tokens (taken with acquire(), or as state->task_may_deadlock
- * says). Only then is taskbound._deadlock asked. Never fails: what it
- * cannot find out counts as no. */
+/* Whether the current task of `loop` (`task`, or NULL to look it up),
+ * about to wait on `busy`, could complete a deadlock by it: `busy` may
+ * deadlock, and the task holds one of its tokens (taken with acquire(),
+ * or as state->task_may_deadlock says). Only then is taskbound._deadlock
+ * asked. Never fails: what it cannot find out counts as no. */
 int limiter_wait_may_deadlock(ModuleState *state, TokenSource *busy,
-                              PyObject *loop);
+                              PyObject *loop, PyObject *task);
 /* Whether some task holds tokens of this Limiter taken with acquire(). */
 int limiter_has_holders(TokenSource *source);
 /* Lets taskbound._deadlock look at a wait that may be part of a deadlock
@@ -241,12 +242,13 @@ void claim_init(Claim *claim, PyObject *limiters);
 
 int claim_try_take(Claim *claim, PyObject *loop);
 int claim_resume(Claim *claim, PyObject *loop);
-/* For an awaitable taking a claim: carries on from `status` (what
+/* For an awaitable taking a claim for `task` (the current task, or NULL
+ * to look it up if need be): carries on from `status` (what
  * claim_try_take or claim_resume returned). 1 when every token is held,
  * 0 with *waiter (borrowed) the future to yield to the Task, marked
  * blocking, -1 on error. */
 int claim_wait_for_next(ModuleState *state, Claim *claim, PyObject *loop,
-                        int status, PyObject **waiter);
+                        PyObject *task, int status, PyObject **waiter);
 int claim_abort(Claim *claim, PyObject *error);
 int claim_abandon(Claim *claim);
 int claim_release(Claim *claim);
@@ -319,6 +321,12 @@ int set_result_if_pending(ModuleState *state, PyObject *future,
                           PyObject *value);
 /* Yields a future to the running Task: marks it blocking. */
 int mark_blocking(ModuleState *state, PyObject *future);
+/* future.done() (1, 0, -1) and future.result() (new ref, or NULL). */
+int future_done(ModuleState *state, PyObject *future);
+PyObject *future_result(ModuleState *state, PyObject *future);
+/* The current task of `loop` (new ref; None when there is none or no
+ * loop), or NULL with the error set. */
+PyObject *current_task_of(ModuleState *state, PyObject *loop);
 /* Whether the current exception is asyncio.CancelledError. */
 int is_cancelled_error(ModuleState *state, PyObject *exc);
 /* Whether exc is a KeyboardInterrupt or SystemExit: what asyncio lets

@@ -89,18 +89,9 @@ limiter_give_back(TokenSource *base)
 
 /* ---- who holds what, for deadlock detection (taskbound._deadlock) ---- */
 
-/* The current task of `loop` (None when there is none), or NULL. */
-static PyObject *
-task_of(ModuleState *st, PyObject *loop)
-{
-    if (loop == NULL || loop == Py_None) {
-        return Py_NewRef(Py_None);
-    }
-    return PyObject_CallOneArg(st->current_task, loop);
-}
-
 int
-limiter_wait_may_deadlock(ModuleState *st, TokenSource *busy, PyObject *loop)
+limiter_wait_may_deadlock(ModuleState *st, TokenSource *busy, PyObject *loop,
+                          PyObject *task)
 {
     ASSERT_NO_ERROR();
     LimiterObject *self = (LimiterObject *)busy;
@@ -108,7 +99,7 @@ limiter_wait_may_deadlock(ModuleState *st, TokenSource *busy, PyObject *loop)
             || self->unattributed > 0) {
         return 0;   /* the detector could not tell either */
     }
-    PyObject *task = task_of(st, loop);
+    task = task != NULL ? Py_NewRef(task) : current_task_of(st, loop);
     if (task == NULL) {
         PyErr_Clear();
         return 0;
@@ -129,26 +120,25 @@ limiter_wait_may_deadlock(ModuleState *st, TokenSource *busy, PyObject *loop)
 static void
 lose_track(LimiterObject *self)
 {
-    PyErr_WriteUnraisable((PyObject *)self);
+    if (PyErr_Occurred()) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
     self->lost_track = 1;
 }
 
 static void
-limiter_note_holder(TokenSource *base, PyObject *loop)
+limiter_note_holder(TokenSource *base, PyObject *task)
 {
     LimiterObject *self = (LimiterObject *)base;
-    PyObject *task = task_of(base->state, loop);
     if (task == NULL) {
         lose_track(self);
-        return;
     }
-    if (task == Py_None) {
+    else if (task == Py_None) {
         self->unattributed++;
     }
     else if (holders_add(&self->holders, task) < 0) {
         lose_track(self);
     }
-    Py_DECREF(task);
 }
 
 static int
@@ -159,7 +149,7 @@ limiter_release(TokenSource *base)
         return -1;
     }
     PyObject *loop = PyObject_CallNoArgs(base->state->get_running_loop);
-    PyObject *task = loop == NULL ? NULL : task_of(base->state, loop);
+    PyObject *task = loop == NULL ? NULL : current_task_of(base->state, loop);
     Py_XDECREF(loop);
     int counted = task == NULL ? -1
         : task == Py_None ? 0 : holders_remove(&self->holders, task);

@@ -55,6 +55,10 @@ struct ModuleState {
     PyObject *future_type;          /* asyncio.Future */
     PyObject *future_set_result;    /* asyncio.Future.set_result */
     PyObject *future_set_exception; /* asyncio.Future.set_exception */
+    PyObject *future_done;          /* asyncio.Future.done */
+    PyObject *future_result;        /* asyncio.Future.result */
+    PyObject *future_blocking;      /* its _asyncio_future_blocking slot */
+    PyObject *invalid_state_error;  /* asyncio.InvalidStateError */
     PyObject *would_block;          /* taskbound.WouldBlock */
     PyObject *deadlock_error;       /* taskbound.DeadlockError */
     PyObject *on_block;             /* taskbound._deadlock.on_block */
@@ -113,6 +117,7 @@ struct ModuleState {
     PyObject *group_statistics;     /* taskbound.GroupStatistics */
     PyObject *check_limit;
     PyObject *waiting_stand_in;     /* taskbound._common.waiting_stand_in */
+    Py_ssize_t children_alive;      /* Child objects not yet freed */
     /* What the running interpreter's asyncio.TaskGroup does where CPython
      * releases differ: taskbound._compat decides, these are its copies. */
     char uncancel_after_wait;

@@ -46,7 +46,7 @@ source_prune(TokenSource *self)
 {
     WaiterQueue *q = &self->waiters;
     while (q->len > 0) {
-        int done = call_method_bool(queue_at(q, 0), self->state->str_done);
+        int done = future_done(self->state, queue_at(q, 0));
         if (done < 0) {
             return -1;
         }
@@ -63,8 +63,7 @@ source_waiting(TokenSource *self)
 {
     Py_ssize_t count = 0;
     for (Py_ssize_t i = 0; i < self->waiters.len; i++) {
-        int done = call_method_bool(queue_at(&self->waiters, i),
-                                    self->state->str_done);
+        int done = future_done(self->state, queue_at(&self->waiters, i));
         if (done < 0) {
             return -1;
         }
@@ -197,7 +196,9 @@ source_acquire_nowait(PyObject *op, PyObject *Py_UNUSED(ignored))
     }
     int taken = op_try_take(self, loop);
     if (taken == 1) {
-        op_note_holder(self, loop);
+        PyObject *task = current_task_of(self->state, loop);
+        op_note_holder(self, task);
+        Py_XDECREF(task);
     }
     Py_DECREF(loop);
     if (taken < 0) {

@@ -32,6 +32,7 @@ child_new(GroupObject *group, PyObject *target, PyObject *iterator,
     self->finished = 0;
     self->failed = 0;
     self->linked = 0;
+    state->children_alive++;
     PyObject_GC_Track(self);
     return self;
 }
@@ -107,6 +108,9 @@ parent_may_hold(GroupObject *group, TokenSource *busy)
 int
 group_task_may_deadlock(ModuleState *st, PyObject *task, TokenSource *busy)
 {
+    if (st->children_alive == 0) {
+        return 0;   /* the task cannot be a child: no need to ask it */
+    }
     PyObject *coro;
     ChildObject *child = child_of_task(st, task, &coro);
     /* A child that holds `busy` itself, or one whose group's exit waits
@@ -133,7 +137,7 @@ child_wait_for_tokens(ChildObject *self, PyObject *exc, PyObject **result)
     }
     for (;;) {
         PyObject *future = claim->waiter;
-        int done = call_method_bool(future, child_state(self)->str_done);
+        int done = future_done(child_state(self), future);
         if (done < 0) {
             goto fail;
         }
@@ -145,7 +149,7 @@ child_wait_for_tokens(ChildObject *self, PyObject *exc, PyObject **result)
                     && limiter_may_deadlock(busy)
                     && parent_may_hold(self->group, busy)) {
                 deadlock_on_block(child_state(self), busy, future);
-                done = call_method_bool(future, child_state(self)->str_done);
+                done = future_done(child_state(self), future);
                 if (done < 0) {
                     goto fail;
                 }
@@ -310,6 +314,8 @@ child_dealloc(ChildObject *self)
     }
     ModuleState *state = self->group != NULL ? self->group->state
                                              : state_of_type(tp);
+    assert(state->children_alive > 0);
+    state->children_alive--;
     PyObject_GC_UnTrack(self);
     (void)child_clear(self);
     if (!freelist_keep(&state->child_freelist, state->child_type,

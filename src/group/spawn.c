@@ -152,7 +152,7 @@ spawn_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
         status = claim_resume(&self->claim, self->loop);
     }
     PyObject *waiter;
-    status = claim_wait_for_next(self->state, &self->claim, self->loop,
+    status = claim_wait_for_next(self->state, &self->claim, self->loop, NULL,
                                  status, &waiter);
     if (status < 0) {
         spawn_fail(self);
