@@ -27,6 +27,8 @@ def main() -> int:
     parser.add_argument("--limiter-entries", type=int, default=100_000)
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
+    if args.limiter_entries < 1000:
+        parser.error("--limiter-entries must be at least 1,000")
 
     found, missing = _bench.contenders()
     chosen = [c for c in found if "[Python]" not in c.name]

@@ -16,6 +16,10 @@
 
 typedef struct ChildObject ChildObject;
 
+/* How many finished children's tasks a group keeps to let go of one per
+ * child it starts (see group_retire_task). */
+#define RETIRED_MAX 128
+
 typedef struct {
     PyObject_HEAD
     ModuleState *state;
@@ -34,6 +38,8 @@ typedef struct {
     char entered, exiting, aborting, cancel_on_enter, cancel_called;
     char parent_cancel_requested;
     PyObject *weakreflist;
+    PyObject *retired[RETIRED_MAX];  /* finished tasks, strong refs */
+    Py_ssize_t retired_count;
 } GroupObject;
 
 struct ChildObject {
@@ -65,6 +71,8 @@ PyObject *group_start_child(GroupObject *group, PyObject *target,
                             PyObject *kwargs);
 void group_child_finished(GroupObject *group, ChildObject *child,
                           PyObject *error);
+/* Lets go of every finished task the group still keeps. */
+void group_drop_retired(GroupObject *group);
 int group_wake_exit(GroupObject *group);
 int group_abort(GroupObject *group);
 int group_on_child_done(GroupObject *group, ChildObject *child,

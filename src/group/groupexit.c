@@ -270,6 +270,7 @@ exit_over(GroupExitObject *self)
         Py_CLEAR(group->parent_task);
         Py_CLEAR(group->errors);
         Py_CLEAR(group->base_error);
+        group_drop_retired(group);
     }
     Py_CLEAR(self->et);
     Py_CLEAR(self->exc);

@@ -53,6 +53,43 @@ unlink_child(GroupObject *group, ChildObject *child)
     Py_DECREF(child);
 }
 
+/* A finished child's task is let go of when the group starts its next
+ * child, not at its end. A bounded group's children end in a burst (as
+ * slots free up) and the next ones start in a burst: freed at once, the
+ * objects of the ended ones (Task, weak reference, context) are counted off
+ * CPython's young generation while it is near empty, and the new ones'
+ * count crosses its threshold about once per `limit` spawns (92 collections
+ * per 10,000 spawns on 3.12 at limit 100, against 1 for bare tasks made in
+ * batches). One out per one in keeps the count level, as asyncio.TaskGroup
+ * does by dropping its tasks in a done callback a loop turn later. */
+static void
+retire_task(GroupObject *group, PyObject *task)
+{
+    if (group->retired_count < RETIRED_MAX) {
+        group->retired[group->retired_count++] = task;
+    }
+    else {
+        Py_DECREF(task);
+    }
+}
+
+static void
+drop_one_retired(GroupObject *group)
+{
+    if (group->retired_count > 0) {
+        PyObject *task = group->retired[--group->retired_count];
+        Py_DECREF(task);
+    }
+}
+
+void
+group_drop_retired(GroupObject *group)
+{
+    while (group->retired_count > 0) {
+        drop_one_retired(group);
+    }
+}
+
 static int
 has_work(GroupObject *group)
 {
@@ -362,7 +399,7 @@ group_child_finished(GroupObject *group, ChildObject *child, PyObject *error)
     child->task = NULL;
     link_to_parent(group, task, st->discard_from_awaited_by);
     settle_child(group, child, task);
-    Py_DECREF(task);
+    retire_task(group, task);
 }
 
 static PyObject *
@@ -414,6 +451,7 @@ group_start_child(GroupObject *group, PyObject *target, PyObject *iterator,
         return NULL;
     }
     group->spawned++;
+    drop_one_retired(group);
     if (child->finished) {
         /* An eager task ran to its end inside create_task(). */
         if (st->eager_done_scheduled) {
@@ -528,6 +566,9 @@ group_traverse(GroupObject *self, visitproc visit, void *arg)
     Py_VISIT(self->errors);
     Py_VISIT(self->base_error);
     Py_VISIT(self->on_completed_fut);
+    for (Py_ssize_t i = 0; i < self->retired_count; i++) {
+        Py_VISIT(self->retired[i]);
+    }
     return 0;
 }
 
@@ -545,6 +586,7 @@ group_clear(GroupObject *self)
     Py_CLEAR(self->errors);
     Py_CLEAR(self->base_error);
     Py_CLEAR(self->on_completed_fut);
+    group_drop_retired(self);
     return 0;
 }
 
