@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -49,6 +50,38 @@ def test_spawn_keeps_task_objects_at_the_limit(impl, run):
         return peak_tasks
 
     assert run(main()) == 8
+
+
+def test_finished_tasks_are_let_go_of_in_step_with_new_ones(impl, run):
+    """A group may keep a few finished tasks to let go of as it starts new
+    ones (so the young generation's count stays level), but never more than
+    a bounded few, and none once its exit is over: counted by weak
+    references, with no collection run."""
+    import weakref
+
+    async def main():
+        gc_was = gc.isenabled()
+        gc.disable()    # only reference counts may free them
+        try:
+            refs = []
+
+            async def item():
+                await asyncio.sleep(0)
+
+            async with impl.BoundedTaskGroup(limit=8) as tg:
+                for _ in range(2_000):
+                    refs.append(weakref.ref(await tg.spawn(item())))
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                inside = sum(r() is not None for r in refs)
+            return inside, sum(r() is not None for r in refs)
+        finally:
+            if gc_was:
+                gc.enable()
+
+    inside, after = run(main())
+    assert inside <= 8 + 128, inside
+    assert after == 0
 
 
 def test_spawn_waits_before_the_task_exists(impl, run):
