@@ -99,6 +99,7 @@ struct TokenSource {
     ModuleState *state;
     WaiterQueue waiters;
     PyObject *loop;          /* the loop it is bound to, or NULL */
+    char plain_futures;      /* its create_future() is asyncio's own */
     unsigned long long rank;
     char initialized;        /* its __init__ has run (a subclass may skip) */
     PyObject *weakreflist;

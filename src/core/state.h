@@ -59,6 +59,8 @@ struct ModuleState {
     PyObject *future_result;        /* asyncio.Future.result */
     PyObject *future_blocking;      /* its _asyncio_future_blocking slot */
     PyObject *invalid_state_error;  /* asyncio.InvalidStateError */
+    PyObject *base_create_future;   /* BaseEventLoop.create_future */
+    PyObject *kwnames_loop;         /* ("loop",) */
     PyObject *would_block;          /* taskbound.WouldBlock */
     PyObject *deadlock_error;       /* taskbound.DeadlockError */
     PyObject *on_block;             /* taskbound._deadlock.on_block */

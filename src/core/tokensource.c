@@ -20,6 +20,24 @@ source_init(TokenSource *self, PyTypeObject *type, const TokenSourceOps *ops)
     return 0;
 }
 
+/* Whether loop.create_future() is BaseEventLoop's, which only makes an
+ * asyncio.Future(loop=loop): the waiters are then made so directly, without
+ * a Python call per wait. (uvloop's is its own, in C already.) */
+static int
+makes_plain_futures(ModuleState *st, PyObject *loop)
+{
+    PyObject *method = PyObject_GetAttr(loop, st->str_create_future);
+    if (method == NULL) {
+        PyErr_Clear();      /* the wait will say what is wrong */
+        return 0;
+    }
+    int plain = PyMethod_Check(method)
+                && PyMethod_GET_FUNCTION(method) == st->base_create_future
+                && PyMethod_GET_SELF(method) == loop;
+    Py_DECREF(method);
+    return plain;
+}
+
 int
 source_bind(TokenSource *self, PyObject *loop)
 {
@@ -31,6 +49,7 @@ source_bind(TokenSource *self, PyObject *loop)
     }
     if (self->loop == NULL) {
         self->loop = Py_NewRef(loop);
+        self->plain_futures = makes_plain_futures(self->state, loop);
         return 0;
     }
     if (self->loop != loop) {
@@ -75,7 +94,15 @@ source_waiting(TokenSource *self)
 PyObject *
 source_enqueue(TokenSource *self, PyObject *loop)
 {
-    PyObject *future = call_method0(loop, self->state->str_create_future);
+    PyObject *future;
+    if (self->plain_futures) {
+        PyObject *args[1] = {loop};
+        future = PyObject_Vectorcall(self->state->future_type, args, 0,
+                                     self->state->kwnames_loop);
+    }
+    else {
+        future = call_method0(loop, self->state->str_create_future);
+    }
     if (future == NULL) {
         return NULL;
     }
