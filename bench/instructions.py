@@ -1,0 +1,132 @@
+"""One workload of the bench, N times, for an instruction count that
+repeats where timings do not:
+
+    N=3000 PYTHONMALLOC=malloc valgrind --tool=callgrind \\
+        python bench/instructions.py WORKLOAD [asyncio|uvloop]
+
+minus the same with N=0, over N, is the count per item. WORKLOAD is one of
+task_floor, spawn, create_task, amap, gather, as_completed (limit 100,
+items of `await asyncio.sleep(0)`), limiter, semaphore, switch_floor (100
+tasks share 10 tokens, `async with` around a sleep(0), N entries),
+limiter_alone, semaphore_alone (one task, N entries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import sys
+
+import taskbound
+
+N = int(os.environ.get("N", "3000"))
+TASKS, TOKENS, LIMIT = 100, 10, 100
+
+
+async def item(i):
+    await asyncio.sleep(0)
+    return i
+
+
+async def shared(limiter):
+    async def worker():
+        for _ in range(N // TASKS):
+            async with limiter:
+                await asyncio.sleep(0)
+    await asyncio.gather(*[worker() for _ in range(TASKS)])
+
+
+async def alone(limiter):
+    for _ in range(N):
+        async with limiter:
+            pass
+
+
+async def switch_floor():
+    loop = asyncio.get_running_loop()
+    plain = (getattr(loop.create_future, "__func__", None)
+             is asyncio.BaseEventLoop.create_future)
+    line = collections.deque()
+    free = TOKENS
+
+    async def worker():
+        nonlocal free
+        for _ in range(N // TASKS):
+            if free:
+                free -= 1
+            else:
+                future = (asyncio.Future(loop=loop) if plain
+                          else loop.create_future())
+                line.append(future)
+                await future
+            await asyncio.sleep(0)
+            if line:
+                line.popleft().set_result(True)
+            else:
+                free += 1
+    await asyncio.gather(*[worker() for _ in range(TASKS)])
+
+
+async def task_floor():
+    loop = asyncio.get_running_loop()
+    for start in range(0, N, LIMIT):
+        batch = [loop.create_task(item(i))
+                 for i in range(start, min(N, start + LIMIT))]
+        for task in batch:
+            await task
+
+
+async def spawn():
+    async with taskbound.BoundedTaskGroup(LIMIT) as tg:
+        for i in range(N):
+            await tg.spawn(item(i))
+
+
+async def create_task():
+    async with taskbound.BoundedTaskGroup(LIMIT) as tg:
+        for i in range(N):
+            tg.create_task(item(i))
+
+
+async def amap():
+    async for _ in taskbound.amap(item, range(N), limit=LIMIT):
+        pass
+
+
+async def gather():
+    await taskbound.gather(*[item(i) for i in range(N)], limit=LIMIT)
+
+
+async def as_completed():
+    async for future in taskbound.as_completed(
+            [item(i) for i in range(N)], limit=LIMIT):
+        future.result()
+
+
+WORKLOADS = {
+    "task_floor": task_floor, "spawn": spawn, "create_task": create_task,
+    "amap": amap, "gather": gather, "as_completed": as_completed,
+    "limiter": lambda: shared(taskbound.Limiter(TOKENS)),
+    "semaphore": lambda: shared(asyncio.Semaphore(TOKENS)),
+    "switch_floor": switch_floor,
+    "limiter_alone": lambda: alone(taskbound.Limiter(TOKENS)),
+    "semaphore_alone": lambda: alone(asyncio.Semaphore(TOKENS)),
+}
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in WORKLOADS:
+        print(__doc__, file=sys.stderr)
+        return 2
+    run = WORKLOADS[sys.argv[1]]
+    if sys.argv[2:] == ["uvloop"]:
+        import uvloop
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
