@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
 import socket
 import statistics
@@ -35,6 +36,20 @@ CONTENDERS = ("TaskGroup + Semaphore before create_task",
               "amap [C]",
               "aiometer.amap",
               "quattro.TaskGroup(concurrency_limit)")
+
+
+def _environment() -> dict:
+    """The environment of the server's and the runs' processes. The wheels
+    of aiohttp and of the libraries under it (multidict, yarl, propcache,
+    frozenlist) are built for release interpreters and crash a debug one
+    (multidict segfaults in its GC tracking), so there they run on the
+    pure-Python code each ships for this, chosen by its documented switch."""
+    env = dict(os.environ)
+    if hasattr(sys, "gettotalrefcount"):
+        for name in ("AIOHTTP", "MULTIDICT", "YARL", "PROPCACHE",
+                     "FROZENLIST"):
+            env[f"{name}_NO_EXTENSIONS"] = "1"
+    return env
 
 
 def missing() -> str | None:
@@ -79,7 +94,8 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "taskbound._benchhttp", "serve",
              str(sleep)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=_environment())
         line = self.process.stdout.readline()
         if not line.strip().isdigit():
             self.close()
@@ -93,6 +109,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self.process.stdout.close()
 
 
 # -- a contender's process --
@@ -150,7 +167,7 @@ def measure(requests: int, limit: int, sleep: float, rounds: int,
         done = subprocess.run(
             [sys.executable, "-m", "taskbound._benchhttp", "run", name,
              server.url, str(count), str(limit), loop_kind],
-            capture_output=True, text=True)
+            capture_output=True, text=True, env=_environment())
         if done.returncode != 0:
             raise RuntimeError(f"the HTTP run of {name} failed:\n"
                                f"{done.stderr}")
