@@ -14,58 +14,19 @@ limiter_alone, semaphore_alone (one task, N entries).
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 import sys
 
 import taskbound
+from taskbound import _benchlimiter
 
 N = int(os.environ.get("N", "3000"))
-TASKS, TOKENS, LIMIT = 100, 10, 100
+LIMIT = 100
 
 
 async def item(i):
     await asyncio.sleep(0)
     return i
-
-
-async def shared(limiter):
-    async def worker():
-        for _ in range(N // TASKS):
-            async with limiter:
-                await asyncio.sleep(0)
-    await asyncio.gather(*[worker() for _ in range(TASKS)])
-
-
-async def alone(limiter):
-    for _ in range(N):
-        async with limiter:
-            pass
-
-
-async def switch_floor():
-    loop = asyncio.get_running_loop()
-    plain = (getattr(loop.create_future, "__func__", None)
-             is asyncio.BaseEventLoop.create_future)
-    line = collections.deque()
-    free = TOKENS
-
-    async def worker():
-        nonlocal free
-        for _ in range(N // TASKS):
-            if free:
-                free -= 1
-            else:
-                future = (asyncio.Future(loop=loop) if plain
-                          else loop.create_future())
-                line.append(future)
-                await future
-            await asyncio.sleep(0)
-            if line:
-                line.popleft().set_result(True)
-            else:
-                free += 1
-    await asyncio.gather(*[worker() for _ in range(TASKS)])
 
 
 async def task_floor():
@@ -107,11 +68,12 @@ async def as_completed():
 WORKLOADS = {
     "task_floor": task_floor, "spawn": spawn, "create_task": create_task,
     "amap": amap, "gather": gather, "as_completed": as_completed,
-    "limiter": lambda: shared(taskbound.Limiter(TOKENS)),
-    "semaphore": lambda: shared(asyncio.Semaphore(TOKENS)),
-    "switch_floor": switch_floor,
-    "limiter_alone": lambda: alone(taskbound.Limiter(TOKENS)),
-    "semaphore_alone": lambda: alone(asyncio.Semaphore(TOKENS)),
+    # The bench's own limiter workloads (100 tasks share 10 tokens).
+    "limiter": lambda: _benchlimiter._shared(taskbound.Limiter, N),
+    "semaphore": lambda: _benchlimiter._shared(asyncio.Semaphore, N),
+    "switch_floor": lambda: _benchlimiter._switch_floor(N),
+    "limiter_alone": lambda: _benchlimiter._alone(taskbound.Limiter, N),
+    "semaphore_alone": lambda: _benchlimiter._alone(asyncio.Semaphore, N),
 }
 
 
