@@ -18,7 +18,7 @@ import os
 import sys
 
 import taskbound
-from taskbound import _benchlimiter
+from taskbound import _bench, _benchlimiter
 
 N = int(os.environ.get("N", "3000"))
 LIMIT = 100
@@ -29,45 +29,21 @@ async def item(i):
     return i
 
 
-async def task_floor():
-    loop = asyncio.get_running_loop()
-    for start in range(0, N, LIMIT):
-        batch = [loop.create_task(item(i))
-                 for i in range(start, min(N, start + LIMIT))]
-        for task in batch:
-            await task
-
-
-async def spawn():
-    async with taskbound.BoundedTaskGroup(LIMIT) as tg:
-        for i in range(N):
-            await tg.spawn(item(i))
-
-
-async def create_task():
-    async with taskbound.BoundedTaskGroup(LIMIT) as tg:
-        for i in range(N):
-            tg.create_task(item(i))
-
-
-async def amap():
-    async for _ in taskbound.amap(item, range(N), limit=LIMIT):
-        pass
-
-
-async def gather():
-    await taskbound.gather(*[item(i) for i in range(N)], limit=LIMIT)
-
-
-async def as_completed():
-    async for future in taskbound.as_completed(
-            [item(i) for i in range(N)], limit=LIMIT):
-        future.result()
+def contender(name: str):
+    """The bench's own contender of that name, on bare sleep(0) items (no
+    probe), as a workload of N items at limit 100."""
+    found, _ = _bench.contenders()
+    run = next(c for c in found if c.name == name).run
+    return lambda: run(N, LIMIT, item)
 
 
 WORKLOADS = {
-    "task_floor": task_floor, "spawn": spawn, "create_task": create_task,
-    "amap": amap, "gather": gather, "as_completed": as_completed,
+    "task_floor": contender("task floor"),
+    "spawn": contender("BoundedTaskGroup.spawn [C]"),
+    "create_task": contender("BoundedTaskGroup.create_task [C]"),
+    "amap": contender("amap [C]"),
+    "gather": contender("gather [C]"),
+    "as_completed": contender("as_completed [C]"),
     # The bench's own limiter workloads (100 tasks share 10 tokens).
     "limiter": lambda: _benchlimiter._shared(taskbound.Limiter, N),
     "semaphore": lambda: _benchlimiter._shared(asyncio.Semaphore, N),
