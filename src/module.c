@@ -82,6 +82,9 @@ add_types(PyObject *module, ModuleState *st)
         return -1;
     }
     PyTypeObject *source = st->token_source_type;
+    if (source_add_context_methods(module, source) < 0) {
+        return -1;
+    }
     if (add_type(module, &limiter_spec, &st->limiter_type, 1, source) < 0
             || add_type(module, &rate_limiter_spec, &st->rate_limiter_type,
                         1, source) < 0
@@ -186,7 +189,8 @@ import_python(ModuleState *st)
             || import_optional("add_to_awaited_by",
                                &st->add_to_awaited_by) < 0
             || import_optional("discard_from_awaited_by",
-                               &st->discard_from_awaited_by) < 0) {
+                               &st->discard_from_awaited_by) < 0
+            || import_optional("current_tasks", &st->current_tasks) < 0) {
         return -1;
     }
     return 0;
@@ -267,7 +271,7 @@ module_exec(PyObject *module)
     X(token_source_type) X(limiter_type) X(rate_limiter_type)              \
     X(external_source_type) X(claim_wait_type) X(ready) X(ready_type)      \
     X(get_running_loop)                                                    \
-    X(current_task) X(cancelled_error) X(coroutine_abc) X(isfuture)        \
+    X(current_task) X(current_tasks) X(cancelled_error) X(coroutine_abc) X(isfuture)        \
     X(future_type) X(future_set_result) X(future_set_exception)            \
     X(future_done) X(future_result) X(future_blocking)                     \
     X(invalid_state_error) X(base_create_future) X(kwnames_loop)           \

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import math
+import weakref
 
 import pytest
 
@@ -175,6 +178,37 @@ def test_async_with(impl, run):
         return inside, limiter.borrowed_tokens
 
     assert run(main()) == (1, 0)
+
+
+def test_context_methods_read_on_the_class_or_overridden(impl, run):
+    """AsyncExitStack calls type(cm).__aenter__(cm); a subclass may override
+    both; a limiter entered so is still freed once dropped."""
+    class Counted(impl.LimiterType):
+        entered = 0
+
+        async def __aenter__(self):
+            Counted.entered += 1
+            return await super().__aenter__()
+
+    async def main():
+        # Not recorded by the fixture, which would keep it alive.
+        limiter, counted = impl.LimiterType(2), Counted(1)
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(limiter)
+            await stack.enter_async_context(counted)
+            inside = (limiter.borrowed_tokens, counted.borrowed_tokens)
+        await type(limiter).__aenter__(limiter)
+        held = limiter.borrowed_tokens
+        await type(limiter).__aexit__(limiter, None, None, None)
+        async with limiter:
+            pass
+        after = (limiter.borrowed_tokens, counted.borrowed_tokens)
+        return inside, held, after, weakref.ref(limiter)
+
+    inside, held, after, freed = run(main())
+    gc.collect()
+    assert (inside, held, after) == ((1, 1), 1, (0, 0))
+    assert Counted.entered == 1 and freed() is None
 
 
 def test_release_without_borrow_raises(impl, run):

@@ -224,7 +224,14 @@ current_task_of(ModuleState *state, PyObject *loop)
     if (loop == NULL || loop == Py_None) {
         return Py_NewRef(Py_None);
     }
-    return PyObject_CallOneArg(state->current_task, loop);
+    if (state->current_tasks == NULL) {
+        return PyObject_CallOneArg(state->current_task, loop);
+    }
+    PyObject *task = PyDict_GetItemWithError(state->current_tasks, loop);
+    if (task != NULL) {
+        return Py_NewRef(task);
+    }
+    return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
 }
 
 int

@@ -24,7 +24,7 @@ int
 claim_try_take(Claim *claim, PyObject *loop)
 {
     ASSERT_NO_ERROR();
-    Py_ssize_t n = PyTuple_GET_SIZE(claim->limiters);
+    Py_ssize_t n = CLAIM_SIZE(claim);
     while (claim->held < n) {
         TokenSource *limiter = LIMITER_AT(claim, claim->held);
         int taken = op_try_take(limiter, loop);

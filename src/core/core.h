@@ -103,6 +103,8 @@ struct TokenSource {
     unsigned long long rank;
     char initialized;        /* its __init__ has run (a subclass may skip) */
     PyObject *weakreflist;
+    PyObject *bound_aenter;  /* its __aenter__ and __aexit__, once bound */
+    PyObject *bound_aexit;
 };
 
 /* Every use of a source's operations goes through these, which hold them
@@ -179,6 +181,9 @@ PyObject *sources_in_rank_order(ModuleState *state, PyObject *first,
                                 PyObject *limiter);
 
 extern PyType_Spec token_source_spec;   /* their base */
+/* Puts __aenter__ and __aexit__ in the base type (made from the spec
+ * above), as descriptors that bind once per source. */
+int source_add_context_methods(PyObject *module, PyTypeObject *base);
 extern PyType_Spec limiter_spec;
 extern PyType_Spec rate_limiter_spec;
 extern PyType_Spec external_source_spec;
@@ -230,16 +235,24 @@ void deadlock_on_exit_wait(ModuleState *state, PyObject *group,
 /* ---- Claim (claim.c) ---- */
 
 typedef struct {
-    PyObject *limiters;      /* tuple of TokenSource, in rank order */
+    PyObject *limiters;      /* tuple of TokenSource, in rank order, or
+                                one TokenSource alone (acquire()) */
     Py_ssize_t held;         /* limiters[:held] have given a token */
     PyObject *waiter;        /* future queued at limiters[held], or NULL */
     PyObject *abort_error;   /* raised by claim_resume once set */
 } Claim;
 
 void claim_init(Claim *claim, PyObject *limiters);
-/* The i-th source of a claim, in rank order. */
+/* How many sources a claim takes a token of, and the i-th, in rank order.
+ * A lone source is not wrapped in a tuple: that would be made and freed
+ * on every acquire(). */
+#define CLAIM_SIZE(claim) \
+    (PyTuple_CheckExact((claim)->limiters) \
+     ? PyTuple_GET_SIZE((claim)->limiters) : 1)
 #define LIMITER_AT(claim, i) \
-    ((TokenSource *)PyTuple_GET_ITEM((claim)->limiters, (i)))
+    ((TokenSource *)(PyTuple_CheckExact((claim)->limiters) \
+                     ? PyTuple_GET_ITEM((claim)->limiters, (i)) \
+                     : (assert((i) == 0), (claim)->limiters)))
 
 int claim_try_take(Claim *claim, PyObject *loop);
 int claim_resume(Claim *claim, PyObject *loop);

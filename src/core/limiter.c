@@ -48,10 +48,18 @@ static int
 limiter_try_take(TokenSource *base, PyObject *loop)
 {
     LimiterObject *self = (LimiterObject *)base;
-    if (source_bind(base, loop) < 0 || source_prune(base) < 0) {
+    if (source_bind(base, loop) < 0) {
         return -1;
     }
-    if (base->waiters.len > 0 || self->borrowed >= self->total) {
+    /* Full, it waits whoever is in line; only a free token needs the line
+     * pruned of cancelled waiters, which would otherwise keep it. */
+    if (self->borrowed >= self->total) {
+        return 0;
+    }
+    if (source_prune(base) < 0) {
+        return -1;
+    }
+    if (base->waiters.len > 0) {
         return 0;
     }
     self->borrowed++;
@@ -148,9 +156,9 @@ limiter_release(TokenSource *base)
     if (check_borrowed(self) < 0) {
         return -1;
     }
-    PyObject *loop = PyObject_CallNoArgs(base->state->get_running_loop);
-    PyObject *task = loop == NULL ? NULL : current_task_of(base->state, loop);
-    Py_XDECREF(loop);
+    /* Its tokens are borrowed, so it is bound to a loop: the task giving
+     * one back is that loop's (none when it is called from elsewhere). */
+    PyObject *task = current_task_of(base->state, base->loop);
     int counted = task == NULL ? -1
         : task == Py_None ? 0 : holders_remove(&self->holders, task);
     Py_XDECREF(task);

@@ -49,6 +49,8 @@ struct ModuleState {
     /* From asyncio and taskbound._common. */
     PyObject *get_running_loop;     /* asyncio.events._get_running_loop */
     PyObject *current_task;         /* asyncio.current_task */
+    PyObject *current_tasks;        /* what it looks the task up in, or
+                                       NULL (taskbound._compat) */
     PyObject *cancelled_error;      /* asyncio.CancelledError */
     PyObject *coroutine_abc;        /* collections.abc.Coroutine */
     PyObject *isfuture;             /* asyncio.isfuture */

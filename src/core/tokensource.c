@@ -173,6 +173,8 @@ source_traverse(TokenSource *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->loop);
+    Py_VISIT(self->bound_aenter);
+    Py_VISIT(self->bound_aexit);
     for (Py_ssize_t i = 0; i < self->waiters.len; i++) {
         Py_VISIT(queue_at(&self->waiters, i));
     }
@@ -183,6 +185,8 @@ void
 source_clear(TokenSource *self)
 {
     Py_CLEAR(self->loop);
+    Py_CLEAR(self->bound_aenter);
+    Py_CLEAR(self->bound_aexit);
     queue_clear(&self->waiters);
 }
 
@@ -204,13 +208,7 @@ source_dealloc(TokenSource *self, inquiry clear)
 static PyObject *
 source_acquire(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *limiters = PyTuple_Pack(1, self);
-    if (limiters == NULL) {
-        return NULL;
-    }
-    PyObject *wait = claim_wait_new(((TokenSource *)self)->state, limiters);
-    Py_DECREF(limiters);
-    return wait;
+    return claim_wait_new(((TokenSource *)self)->state, self);
 }
 
 static PyObject *
@@ -273,11 +271,139 @@ static PyMethodDef source_methods[] = {
     {"release", source_release, METH_NOARGS,
      "Give a token back; the first waiter gets it (a RateLimiter has "
      "nothing to give back)."},
-    {"__aenter__", source_acquire, METH_NOARGS, NULL},
-    {"__aexit__", (PyCFunction)(void (*)(void))source_aexit, METH_FASTCALL,
-     NULL},
     {NULL, NULL, 0, NULL},
 };
+
+/* ---- __aenter__ and __aexit__, bound once per source ----
+ *
+ * `async with` looks both up on every entry and, up to 3.13, binds each
+ * anew: two method objects made and freed per entry, a few per cent of a
+ * contended entry's cost. So in the type they are BindOnce descriptors:
+ * read on the class, they give the plain method descriptors; read on a
+ * source, they bind once and the source keeps the bound method (a cycle,
+ * which the collector breaks when the source goes).
+ */
+
+static PyMethodDef source_aenter_def = {
+    "__aenter__", source_acquire, METH_NOARGS, NULL};
+static PyMethodDef source_aexit_def = {
+    "__aexit__", (PyCFunction)(void (*)(void))source_aexit, METH_FASTCALL,
+    NULL};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *unbound;      /* the method's own descriptor */
+    Py_ssize_t offset;      /* where a source keeps it bound */
+} BindOnceObject;
+
+#define BindOnce_CAST(op) ((BindOnceObject *)(op))
+
+static PyObject *
+bind_once_get(PyObject *op, PyObject *obj, PyObject *type)
+{
+    BindOnceObject *self = BindOnce_CAST(op);
+    descrgetfunc bind = Py_TYPE(self->unbound)->tp_descr_get;
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self->unbound);    /* read on the class */
+    }
+    if (!PyObject_TypeCheck(obj, PyDescr_TYPE(self->unbound))) {
+        /* The method descriptor's own error for another type's object. */
+        return bind(self->unbound, obj, type);
+    }
+    PyObject **slot = (PyObject **)((char *)obj + self->offset);
+    if (*slot == NULL) {
+        *slot = bind(self->unbound, obj, type);
+        if (*slot == NULL) {
+            return NULL;
+        }
+    }
+    return Py_NewRef(*slot);
+}
+
+static int
+bind_once_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(BindOnce_CAST(op)->unbound);
+    return 0;
+}
+
+static int
+bind_once_clear(PyObject *op)
+{
+    Py_CLEAR(BindOnce_CAST(op)->unbound);
+    return 0;
+}
+
+static void
+bind_once_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    (void)bind_once_clear(op);
+    PyObject_GC_Del(op);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot bind_once_slots[] = {
+    {Py_tp_doc, "A method of token sources that binds once per source."},
+    {Py_tp_descr_get, bind_once_get},
+    {Py_tp_traverse, bind_once_traverse},
+    {Py_tp_clear, bind_once_clear},
+    {Py_tp_dealloc, bind_once_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec bind_once_spec = {
+    .name = "taskbound._taskbound.BindOnce",
+    .basicsize = sizeof(BindOnceObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+             | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = bind_once_slots,
+};
+
+static int
+add_bind_once(PyTypeObject *bind_once, PyTypeObject *base, PyMethodDef *def,
+              Py_ssize_t offset)
+{
+    PyObject *unbound = PyDescr_NewMethod(base, def);
+    if (unbound == NULL) {
+        return -1;
+    }
+    BindOnceObject *self = PyObject_GC_New(BindOnceObject, bind_once);
+    if (self == NULL) {
+        Py_DECREF(unbound);
+        return -1;
+    }
+    self->unbound = unbound;
+    self->offset = offset;
+    PyObject_GC_Track(self);
+    /* The type is immutable to Python code, not to the module making it. */
+    int status = PyDict_SetItemString(base->tp_dict, def->ml_name,
+                                      (PyObject *)self);
+    Py_DECREF(self);
+    return status;
+}
+
+int
+source_add_context_methods(PyObject *module, PyTypeObject *base)
+{
+    PyTypeObject *bind_once = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &bind_once_spec, NULL);
+    if (bind_once == NULL) {
+        return -1;
+    }
+    int status = -1;
+    if (add_bind_once(bind_once, base, &source_aenter_def,
+                      offsetof(TokenSource, bound_aenter)) == 0
+            && add_bind_once(bind_once, base, &source_aexit_def,
+                             offsetof(TokenSource, bound_aexit)) == 0) {
+        PyType_Modified(base);
+        status = 0;
+    }
+    Py_DECREF(bind_once);
+    return status;
+}
 
 static PyMemberDef source_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(TokenSource, weakreflist),

@@ -17,7 +17,6 @@ import itertools
 import math
 import types
 from asyncio import current_task, get_running_loop
-from asyncio.events import _get_running_loop
 
 from .. import _deadlock
 from .._common import (
@@ -190,7 +189,9 @@ class Limiter(_TokenSource):
         if self._borrowed <= 0:
             raise RuntimeError(
                 f"release() called on {self!r}, which has no borrowed tokens")
-        task = current_task() if _get_running_loop() is not None else None
+        # Its tokens are borrowed, so it is bound to a loop: the task giving
+        # one back is that loop's (none when called from elsewhere).
+        task = current_task(self._loop)
         count = self._holders.get(task, 0)
         if count > 1:
             self._holders[task] = count - 1
