@@ -270,8 +270,8 @@ module_exec(PyObject *module)
 #define STATE_FIELDS(X)                                                    \
     X(token_source_type) X(limiter_type) X(rate_limiter_type)              \
     X(external_source_type) X(claim_wait_type) X(ready) X(ready_type)      \
-    X(get_running_loop)                                                    \
-    X(current_task) X(current_tasks) X(cancelled_error) X(coroutine_abc) X(isfuture)        \
+    X(get_running_loop) X(current_task) X(current_tasks)                   \
+    X(cancelled_error) X(coroutine_abc) X(isfuture)                        \
     X(future_type) X(future_set_result) X(future_set_exception)            \
     X(future_done) X(future_result) X(future_blocking)                     \
     X(invalid_state_error) X(base_create_future) X(kwnames_loop)           \
