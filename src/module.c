@@ -224,6 +224,7 @@ intern_strings(ModuleState *st)
     INTERN(str_set_result, "set_result");
     INTERN(str_throw, "throw");
     INTERN(str_time, "time");
+    INTERN(str_is_closed, "is_closed");
     INTERN(str_uncancel, "uncancel");
     INTERN(str__try_take, "_try_take");
     INTERN(str__enqueue, "_enqueue");
@@ -282,7 +283,7 @@ module_exec(PyObject *module)
     X(str_cancel) X(str_cancelled) X(str_cancelling) X(str_close)          \
     X(str_create_future) X(str_create_task) X(str_add_done_callback)       \
     X(str_aclose) X(str_set_exception) X(str_done) X(str_exception)        \
-    X(str_get_coro)                                                        \
+    X(str_get_coro) X(str_is_closed)                                       \
     X(str_result) X(str_send) X(str_set_result) X(str_throw) X(str_time)   \
     X(str_uncancel) X(str__try_take) X(str__enqueue) X(str__dequeue)       \
     X(str__pass_on) X(str__give_back)                                      \

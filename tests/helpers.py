@@ -68,3 +68,31 @@ class Gauge:
             return key
         finally:
             self.running -= 1
+
+
+@contextlib.contextmanager
+def in_use_on_another_loop(limiter, *, waiting: bool = False):
+    """Holds one token of ``limiter`` (and, with ``waiting``, queues one
+    more task for a token) on a loop of its own, open and not running, for
+    the block: the limiter is in use there and cannot move to another loop.
+    Gives everything back and closes that loop afterwards."""
+    loop = asyncio.new_event_loop()
+
+    async def hold():
+        await limiter.acquire()
+        if not waiting:
+            return None
+        waiter = asyncio.ensure_future(limiter.acquire())
+        await asyncio.sleep(0)
+        return waiter
+
+    try:
+        waiter = loop.run_until_complete(hold())
+        yield limiter
+        if waiter is not None:
+            waiter.cancel()
+            loop.run_until_complete(asyncio.gather(waiter,
+                                                   return_exceptions=True))
+        limiter.release()
+    finally:
+        loop.close()

@@ -11,6 +11,7 @@ import gc
 
 import pytest
 
+from helpers import in_use_on_another_loop
 from taskbound import _compat
 
 
@@ -97,27 +98,17 @@ def test_create_task_on_a_closed_loop(impl, run):
     run(main())
 
 
-def bound_to_another_loop(limiter):
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(limiter.acquire())
-        limiter.release()
-    finally:
-        loop.close()
-    return limiter
-
-
 @pytest.mark.parametrize("other_first", [False, True])
 def test_a_limiter_in_the_sequence_that_cannot_be_taken(impl, run,
                                                         other_first):
-    """A limiter bound to another loop raises when its token is taken: the
+    """A limiter in use on another loop raises when its token is taken: the
     tokens already taken from the others go back."""
     if other_first:
-        other = bound_to_another_loop(impl.Limiter(3))
+        other = impl.Limiter(3)
         first = impl.Limiter(3)
     else:
         first = impl.Limiter(3)
-        other = bound_to_another_loop(impl.Limiter(3))
+        other = impl.Limiter(3)
 
     async def main():
         async with impl.BoundedTaskGroup(limiter=[first, other]) as tg:
@@ -133,7 +124,9 @@ def test_a_limiter_in_the_sequence_that_cannot_be_taken(impl, run,
                 pass
         assert first.borrowed_tokens == 0
 
-    run(main())
+    with in_use_on_another_loop(other):
+        run(main())
+        assert other.borrowed_tokens == 1      # the other loop's, still
     assert other.borrowed_tokens == 0
 
 
@@ -249,10 +242,10 @@ def test_a_task_factory_that_raises_fails_the_stream(impl, run, helper,
 
 @pytest.mark.parametrize("helper", ["amap", "gather", "as_completed"])
 def test_a_limiter_that_cannot_be_taken_fails_the_stream(impl, run, helper):
-    """A limiter bound to another loop raises when a worker takes it: the
+    """A limiter in use on another loop raises when a worker takes it: the
     error reaches the consumer, as with a group (the reference's workers
     used to die with it, and the consumer waited forever)."""
-    other = bound_to_another_loop(impl.Limiter(2))
+    other = impl.Limiter(2)
 
     async def main():
         async with asyncio.timeout(10):
@@ -269,7 +262,9 @@ def test_a_limiter_that_cannot_be_taken_fails_the_stream(impl, run, helper):
                                              limiter=other):
                         pass
 
-    run(main())
+    with in_use_on_another_loop(other):
+        run(main())
+        assert other.borrowed_tokens == 1      # the other loop's, still
     assert other.borrowed_tokens == 0
 
 

@@ -10,6 +10,7 @@ import weakref
 
 import pytest
 
+from helpers import in_use_on_another_loop
 from taskbound import WouldBlock
 
 
@@ -221,41 +222,96 @@ def test_release_without_borrow_raises(impl, run):
     assert run(main()) == (1, 0, 0)
 
 
-def test_second_event_loop_is_refused(impl, run):
-    limiter = impl.Limiter(5)
+def test_an_idle_limiter_serves_one_loop_after_another(impl, run):
+    """A module-level limiter used by one asyncio.run() after another (or a
+    test suite's loop per test): idle, it moves to the loop that uses it,
+    whatever took its tokens there, and works there as on its first."""
+    limiter = impl.Limiter(2)
 
-    async def use():
+    async def use(round_):
         await limiter.acquire()
         limiter.release()
+        async with limiter:
+            limiter.acquire_nowait()
+            limiter.release()
+        async with impl.BoundedTaskGroup(limiter=limiter) as tg:
+            children = [await tg.spawn(asyncio.sleep(0, i)) for i in range(5)]
+        found = [r async for r in impl.amap(lambda i: asyncio.sleep(0, i),
+                                            range(4), limiter=limiter)]
+        order = []
+        await limiter.acquire()
+        await limiter.acquire()
+        tasks = await queue_up(limiter, order, "abc")
+        for _ in range(5):
+            limiter.release()
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        return (round_, [c.result() for c in children], found,
+                "".join(order), tuple(limiter.statistics()))
 
-    run(use())
-    with pytest.raises(RuntimeError, match="different event loop"):
-        run(use())
-
-    async def nowait():
-        limiter.acquire_nowait()
-
-    with pytest.raises(RuntimeError, match="different event loop"):
-        run(nowait())
-    assert limiter.borrowed_tokens == 0
+    for round_ in range(3):
+        assert run(use(round_)) == (round_, [0, 1, 2, 3, 4], [0, 1, 2, 3],
+                                    "abc", (2, 0, 0))
 
 
-def test_group_on_a_second_loop_is_refused(impl, run):
-    limiter = impl.Limiter(5)
+@pytest.mark.parametrize("waiting", [False, True], ids=["held", "waiting"])
+def test_a_limiter_in_use_on_a_live_loop_is_refused(impl, run, waiting):
+    """Held (or waited for) on another loop that is still open, a limiter
+    stays there: every way of taking it says so and changes nothing, and
+    it moves once that loop has it back."""
+    limiter = impl.Limiter(1)
 
     async def use():
+        refused = []
+        with pytest.raises(RuntimeError) as caught:
+            await limiter.acquire()
+        refused.append(str(caught.value))
+        with pytest.raises(RuntimeError):
+            limiter.acquire_nowait()
+        with pytest.raises(RuntimeError):
+            async with limiter:
+                pass
         async with impl.BoundedTaskGroup(limiter=limiter) as tg:
             coro = asyncio.sleep(0)
-            try:
+            with pytest.raises(RuntimeError):
                 await tg.spawn(coro)
-            except RuntimeError as err:
-                return str(err), coro.cr_frame is None
-        return "spawned", None
+            refused.append(coro.cr_frame is None)
+        with pytest.raises(RuntimeError):
+            await impl.gather(asyncio.sleep(0), limiter=limiter)
+        return refused, limiter.borrowed_tokens
 
-    assert run(use()) == ("spawned", None)
-    message, closed = run(use())
-    assert "different event loop" in message and closed
+    with in_use_on_another_loop(limiter, waiting=waiting):
+        (message, closed), borrowed = run(use())
+        assert closed and borrowed == 1
+        assert "different event loop" in message
+        assert "tokens held there: 1" in message
+        assert f"tasks waiting there: {int(waiting)}" in message
+        assert "give its tokens back" in message
     assert limiter.borrowed_tokens == 0
+
+    async def use_again():
+        async with limiter:
+            return limiter.borrowed_tokens
+
+    assert run(use_again()) == 1
+
+
+def test_tokens_held_on_a_closed_loop_stay_counted(impl, run):
+    """A loop closed while its task still held a token cannot keep the
+    limiter (nothing there can run again), but that token is not handed out
+    twice: it stays borrowed until it is given back."""
+    limiter = impl.Limiter(2)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(limiter.acquire())
+    loop.close()
+
+    async def use():
+        async with limiter:
+            return limiter.available_tokens, limiter.locked()
+
+    assert run(use()) == (0, True)
+    limiter.release()
+    assert limiter.statistics() == (2, 0, 0)
 
 
 def test_repr_and_attributes(impl):

@@ -218,14 +218,53 @@ def test_nowait_locked_release_and_statistics(impl, timed_run):
     assert timed_run(main()) == [False, True, True, (5.0, 2.0, 2, 0), False]
 
 
-def test_second_event_loop_is_refused(impl, run):
-    limiter = impl.RateLimiter(100)
+def test_an_idle_rate_limiter_moves_and_keeps_its_schedule(impl, run):
+    """Idle (nobody waiting), a RateLimiter moves to the next loop that uses
+    it, and its schedule goes along: a start made on one loop still counts
+    against the rate on the next, so two asyncio.run() calls in a row
+    cannot get more than the rate between them."""
+    limiter = impl.RateLimiter(1, per=3600, burst=2)
 
     async def use():
-        await limiter.acquire()
+        started = 0
+        for _ in range(3):
+            try:
+                limiter.acquire_nowait()
+            except WouldBlock:
+                break
+            started += 1
+        return started
 
-    run(use())
-    with pytest.raises(RuntimeError, match="different event loop"):
+    assert run(use()) == 2      # its burst
+    assert run(use()) == 0      # its next start is an hour away
+    assert limiter.statistics().waiting == 0
+
+
+def test_a_rate_limiter_waited_for_on_a_live_loop_is_refused(impl, run):
+    """With a task waiting on another loop that is still open, a
+    RateLimiter stays there; it moves once that wait is over."""
+    limiter = impl.RateLimiter(1, per=3600)
+    loop = asyncio.new_event_loop()
+
+    async def start_and_queue():
+        await limiter.acquire()
+        waiter = asyncio.ensure_future(limiter.acquire())
+        await asyncio.sleep(0)
+        return waiter
+
+    async def use():
+        limiter.acquire_nowait()
+
+    try:
+        waiter = loop.run_until_complete(start_and_queue())
+        with pytest.raises(RuntimeError, match=r"different event loop "
+                           r"\(tokens held there: 0, tasks waiting there: 1"):
+            run(use())
+        waiter.cancel()
+        loop.run_until_complete(asyncio.gather(waiter, return_exceptions=True))
+    finally:
+        loop.close()
+    with pytest.raises(WouldBlock):     # moved, with its schedule
         run(use())
 
 

@@ -91,6 +91,13 @@ typedef struct {
      * task, None when there is none; NULL when it could not be found, with
      * the error set). The op NULL: nothing to note. */
     void (*note_holder)(TokenSource *self, PyObject *task);
+    /* tokens held by tasks (of the loop it is bound to), -1 error; the op
+     * NULL: the source never moves to another loop */
+    Py_ssize_t (*held)(TokenSource *self);
+    /* it moves from loop `from` (closed: `from_closed`) to `to`, idle; the
+     * op NULL: nothing of its own to carry over */
+    int (*move)(TokenSource *self, PyObject *from, int from_closed,
+                PyObject *to);
 } TokenSourceOps;
 
 struct TokenSource {

@@ -176,6 +176,12 @@ limiter_release(TokenSource *base)
     return limiter_give_back(base);
 }
 
+static Py_ssize_t
+limiter_held(TokenSource *base)
+{
+    return ((LimiterObject *)base)->borrowed;
+}
+
 static const TokenSourceOps limiter_ops = {
     .try_take = limiter_try_take,
     .enqueue = source_enqueue,
@@ -184,6 +190,7 @@ static const TokenSourceOps limiter_ops = {
     .give_back = limiter_give_back,
     .release = limiter_release,
     .note_holder = limiter_note_holder,
+    .held = limiter_held,
 };
 
 int

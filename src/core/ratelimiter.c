@@ -175,6 +175,61 @@ rate_give_back(TokenSource *base)
     return 0;   /* a start, once made, is spent */
 }
 
+static Py_ssize_t
+rate_held(TokenSource *base)
+{
+    return 0;   /* a start, once made, is spent: nothing is held */
+}
+
+/* The time on a loop it leaves: a closed loop's clock stands still, and
+ * asyncio's and uvloop's both count on the monotonic clock. */
+static int
+time_on_loop_left(RateLimiterObject *self, PyObject *loop, int closed,
+                  double *now)
+{
+    if (!closed) {
+        return loop_time(self, loop, now);
+    }
+    PyObject *time = PyImport_ImportModule("time");
+    if (time == NULL) {
+        return -1;
+    }
+    PyObject *t = PyObject_CallMethod(time, "monotonic", NULL);
+    Py_DECREF(time);
+    if (t == NULL) {
+        return -1;
+    }
+    *now = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* The schedule goes with it, so that the rate holds across the move: the
+ * next start stays as far ahead on the new loop's clock as it was on the
+ * old one's. */
+static int
+rate_move(TokenSource *base, PyObject *from, int from_closed, PyObject *to)
+{
+    RateLimiterObject *self = (RateLimiterObject *)base;
+    double then, now;
+    if (time_on_loop_left(self, from, from_closed, &then) < 0
+            || loop_time(self, to, &now) < 0) {
+        return -1;
+    }
+    PyObject *timer = self->timer;  /* armed for waiters that are gone */
+    if (timer != NULL) {
+        self->timer = NULL;
+        PyObject *res = call_method0(timer, base->state->str_cancel);
+        Py_DECREF(timer);
+        if (res == NULL) {
+            return -1;
+        }
+        Py_DECREF(res);
+    }
+    self->tat += now - then;    /* (-inf, never started, stays) */
+    return 0;
+}
+
 static const TokenSourceOps rate_limiter_ops = {
     .try_take = rate_try_take,
     .enqueue = rate_enqueue,
@@ -182,6 +237,8 @@ static const TokenSourceOps rate_limiter_ops = {
     .pass_on = rate_pass_on,
     .give_back = rate_give_back,
     .release = rate_give_back,
+    .held = rate_held,
+    .move = rate_move,
 };
 
 /* ---- the Python type ---- */

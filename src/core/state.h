@@ -97,6 +97,7 @@ struct ModuleState {
     PyObject *str_set_result;
     PyObject *str_throw;
     PyObject *str_time;
+    PyObject *str_is_closed;
     PyObject *str_uncancel;
     PyObject *str__try_take;
     PyObject *str__enqueue;

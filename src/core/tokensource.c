@@ -38,6 +38,52 @@ makes_plain_futures(ModuleState *st, PyObject *loop)
     return plain;
 }
 
+/* A source serves one loop at a time, and moves to another one only when
+ * nothing of it is in use where it is: no task waiting, no token held. So
+ * a module-level limiter serves one asyncio.run() after another, and a
+ * test suite's loop per test, while two loops never share its tokens. A
+ * closed loop's waiters can never run again; they are dropped, and tokens
+ * its tasks still hold stay counted until given back but no longer keep
+ * the source there. */
+static int
+source_move(TokenSource *self, PyObject *loop)
+{
+    ModuleState *st = self->state;
+    if (self->ops->held == NULL) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "%R is bound to a different event loop: it stays with "
+                     "the loop it first served, as its connections do; make "
+                     "one per event loop", self);
+        return -1;
+    }
+    int closed = call_method_bool(self->loop, st->str_is_closed);
+    if (closed < 0) {
+        return -1;
+    }
+    Py_ssize_t waiting = 0, held = 0;
+    if (!closed && ((waiting = source_waiting(self)) < 0
+                    || (held = self->ops->held(self)) < 0)) {
+        return -1;
+    }
+    if (waiting > 0 || held > 0) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "%R is in use on a different event loop (tokens held "
+                     "there: %zd, tasks waiting there: %zd): it moves to "
+                     "another loop only when idle, so give its tokens back "
+                     "on that loop first, or make one limiter per event "
+                     "loop", self, held, waiting);
+        return -1;
+    }
+    if (self->ops->move != NULL
+            && self->ops->move(self, self->loop, closed, loop) < 0) {
+        return -1;
+    }
+    queue_clear(&self->waiters);    /* none of them can be served */
+    Py_SETREF(self->loop, Py_NewRef(loop));
+    self->plain_futures = makes_plain_futures(st, loop);
+    return 0;
+}
+
 int
 source_bind(TokenSource *self, PyObject *loop)
 {
@@ -47,17 +93,15 @@ source_bind(TokenSource *self, PyObject *loop)
                      _PyType_Name(Py_TYPE(self)));
         return -1;
     }
+    if (self->loop == loop) {
+        return 0;
+    }
     if (self->loop == NULL) {
         self->loop = Py_NewRef(loop);
         self->plain_futures = makes_plain_futures(self->state, loop);
         return 0;
     }
-    if (self->loop != loop) {
-        PyErr_Format(PyExc_RuntimeError,
-                     "%R is bound to a different event loop", self);
-        return -1;
-    }
-    return 0;
+    return source_move(self, loop);
 }
 
 int

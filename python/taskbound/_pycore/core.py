@@ -15,6 +15,7 @@ import collections.abc
 import inspect
 import itertools
 import math
+import time
 import types
 from asyncio import current_task, get_running_loop
 
@@ -83,10 +84,40 @@ class _TokenSource:
         if not self._initialized:
             raise RuntimeError(f"{type(self).__name__}.__init__() was not "
                                "called on this object")
-        if self._loop is None:
-            self._loop = loop
-        elif self._loop is not loop:
-            raise RuntimeError(f"{self!r} is bound to a different event loop")
+        if self._loop is not loop:
+            if self._loop is None:
+                self._loop = loop
+            else:
+                self._move(loop)
+
+    def _move(self, loop) -> None:
+        """A source serves one loop at a time, and moves to another one only
+        when nothing of it is in use where it is: no task waiting, no token
+        held. So a module-level limiter serves one asyncio.run() after
+        another, and a test suite's loop per test, while two loops never
+        share its tokens. A closed loop's waiters can never run again; they
+        are dropped, and tokens its tasks still hold stay counted until
+        given back but no longer keep the source there."""
+        closed = self._loop.is_closed()
+        waiting = held = 0
+        if not closed:
+            waiting, held = self._waiting(), self._tokens_held()
+        if waiting or held:
+            raise RuntimeError(
+                f"{self!r} is in use on a different event loop (tokens held "
+                f"there: {held}, tasks waiting there: {waiting}): it moves "
+                "to another loop only when idle, so give its tokens back on "
+                "that loop first, or make one limiter per event loop")
+        self._move_schedule(self._loop, closed, loop)
+        self._waiters.clear()           # none of them can be served
+        self._loop = loop
+
+    def _tokens_held(self) -> int:
+        """Tokens held by tasks (of the loop it is bound to)."""
+        raise NotImplementedError
+
+    def _move_schedule(self, old_loop, old_loop_closed: bool, loop) -> None:
+        """What a kind of source carries over to the loop it moves to."""
 
     def _enqueue(self, loop):
         future = loop.create_future()
@@ -216,6 +247,9 @@ class Limiter(_TokenSource):
             self._lost_track = False
         self._wake()
 
+    def _tokens_held(self) -> int:
+        return self._borrowed
+
     def _note_holder(self) -> None:
         task = current_task()
         if task is None:
@@ -304,6 +338,20 @@ class RateLimiter(RateParameters, _TokenSource):
 
     def _give_back(self) -> None:
         pass
+
+    def _tokens_held(self) -> int:
+        return 0        # a start, once made, is spent: nothing is held
+
+    def _move_schedule(self, old_loop, old_loop_closed: bool, loop) -> None:
+        # The schedule goes with it, so that the rate holds across the move:
+        # the next start stays as far ahead on the new loop's clock as it
+        # was on the old one's. A closed loop's clock stands still, and
+        # asyncio's and uvloop's both count on the monotonic clock.
+        then = time.monotonic() if old_loop_closed else old_loop.time()
+        if self._timer is not None:     # armed for waiters that are gone
+            self._timer.cancel()
+            self._timer = None
+        self._tat += loop.time() - then     # (-inf, never started, stays)
 
     def _interval(self) -> float:
         return self._per / self._rate
@@ -403,6 +451,12 @@ class ExternalSource(_TokenSource):
 
     def release(self) -> None:
         self._give_back()
+
+    def _move(self, loop) -> None:
+        raise RuntimeError(
+            f"{self!r} is bound to a different event loop: it stays with the "
+            "loop it first served, as its connections do; make one per event "
+            "loop")
 
     def _try_take(self, loop) -> bool:
         raise NotImplementedError
