@@ -33,3 +33,47 @@ def test_environment_variable_selects_the_reference():
 
 def test_deadlock_error_is_a_runtime_error():
     assert issubclass(taskbound.DeadlockError, RuntimeError)
+
+
+PUBLIC_TYPES = ["BoundedTaskGroup", "DeadlockError", "GroupStatistics",
+                "Limiter", "LimiterStatistics", "LimiterUnavailable",
+                "RateLimiter", "RateLimiterStatistics", "WouldBlock"]
+
+
+def test_public_types_are_named_where_users_import_them():
+    """Reprs, error messages and tracebacks say taskbound.Limiter, not the
+    module inside the package it is defined in, with either implementation
+    active."""
+    code = ("import traceback, taskbound\n"
+            f"for name in {PUBLIC_TYPES!r}:\n"
+            "    print(repr(getattr(taskbound, name)))\n"
+            "try:\n"
+            "    raise taskbound.DeadlockError('stuck')\n"
+            "except Exception as error:\n"
+            "    print(traceback.format_exception(error)[-1].strip())\n")
+    for pure in ("0", "1"):
+        env = dict(os.environ, TASKBOUND_PURE_PYTHON=pure)
+        out = subprocess.run([sys.executable, "-c", code], env=env,
+                             capture_output=True, text=True, check=True)
+        expected = [f"<class 'taskbound.{name}'>" for name in PUBLIC_TYPES]
+        assert out.stdout.splitlines() == expected + [
+            "taskbound.DeadlockError: stuck"], pure
+
+
+def test_command_line_help():
+    def taskbound_command(*args):
+        return subprocess.run([sys.executable, "-m", "taskbound", *args],
+                              capture_output=True, text=True)
+
+    top = taskbound_command("--help")
+    assert top.returncode == 0 and top.stderr == ""
+    assert top.stdout.startswith("usage: python -m taskbound")
+    assert "bench" in top.stdout and "--version" in top.stdout
+    bench = taskbound_command("bench", "--help")
+    assert bench.returncode == 0 and "--items" in bench.stdout
+    version = taskbound_command("--version")
+    assert version.stdout.strip() == f"taskbound {taskbound.__version__}"
+    nothing = taskbound_command()
+    assert nothing.returncode == 2 and "COMMAND" in nothing.stderr
+    unknown = taskbound_command("benchh")
+    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr

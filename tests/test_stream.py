@@ -528,3 +528,33 @@ def test_empty_inputs(impl, run):
                 [f async for f in impl.as_completed([], limit=3)])
 
     assert run(main()) == ([], [], [])
+
+
+@pytest.mark.parametrize("helper", ["amap", "gather", "as_completed"])
+def test_worker_tasks_are_named_for_their_helper(impl, run, helper):
+    """In task listings and reprs a stream's workers say whose they are:
+    'amap worker 1', 'amap worker 2', ..."""
+    async def item(i):
+        await asyncio.sleep(0)
+        return sorted(task.get_name() for task in asyncio.all_tasks()
+                      if task.get_name().startswith(helper))
+
+    async def main():
+        if helper == "amap":
+            return [r async for r in impl.amap(item, range(2), limit=2)]
+        if helper == "gather":
+            return await impl.gather(item(0), item(1), limit=2)
+        return [await f async for f in impl.as_completed(
+            [item(0), item(1)], limit=2)]
+
+    names = run(main())
+    assert names[0] == [f"{helper} worker 1", f"{helper} worker 2"]
+
+    async def one_repr():
+        async def show():
+            return repr(asyncio.current_task())
+        return await impl.gather(show(), limit=1)
+
+    (shown,) = run(one_repr())
+    assert "name='gather worker 1'" in shown and "gather worker" in \
+        shown.split("coro=")[1]

@@ -36,6 +36,16 @@ amap = _helpers.amap
 
 __version__ = "0.1.0"
 
+# What users meet in tracebacks and reprs is named where they import it
+# from (the C core's public types are named so in C).
+for _public in (DeadlockError, GroupStatistics, LimiterStatistics,
+                LimiterUnavailable, RateLimiterStatistics, WouldBlock):
+    _public.__module__ = __name__
+if implementation == "python":
+    for _public in (BoundedTaskGroup, Limiter, RateLimiter):
+        _public.__module__ = __name__
+del _public
+
 __all__ = [
     "BoundedTaskGroup",
     "DeadlockError",

@@ -445,8 +445,8 @@ def plot(path: str, args, chosen: list[Contender]) -> None:
     print(f"\nplot written to {path}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m taskbound bench")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bench's options, on the parser of ``python -m taskbound bench``."""
     parser.add_argument("--items", type=int, default=10_000,
                         help="items of the trivial workload")
     parser.add_argument("--wait-items", type=int, default=2_000,
@@ -489,7 +489,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", metavar="FILE",
                         help="write a PNG of throughput and peak memory "
                              "against the item count (needs matplotlib)")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m taskbound bench")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
 
     from . import implementation
     found, missing = contenders()

@@ -40,7 +40,8 @@ class Helpers:
             for item in aws:
                 if type(item) is not types.CoroutineType:  # the common case
                     check_awaitable(item)
-            stream = self._stream(aws, None, limit, limiter, ordered=True,
+            stream = self._stream(aws, None, limit, limiter, name="gather",
+                                  ordered=True,
                                   return_exceptions=return_exceptions,
                                   as_futures=False, strict_input=True)
         except BaseException:
@@ -53,7 +54,8 @@ class Helpers:
         """Done futures in completion order: each given Task or Future
         itself, and for each coroutine a done future with its outcome."""
         check_iterable(aws)
-        stream = self._stream(aws, None, limit, limiter, ordered=False,
+        stream = self._stream(aws, None, limit, limiter,
+                              name="as_completed", ordered=False,
                               return_exceptions=True, as_futures=True,
                               strict_input=True)
         return self._iterator_type(stream)
@@ -65,7 +67,8 @@ class Helpers:
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {fn!r}")
         check_iterable(items)
-        stream = self._stream(items, fn, limit, limiter, ordered=ordered,
+        stream = self._stream(items, fn, limit, limiter, name="amap",
+                              ordered=ordered,
                               return_exceptions=return_exceptions,
                               as_futures=False, strict_input=False)
         return self._iterator_type(stream)

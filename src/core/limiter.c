@@ -492,7 +492,7 @@ static PyType_Slot limiter_slots[] = {
 };
 
 PyType_Spec limiter_spec = {
-    .name = "taskbound._taskbound.Limiter",
+    .name = "taskbound.Limiter",
     .basicsize = sizeof(LimiterObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE
              | Py_TPFLAGS_IMMUTABLETYPE,

@@ -494,7 +494,7 @@ static PyType_Slot rate_slots[] = {
 };
 
 PyType_Spec rate_limiter_spec = {
-    .name = "taskbound._taskbound.RateLimiter",
+    .name = "taskbound.RateLimiter",
     .basicsize = sizeof(RateLimiterObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE
              | Py_TPFLAGS_IMMUTABLETYPE,

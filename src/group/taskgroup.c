@@ -932,7 +932,7 @@ static PyType_Slot group_slots[] = {
 };
 
 PyType_Spec group_spec = {
-    .name = "taskbound._taskbound.BoundedTaskGroup",
+    .name = "taskbound.BoundedTaskGroup",
     .basicsize = sizeof(GroupObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE
              | Py_TPFLAGS_IMMUTABLETYPE,

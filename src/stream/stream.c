@@ -309,7 +309,18 @@ stream_add_worker(StreamObject *s)
      * (an eager task factory) or fail: either way the worker's end counts
      * it out again. */
     s->live++;
-    PyObject *task = call_method1(s->loop, s->state->str_create_task, worker);
+    PyObject *task = NULL;
+    PyObject *name = PyUnicode_FromFormat("%U worker %zd", s->name,
+                                          ++s->workers_named);
+    PyObject *kwnames = Py_BuildValue("(s)", "name");
+    if (name != NULL && kwnames != NULL) {
+        PyObject *args[3] = {s->loop, worker, name};
+        task = PyObject_VectorcallMethod(
+            s->state->str_create_task, args,
+            2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    }
+    Py_XDECREF(name);
+    Py_XDECREF(kwnames);
     if (task == NULL) {
         /* Never started: nothing to give back, and its close() cannot
          * fail; the loop's error is the one raised. */
@@ -387,13 +398,13 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"source", "make", "limit", "limiter",
                              "ordered", "return_exceptions", "as_futures",
-                             "strict_input", NULL};
-    PyObject *source, *make, *limit, *limiter;
+                             "strict_input", "name", NULL};
+    PyObject *source, *make, *limit, *limiter, *name;
     int ordered, return_exceptions, as_futures, strict_input;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "OO$OOpppp:Stream", kwlist, &source, &make, &limit,
+            args, kwds, "OO$OOppppU:Stream", kwlist, &source, &make, &limit,
             &limiter, &ordered, &return_exceptions,
-            &as_futures, &strict_input)) {
+            &as_futures, &strict_input, &name)) {
         return NULL;
     }
     ModuleState *st = state_of_type(type);
@@ -425,6 +436,7 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     s->return_exceptions = (char)return_exceptions;
     s->as_futures = (char)as_futures;
     s->strict_input = (char)strict_input;
+    s->name = Py_NewRef(name);
     s->context = PyContext_CopyCurrent();
     s->workers = PyDict_New();
     if (s->context == NULL || s->workers == NULL) {
@@ -515,6 +527,7 @@ stream_traverse(StreamObject *s, visitproc visit, void *arg)
     Py_VISIT(s->wakeup);
     Py_VISIT(s->workers_done);
     Py_VISIT(s->error);
+    Py_VISIT(s->name);
     WaiterQueue *queues[] = {&s->ready, &s->room, &s->pull_line};
     for (size_t q = 0; q < 3; q++) {
         for (Py_ssize_t i = 0; i < queues[q]->len; i++) {
@@ -539,6 +552,7 @@ stream_clear(StreamObject *s)
     Py_CLEAR(s->wakeup);
     Py_CLEAR(s->workers_done);
     Py_CLEAR(s->error);
+    Py_CLEAR(s->name);
     queue_clear(&s->ready);
     queue_clear(&s->room);
     queue_clear(&s->pull_line);

@@ -47,6 +47,8 @@ typedef struct {
     PyObject *wakeup;          /* the consumer's future */
     PyObject *workers_done;    /* a closer's future */
     PyObject *error;           /* the first failure */
+    PyObject *name;            /* the helper's, for its workers' tasks */
+    Py_ssize_t workers_named;  /* the number in the last worker's name */
     char is_async, ordered, return_exceptions, as_futures, strict_input;
     char started, pulling, exhausted, closed, raised;
 } StreamObject;

@@ -691,6 +691,24 @@ worker_dealloc(WorkerObject *self)
     Py_DECREF(tp);
 }
 
+/* Its name, for the task's repr and asyncio's task listings: the helper's
+ * ("amap worker"). */
+static PyObject *
+worker_get_name(PyObject *op, void *Py_UNUSED(closure))
+{
+    WorkerObject *self = (WorkerObject *)op;
+    if (self->stream == NULL || self->stream->name == NULL) {
+        return PyUnicode_FromString("worker");
+    }
+    return PyUnicode_FromFormat("%U worker", self->stream->name);
+}
+
+static PyGetSetDef worker_getset[] = {
+    {"__name__", worker_get_name, NULL, NULL, NULL},
+    {"__qualname__", worker_get_name, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyMethodDef worker_methods[] = {
     {"send", (PyCFunction)worker_send, METH_O, NULL},
     {"throw", (PyCFunction)(void (*)(void))worker_throw, METH_FASTCALL, NULL},
@@ -707,6 +725,7 @@ static PyType_Slot worker_slots[] = {
     {Py_tp_iter, PyObject_SelfIter},
     {Py_tp_iternext, worker_iternext},
     {Py_tp_methods, worker_methods},
+    {Py_tp_getset, worker_getset},
     {Py_am_await, PyObject_SelfIter},
     {Py_am_send, worker_am_send},
     {0, NULL},

@@ -77,7 +77,7 @@ class Stream:
     """The engine shared by the three helpers."""
 
     def __init__(self, source, make, *, limit, limiter, ordered,
-                 return_exceptions, as_futures, strict_input) -> None:
+                 return_exceptions, as_futures, strict_input, name) -> None:
         self._source = source
         self._make = make                # item -> awaitable; None: the item
         self._strict_input = strict_input  # a bad item fails the stream
@@ -94,6 +94,8 @@ class Stream:
         # order in which they are cancelled).
         self._workers: dict = {}
         self._live = 0                   # workers not finished
+        self._name = name                # the helper's, for its workers' tasks
+        self._workers_named = 0          # the number in the last one's name
         self._workers_done = None        # a closer's future
         self._pulled = 0                 # index of the next item
         self._emitted = 0                # ordered: index of the next outcome
@@ -234,8 +236,11 @@ class Stream:
         # (an eager task factory) or fail.
         self._live += 1
         work = self._work()
+        work.__name__ = work.__qualname__ = f"{self._name} worker"
+        self._workers_named += 1
         try:
-            task = self._loop.create_task(work)
+            task = self._loop.create_task(
+                work, name=f"{self._name} worker {self._workers_named}")
         except BaseException:
             work.close()             # never started
             self._worker_ended(None)
