@@ -77,3 +77,21 @@ def test_command_line_help():
     assert nothing.returncode == 2 and "COMMAND" in nothing.stderr
     unknown = taskbound_command("benchh")
     assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
+
+
+def test_a_missing_extra_says_how_to_install_it_from_a_checkout_too():
+    """Until there is a published release, 'pip install taskbound[redis]'
+    alone would send users to a package index that lacks it."""
+    code = ("import sys\n"
+            "sys.modules['redis'] = None  # as if redis-py were not installed\n"
+            "try:\n"
+            "    import taskbound.redis\n"
+            "except ImportError as error:\n"
+            "    print(error)\n")
+    for pure in ("0", "1"):
+        env = dict(os.environ, TASKBOUND_PURE_PYTHON=pure)
+        out = subprocess.run([sys.executable, "-c", code], env=env,
+                             capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == (
+            "taskbound.redis needs redis-py: pip install 'taskbound[redis]', "
+            "or from a checkout: pip install '.[redis]'"), pure

@@ -34,7 +34,7 @@ gather = _helpers.gather
 as_completed = _helpers.as_completed
 amap = _helpers.amap
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 # What users meet in tracebacks and reprs is named where they import it
 # from (the C core's public types are named so in C).

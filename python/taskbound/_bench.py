@@ -26,6 +26,8 @@ import tracemalloc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from ._common import install_hint
+
 Item = Callable[[int], Awaitable[object]]
 Run = Callable[[int, int, Item], Awaitable[None]]
 
@@ -509,7 +511,7 @@ def run(args: argparse.Namespace) -> int:
           f"{args.rounds} rounds, taskbound.implementation={implementation}")
     for name in missing:
         print(f"skipped: {name} is not installed "
-              "(pip install 'taskbound[bench]')")
+              f"({install_hint('bench')})")
 
     report: dict = {"python": platform.python_version(), "loop": args.loop,
                     "cores": os.cpu_count(), "limit": args.limit,

@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+from ._common import install_hint
+
 # Of the bench's contenders, those a user would reach for to fan out
 # requests (the first is the baseline of the ratio column).
 CONTENDERS = ("TaskGroup + Semaphore before create_task",
@@ -57,7 +59,7 @@ def missing() -> str | None:
     try:
         import aiohttp  # noqa: F401
     except ImportError:
-        return "aiohttp is not installed (pip install 'taskbound[bench]')"
+        return f"aiohttp is not installed ({install_hint('bench')})"
     return None
 
 

@@ -13,6 +13,8 @@ import tempfile
 import time
 import uuid
 
+from ._common import install_hint
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -118,7 +120,7 @@ def measure(url: str | None, pairs: int, rounds: int, new_loop,
     try:
         import redis  # noqa: F401
     except ImportError:
-        return "redis-py is not installed (pip install 'taskbound[redis]')"
+        return f"redis-py is not installed ({install_hint('redis')})"
     server = None
     if url is None:
         if shutil.which("redis-server") is None:

@@ -63,6 +63,13 @@ class _Unraisable:
         raise self.error
 
 
+def install_hint(extra: str) -> str:
+    """How to install an extra, from the package index or, until there is a
+    published release, from a checkout or an unpacked sdist."""
+    return (f"pip install 'taskbound[{extra}]', or from a checkout: "
+            f"pip install '.[{extra}]'")
+
+
 def write_unraisable(error: BaseException) -> None:
     """Reports an error nobody can be given, through sys.unraisablehook
     (what the C core's PyErr_WriteUnraisable does): an error in cleanup

@@ -16,7 +16,8 @@ and holders in one server-side script per exchange; it waits for a
 notification on a pub/sub channel (published when tokens come back), with a
 timer as the fallback (for leases that lapse, and lost messages).
 
-Needs redis-py (``pip install 'taskbound[redis]'``) and its asyncio client.
+Needs redis-py and its asyncio client: ``pip install 'taskbound[redis]'``
+(from a checkout: ``pip install '.[redis]'``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ try:
     from redis.exceptions import NoScriptError as _NoScriptError
     from redis.exceptions import TimeoutError as _RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - depends on the install
+    from ._common import install_hint
     raise ImportError("taskbound.redis needs redis-py: "
-                      "pip install 'taskbound[redis]'") from exc
+                      + install_hint("redis")) from exc
 
 from . import _ExternalSource
 from ._common import (
