@@ -6,7 +6,7 @@ gc.callbacks after a warm-up run:
 
 With no names, the floor, spawn, create_task and the stdlib's TaskGroup +
 Semaphore forms. Collections are what made spawn slower than the floor on
-CPython 3.12 (see README, "Where the targets stand").
+CPython 3.12 (see bench/README.md, "Where the targets stand").
 """
 
 from __future__ import annotations
