@@ -94,6 +94,8 @@ add_types(PyObject *module, ModuleState *st)
             || add_type(module, &child_spec, &st->child_type, 0, NULL) < 0
             || add_type(module, &claim_wait_spec, &st->claim_wait_type, 0,
                         NULL) < 0
+            || add_type(module, &holding_spec, &st->holding_type, 0,
+                        NULL) < 0
             || add_type(module, &ready_spec, &st->ready_type, 0, NULL) < 0
             || add_type(module, &spawn_spec, &st->spawn_type, 0, NULL) < 0
             || add_type(module, &group_exit_spec, &st->group_exit_type, 0,
@@ -166,6 +168,7 @@ import_python(ModuleState *st)
     IMPORT(check_burst, "taskbound._common", "check_burst");
     IMPORT(group_statistics, "taskbound._common", "GroupStatistics");
     IMPORT(check_total_tokens, "taskbound._common", "check_total_tokens");
+    IMPORT(check_tokens, "taskbound._common", "check_tokens");
     IMPORT(check_limit, "taskbound._common", "check_limit");
     IMPORT(waiting_stand_in, "taskbound._common", "waiting_stand_in");
 #undef IMPORT
@@ -270,7 +273,8 @@ module_exec(PyObject *module)
 /* Every reference the state holds, for traverse and clear. */
 #define STATE_FIELDS(X)                                                    \
     X(token_source_type) X(limiter_type) X(rate_limiter_type)              \
-    X(external_source_type) X(claim_wait_type) X(ready) X(ready_type)      \
+    X(external_source_type) X(claim_wait_type) X(holding_type) X(ready)    \
+    X(ready_type) X(check_tokens)                                          \
     X(get_running_loop) X(current_task) X(current_tasks)                   \
     X(cancelled_error) X(coroutine_abc) X(isfuture)                        \
     X(future_type) X(future_set_result) X(future_set_exception)            \

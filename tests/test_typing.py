@@ -27,6 +27,10 @@ GOOD = textwrap.dedent('''
         rate = RateLimiter(1000, burst=10)
         async with shared:
             pass
+        async with shared.hold(2):
+            pass
+        await shared.acquire(3)
+        shared.release(3)
         async with BoundedTaskGroup(limit=2, limiter=[shared, rate]) as tg:
             task: asyncio.Task[int] = await tg.spawn(answer())
             other: asyncio.Task[int] = tg.create_task(answer(), name="other")

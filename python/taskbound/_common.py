@@ -117,6 +117,22 @@ def _check_count(name: str, expected: str, value: object) -> int:
     return number
 
 
+def check_tokens(n: object) -> int:
+    """Return ``n`` if it is a count of tokens (an int >= 1), or raise."""
+    if n.__class__ is int and n == 1:
+        return 1
+    return _check_count("n", "an int", n)
+
+
+def check_weight(source, n: object) -> int:
+    """Return ``n`` if ``source`` can ever grant that many tokens at once
+    (an int >= 1, within what the kind of source allows), or raise."""
+    n = check_tokens(n)
+    if n != 1:
+        source._check_weight(n)
+    return n
+
+
 def check_limit(value: object) -> int:
     """Return a valid group ``limit`` (an int >= 1), or raise."""
     return _check_count("limit", "an int or None", value)

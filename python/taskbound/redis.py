@@ -46,6 +46,7 @@ from ._common import (
     RateParameters,
     WouldBlock,
     check_positive,
+    check_weight,
 )
 
 __all__ = ["RedisLimiter", "RedisRateLimiter"]
@@ -278,7 +279,8 @@ class _Remote:
     def name(self) -> str:
         return self._name
 
-    def acquire_nowait(self) -> None:
+    def acquire_nowait(self, n: int = 1) -> None:
+        check_weight(self, n)
         raise WouldBlock(f"{self!r} needs a round trip to Redis for a "
                          "token: use await acquire()")
 
@@ -618,8 +620,9 @@ class _RedisRateLimiter(RateParameters, _Remote):
         """RateLimiterStatistics(rate, per, burst, waiting here)."""
         return self._statistics_with(len(self._line) + len(self._timers))
 
-    def release(self) -> None:
+    def release(self, n: int = 1) -> None:
         """A rate limiter has nothing to give back."""
+        check_weight(self, n)
 
     # -- the protocol a claim uses --
 

@@ -13,6 +13,7 @@ void
 claim_init(Claim *claim, PyObject *limiters)
 {
     claim->limiters = Py_NewRef(limiters);
+    claim->cost = 1;
     claim->held = 0;
     claim->waiter = NULL;
     claim->abort_error = NULL;
@@ -27,9 +28,10 @@ claim_try_take(Claim *claim, PyObject *loop)
     Py_ssize_t n = CLAIM_SIZE(claim);
     while (claim->held < n) {
         TokenSource *limiter = LIMITER_AT(claim, claim->held);
-        int taken = op_try_take(limiter, loop);
+        Py_ssize_t cost = COST_AT(claim, claim->held);
+        int taken = op_try_take(limiter, loop, cost);
         if (taken == 0) {
-            claim->waiter = op_enqueue(limiter, loop);
+            claim->waiter = op_enqueue(limiter, loop, cost);
             if (claim->waiter != NULL) {
                 return 0;
             }
@@ -135,7 +137,8 @@ claim_abandon(Claim *claim)
     PyObject *future = claim->waiter;
     if (future != NULL) {
         claim->waiter = NULL;
-        if (source_withdraw(LIMITER_AT(claim, claim->held), future) < 0) {
+        if (source_withdraw(LIMITER_AT(claim, claim->held), future,
+                            COST_AT(claim, claim->held)) < 0) {
             error = PyErr_GetRaisedException();
         }
         Py_DECREF(future);
@@ -169,7 +172,7 @@ claim_release(Claim *claim)
     while (held > 0) {
         held--;
         TokenSource *limiter = LIMITER_AT(claim, held);
-        if (op_give_back(limiter) < 0) {
+        if (op_give_back(limiter, COST_AT(claim, held)) < 0) {
             status = -1;
             if (first_error == NULL) {
                 first_error = PyErr_GetRaisedException();

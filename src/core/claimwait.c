@@ -1,6 +1,6 @@
 /* ClaimWait: what acquire() returns, and __aexit__ of a token source.
  *
- * Awaiting it takes one token of each source of its claim, queueing in
+ * Awaiting it takes the tokens of each source of its claim, queueing in
  * FIFO order where one is busy; the current task holds them from then on
  * (op_note_holder), until it calls release(). If it fails on the way
  * (cancelled, a deadlock, a bad loop) it gives back whatever it took.
@@ -19,7 +19,7 @@ typedef struct {
 } ClaimWaitObject;
 
 PyObject *
-claim_wait_new(ModuleState *state, PyObject *limiters)
+claim_wait_new(ModuleState *state, PyObject *limiters, Py_ssize_t n)
 {
     ClaimWaitObject *self = (ClaimWaitObject *)freelist_new(
         &state->claim_wait_freelist, state->claim_wait_type);
@@ -28,6 +28,8 @@ claim_wait_new(ModuleState *state, PyObject *limiters)
     }
     self->state = state;
     claim_init(&self->claim, limiters);
+    assert(n == 1 || !PyTuple_CheckExact(limiters));
+    self->claim.cost = n;
     self->loop = NULL;
     self->task = NULL;
     self->started = 0;
@@ -107,7 +109,8 @@ claim_wait_step(PyObject *op, PyObject *value, PyObject *exc,
     PyObject *task = self->task != NULL
         ? Py_NewRef(self->task) : current_task_of(self->state, self->loop);
     for (Py_ssize_t i = 0; i < self->claim.held; i++) {
-        op_note_holder(LIMITER_AT(&self->claim, i), task);
+        op_note_holder(LIMITER_AT(&self->claim, i), task,
+                       COST_AT(&self->claim, i));
     }
     Py_XDECREF(task);
     Py_CLEAR(self->task);

@@ -58,13 +58,17 @@ int call_method_bool(PyObject *obj, PyObject *name);
 
 typedef struct {
     PyObject **items;   /* ring buffer of waiter futures (strong refs) */
+    Py_ssize_t *wants;  /* beside each, the tokens it waits for */
     Py_ssize_t head;
     Py_ssize_t len;
     Py_ssize_t cap;
 } WaiterQueue;
 
 PyObject *queue_at(WaiterQueue *q, Py_ssize_t i);
+Py_ssize_t queue_wants_at(WaiterQueue *q, Py_ssize_t i);
 int queue_push(WaiterQueue *q, PyObject *item);
+/* Queues a future that waits for n tokens. */
+int queue_push_wanting(WaiterQueue *q, PyObject *item, Py_ssize_t n);
 /* Takes the first future out (the caller owns it); the line is not empty. */
 PyObject *queue_pop(WaiterQueue *q);
 /* Takes item out wherever it is: 1 if it was there. */
@@ -73,24 +77,28 @@ void queue_clear(WaiterQueue *q);
 
 /* ---- TokenSource (tokensource.c) ---- */
 
-/* How a claim takes tokens, whatever the kind of source. */
+/* How a claim takes tokens, whatever the kind of source: n of them at a
+ * time (n >= 1, checked by check_weight). */
 typedef struct {
+    /* 0 when it can ever grant n at once, else -1 with ValueError (n > 1
+     * only: one token is always a valid request) */
+    int (*check_weight)(TokenSource *self, Py_ssize_t n);
     /* 1 taken, 0 busy (or others queued ahead), -1 error */
-    int (*try_take)(TokenSource *self, PyObject *loop);
-    /* a new waiter future, queued last */
-    PyObject *(*enqueue)(TokenSource *self, PyObject *loop);
+    int (*try_take)(TokenSource *self, PyObject *loop, Py_ssize_t n);
+    /* a new waiter future for n, queued last */
+    PyObject *(*enqueue)(TokenSource *self, PyObject *loop, Py_ssize_t n);
     /* takes a waiter out of the line; 1 if it was there */
     int (*dequeue)(TokenSource *self, PyObject *future);
-    /* a waiter handed a token gave up: pass it on */
-    int (*pass_on)(TokenSource *self);
-    /* a token comes back from a claim */
-    int (*give_back)(TokenSource *self);
-    /* release(), by whoever took a token with acquire() */
-    int (*release)(TokenSource *self);
-    /* acquire()/acquire_nowait() took a token for `task` (the current
+    /* a waiter handed n tokens gave up: pass them on */
+    int (*pass_on)(TokenSource *self, Py_ssize_t n);
+    /* n tokens come back from a claim */
+    int (*give_back)(TokenSource *self, Py_ssize_t n);
+    /* release(n), by whoever took tokens with acquire() */
+    int (*release)(TokenSource *self, Py_ssize_t n);
+    /* acquire()/acquire_nowait() took n tokens for `task` (the current
      * task, None when there is none; NULL when it could not be found, with
      * the error set). The op NULL: nothing to note. */
-    void (*note_holder)(TokenSource *self, PyObject *task);
+    void (*note_holder)(TokenSource *self, PyObject *task, Py_ssize_t n);
     /* tokens held by tasks (of the loop it is bound to), -1 error; the op
      * NULL: the source never moves to another loop */
     Py_ssize_t (*held)(TokenSource *self);
@@ -117,17 +125,25 @@ struct TokenSource {
 /* Every use of a source's operations goes through these, which hold them
  * to the rule above. */
 static inline int
-op_try_take(TokenSource *self, PyObject *loop)
+op_check_weight(TokenSource *self, Py_ssize_t n)
 {
     ASSERT_NO_ERROR();
-    return self->ops->try_take(self, loop);
+    assert(n >= 1);
+    return n == 1 ? 0 : self->ops->check_weight(self, n);
+}
+
+static inline int
+op_try_take(TokenSource *self, PyObject *loop, Py_ssize_t n)
+{
+    ASSERT_NO_ERROR();
+    return self->ops->try_take(self, loop, n);
 }
 
 static inline PyObject *
-op_enqueue(TokenSource *self, PyObject *loop)
+op_enqueue(TokenSource *self, PyObject *loop, Py_ssize_t n)
 {
     ASSERT_NO_ERROR();
-    return self->ops->enqueue(self, loop);
+    return self->ops->enqueue(self, loop, n);
 }
 
 static inline int
@@ -138,31 +154,31 @@ op_dequeue(TokenSource *self, PyObject *future)
 }
 
 static inline int
-op_pass_on(TokenSource *self)
+op_pass_on(TokenSource *self, Py_ssize_t n)
 {
     ASSERT_NO_ERROR();
-    return self->ops->pass_on(self);
+    return self->ops->pass_on(self, n);
 }
 
 static inline int
-op_give_back(TokenSource *self)
+op_give_back(TokenSource *self, Py_ssize_t n)
 {
     ASSERT_NO_ERROR();
-    return self->ops->give_back(self);
+    return self->ops->give_back(self, n);
 }
 
 static inline int
-op_release(TokenSource *self)
+op_release(TokenSource *self, Py_ssize_t n)
 {
     ASSERT_NO_ERROR();
-    return self->ops->release(self);
+    return self->ops->release(self, n);
 }
 
 static inline void
-op_note_holder(TokenSource *self, PyObject *task)
+op_note_holder(TokenSource *self, PyObject *task, Py_ssize_t n)
 {
     if (self->ops->note_holder != NULL) {
-        self->ops->note_holder(self, task);
+        self->ops->note_holder(self, task, n);
     }
 }
 
@@ -172,9 +188,13 @@ int source_init(TokenSource *self, PyTypeObject *type,
 int source_bind(TokenSource *self, PyObject *loop);
 int source_prune(TokenSource *self);
 Py_ssize_t source_waiting(TokenSource *self);
-PyObject *source_enqueue(TokenSource *self, PyObject *loop);
+PyObject *source_enqueue(TokenSource *self, PyObject *loop, Py_ssize_t n);
 int source_dequeue(TokenSource *self, PyObject *future);
-int source_withdraw(TokenSource *self, PyObject *future);
+/* A claim waiting at `future` for n tokens gives up. */
+int source_withdraw(TokenSource *self, PyObject *future, Py_ssize_t n);
+/* A count of tokens given to acquire(n) and the like (NULL: 1): an int
+ * >= 1, else -1 with TypeError or ValueError, as the reference words it. */
+int parse_tokens(ModuleState *state, PyObject *arg, Py_ssize_t *n);
 int source_traverse(TokenSource *self, visitproc visit, void *arg);
 void source_clear(TokenSource *self);
 void source_dealloc(TokenSource *self, inquiry clear);
@@ -191,6 +211,7 @@ extern PyType_Spec token_source_spec;   /* their base */
 /* Puts __aenter__ and __aexit__ in the base type (made from the spec
  * above), as descriptors that bind once per source. */
 int source_add_context_methods(PyObject *module, PyTypeObject *base);
+extern PyType_Spec holding_spec;       /* what hold(n) returns */
 extern PyType_Spec limiter_spec;
 extern PyType_Spec rate_limiter_spec;
 extern PyType_Spec external_source_spec;
@@ -208,9 +229,9 @@ typedef struct {
     Py_ssize_t used;
 } HolderTable;
 
-int holders_add(HolderTable *t, PyObject *task);
-/* 1 when task held one (now one fewer), 0 when it held none. */
-int holders_remove(HolderTable *t, PyObject *task);
+int holders_add(HolderTable *t, PyObject *task, Py_ssize_t n);
+/* Up to n fewer held by task: how many it held of them (0..n). */
+Py_ssize_t holders_remove(HolderTable *t, PyObject *task, Py_ssize_t n);
 Py_ssize_t holders_count(const HolderTable *t, PyObject *task);
 void holders_clear(HolderTable *t);
 int holders_traverse(const HolderTable *t, visitproc visit, void *arg);
@@ -244,7 +265,9 @@ void deadlock_on_exit_wait(ModuleState *state, PyObject *group,
 typedef struct {
     PyObject *limiters;      /* tuple of TokenSource, in rank order, or
                                 one TokenSource alone (acquire()) */
-    Py_ssize_t held;         /* limiters[:held] have given a token */
+    Py_ssize_t cost;         /* tokens of a lone source; 1 of each in a
+                                tuple */
+    Py_ssize_t held;         /* limiters[:held] have given their tokens */
     PyObject *waiter;        /* future queued at limiters[held], or NULL */
     PyObject *abort_error;   /* raised by claim_resume once set */
 } Claim;
@@ -260,6 +283,8 @@ void claim_init(Claim *claim, PyObject *limiters);
     ((TokenSource *)(PyTuple_CheckExact((claim)->limiters) \
                      ? PyTuple_GET_ITEM((claim)->limiters, (i)) \
                      : (assert((i) == 0), (claim)->limiters)))
+#define COST_AT(claim, i) \
+    (PyTuple_CheckExact((claim)->limiters) ? 1 : (claim)->cost)
 
 int claim_try_take(Claim *claim, PyObject *loop);
 int claim_resume(Claim *claim, PyObject *loop);
@@ -279,8 +304,10 @@ void claim_clear(Claim *claim);
 /* ---- ClaimWait (claimwait.c) ---- */
 
 extern PyType_Spec claim_wait_spec;
-/* The awaitable of acquire(): takes one token of each of `limiters`. */
-PyObject *claim_wait_new(ModuleState *state, PyObject *limiters);
+/* The awaitable of acquire(n): takes n tokens of a lone source, or one of
+ * each of a tuple of them (n 1). */
+PyObject *claim_wait_new(ModuleState *state, PyObject *limiters,
+                         Py_ssize_t n);
 
 /* ---- awaitables and asyncio (awaitable.c) ---- */
 

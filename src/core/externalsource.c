@@ -14,12 +14,25 @@
  *   _dequeue(future)             the waiter leaves the line, unserved
  *   _pass_on()                   a waiter handed a token gave up: pass it on
  *   _give_back()                 a token comes back
+ *
+ * It takes one token at a time: n other than 1 is refused at the call
+ * (external_check_weight), so each operation here is for one.
  */
 #include "core/core.h"
 
 static int
-external_try_take(TokenSource *self, PyObject *loop)
+external_check_weight(TokenSource *self, Py_ssize_t n)
 {
+    PyErr_Format(PyExc_ValueError,
+                 "%R takes one token at a time: n must be 1, not %zd", self,
+                 n);
+    return -1;
+}
+
+static int
+external_try_take(TokenSource *self, PyObject *loop, Py_ssize_t n)
+{
+    assert(n == 1);
     PyObject *res = call_method1((PyObject *)self,
                                  self->state->str__try_take, loop);
     if (res == NULL) {
@@ -31,8 +44,9 @@ external_try_take(TokenSource *self, PyObject *loop)
 }
 
 static PyObject *
-external_enqueue(TokenSource *self, PyObject *loop)
+external_enqueue(TokenSource *self, PyObject *loop, Py_ssize_t n)
 {
+    assert(n == 1);
     return call_method1((PyObject *)self, self->state->str__enqueue, loop);
 }
 
@@ -62,18 +76,21 @@ call_method_status(TokenSource *self, PyObject *name)
 }
 
 static int
-external_pass_on(TokenSource *self)
+external_pass_on(TokenSource *self, Py_ssize_t n)
 {
+    assert(n == 1);
     return call_method_status(self, self->state->str__pass_on);
 }
 
 static int
-external_give_back(TokenSource *self)
+external_give_back(TokenSource *self, Py_ssize_t n)
 {
+    assert(n == 1);
     return call_method_status(self, self->state->str__give_back);
 }
 
 static const TokenSourceOps external_ops = {
+    .check_weight = external_check_weight,
     .try_take = external_try_take,
     .enqueue = external_enqueue,
     .dequeue = external_dequeue,
@@ -129,9 +146,24 @@ external_bind(TokenSource *self, PyObject *loop)
     Py_RETURN_NONE;
 }
 
+/* For the subclass's own methods taking n (taskbound._common.check_weight):
+ * refuses any n but 1. */
+static PyObject *
+external_check_weight_method(TokenSource *self, PyObject *arg)
+{
+    Py_ssize_t n;
+    if (parse_tokens(self->state, arg, &n) < 0
+            || op_check_weight(self, n) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef external_methods[] = {
     {"_bind", (PyCFunction)external_bind, METH_O,
      "Bind to `loop` on first use; refuse any other loop after that."},
+    {"_check_weight", (PyCFunction)external_check_weight_method, METH_O,
+     "Refuse n other than 1: it takes one token at a time."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -54,7 +54,7 @@ holders_grow(HolderTable *t)
 }
 
 int
-holders_add(HolderTable *t, PyObject *task)
+holders_add(HolderTable *t, PyObject *task, Py_ssize_t n)
 {
     if (2 * (t->used + 1) > t->cap && holders_grow(t) < 0) {
         return -1;
@@ -65,7 +65,7 @@ holders_add(HolderTable *t, PyObject *task)
         slot->count = 0;
         t->used++;
     }
-    slot->count++;
+    slot->count += n;
     return 0;
 }
 
@@ -103,8 +103,8 @@ remove_at(HolderTable *t, size_t i)
     Py_DECREF(task);   /* last: it may run code that looks at the table */
 }
 
-int
-holders_remove(HolderTable *t, PyObject *task)
+Py_ssize_t
+holders_remove(HolderTable *t, PyObject *task, Py_ssize_t n)
 {
     if (t->used == 0) {
         return 0;
@@ -113,10 +113,12 @@ holders_remove(HolderTable *t, PyObject *task)
     if (slot->task == NULL) {
         return 0;
     }
-    if (--slot->count == 0) {
+    Py_ssize_t own = slot->count < n ? slot->count : n;
+    slot->count -= own;
+    if (slot->count == 0) {
         remove_at(t, (size_t)(slot - t->slots));
     }
-    return 1;
+    return own;
 }
 
 void

@@ -1,9 +1,11 @@
 /* Limiter: a FIFO counting limiter shared by groups and tasks on one loop.
  *
- * A release hands its token straight to the first live waiter (its future
- * gets the result True), and the token counts as borrowed from then on, so
- * nobody can take it in between: no barging. Waiters cancelled from outside
- * stay queued until their task runs again; they are skipped and pruned.
+ * A release hands its tokens straight to the first live waiters (their
+ * futures get the result True), and the tokens count as borrowed from then
+ * on, so nobody can take them in between: no barging. A waiter for more
+ * than is free holds back those behind it, however little they want, so a
+ * big request is never starved. Waiters cancelled from outside stay queued
+ * until their task runs again; they are skipped and pruned.
  */
 #include "core/core.h"
 
@@ -20,18 +22,27 @@ typedef struct {
     char lost_track;         /* a task released what it never took */
 } LimiterObject;
 
-/* Hands free tokens to waiters, first come first served. */
+/* Whether n more tokens fit (an infinite total takes any number). */
+static int
+fits(LimiterObject *self, Py_ssize_t n)
+{
+    return self->total == TOTAL_INFINITE || n <= self->total - self->borrowed;
+}
+
+/* Hands free tokens to waiters, first come first served; the first that
+ * wants more than is free stops the others behind it. */
 static int
 limiter_wake(LimiterObject *self)
 {
     WaiterQueue *q = &self->base.waiters;
-    while (q->len > 0 && self->borrowed < self->total) {
+    while (q->len > 0 && fits(self, queue_wants_at(q, 0))) {
+        Py_ssize_t n = queue_wants_at(q, 0);
         PyObject *future = queue_pop(q);
-        self->borrowed++;   /* counted before set_result() runs any code */
+        self->borrowed += n;   /* counted before set_result() runs code */
         int handed = set_result_if_pending(self->base.state, future, Py_True);
         Py_DECREF(future);
         if (handed != 1) {
-            self->borrowed--;
+            self->borrowed -= n;
             if (handed < 0) {
                 if (!PyErr_ExceptionMatches(PyExc_RuntimeError)) {
                     return -1;
@@ -45,15 +56,15 @@ limiter_wake(LimiterObject *self)
 }
 
 static int
-limiter_try_take(TokenSource *base, PyObject *loop)
+limiter_try_take(TokenSource *base, PyObject *loop, Py_ssize_t n)
 {
     LimiterObject *self = (LimiterObject *)base;
     if (source_bind(base, loop) < 0) {
         return -1;
     }
-    /* Full, it waits whoever is in line; only a free token needs the line
-     * pruned of cancelled waiters, which would otherwise keep it. */
-    if (self->borrowed >= self->total) {
+    /* Full, it waits whoever is in line; only free tokens need the line
+     * pruned of cancelled waiters, which would otherwise keep them. */
+    if (!fits(self, n)) {
         return 0;
     }
     if (source_prune(base) < 0) {
@@ -62,30 +73,44 @@ limiter_try_take(TokenSource *base, PyObject *loop)
     if (base->waiters.len > 0) {
         return 0;
     }
-    self->borrowed++;
+    self->borrowed += n;
     return 1;
 }
 
 static int
-check_borrowed(LimiterObject *self)
+limiter_check_weight(TokenSource *base, Py_ssize_t n)
 {
-    if (self->borrowed <= 0) {
-        PyErr_Format(PyExc_RuntimeError,
-                     "release() called on %R, which has no borrowed tokens",
-                     self);
+    LimiterObject *self = (LimiterObject *)base;
+    /* A total of 0 is a closed limiter, not a small one: everyone waits. */
+    if (self->total != TOTAL_INFINITE && self->total > 0 && n > self->total) {
+        PyErr_Format(PyExc_ValueError,
+                     "n=%zd is more than total_tokens=%zd of %R: it could "
+                     "never be granted", n, self->total, self);
         return -1;
     }
     return 0;
 }
 
 static int
-limiter_give_back(TokenSource *base)
+check_borrowed(LimiterObject *self, Py_ssize_t n)
 {
-    LimiterObject *self = (LimiterObject *)base;
-    if (check_borrowed(self) < 0) {
+    if (self->borrowed < n) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "release() of %zd token(s) called on %R, which has %zd "
+                     "borrowed", n, self, self->borrowed);
         return -1;
     }
-    self->borrowed--;
+    return 0;
+}
+
+static int
+limiter_give_back(TokenSource *base, Py_ssize_t n)
+{
+    LimiterObject *self = (LimiterObject *)base;
+    if (check_borrowed(self, n) < 0) {
+        return -1;
+    }
+    self->borrowed -= n;
     if (self->borrowed == 0) {
         /* Nothing is held: whoever was recorded is stale. */
         holders_clear(&self->holders);
@@ -135,45 +160,63 @@ lose_track(LimiterObject *self)
 }
 
 static void
-limiter_note_holder(TokenSource *base, PyObject *task)
+limiter_note_holder(TokenSource *base, PyObject *task, Py_ssize_t n)
 {
     LimiterObject *self = (LimiterObject *)base;
     if (task == NULL) {
         lose_track(self);
     }
     else if (task == Py_None) {
-        self->unattributed++;
+        self->unattributed += n;
     }
-    else if (holders_add(&self->holders, task) < 0) {
+    else if (holders_add(&self->holders, task, n) < 0) {
         lose_track(self);
     }
 }
 
 static int
-limiter_release(TokenSource *base)
+limiter_release(TokenSource *base, Py_ssize_t n)
 {
     LimiterObject *self = (LimiterObject *)base;
-    if (check_borrowed(self) < 0) {
+    if (check_borrowed(self, n) < 0) {
         return -1;
     }
     /* Its tokens are borrowed, so it is bound to a loop: the task giving
-     * one back is that loop's (none when it is called from elsewhere). */
+     * them back is that loop's (none when it is called from elsewhere).
+     * What it did not take is counted off those taken outside any task,
+     * and what is left of that is lost track of. */
     PyObject *task = current_task_of(base->state, base->loop);
-    int counted = task == NULL ? -1
-        : task == Py_None ? 0 : holders_remove(&self->holders, task);
-    Py_XDECREF(task);
-    if (counted < 0) {
+    if (task == NULL) {
         lose_track(self);
     }
-    else if (counted == 0) {
-        if (self->unattributed > 0) {
-            self->unattributed--;
-        }
-        else {
+    else {
+        Py_ssize_t own = task == Py_None
+            ? 0 : holders_remove(&self->holders, task, n);
+        Py_ssize_t anyone = n - own < self->unattributed
+            ? n - own : self->unattributed;
+        self->unattributed -= anyone;
+        if (own + anyone < n) {
             self->lost_track = 1;
         }
+        Py_DECREF(task);
     }
-    return limiter_give_back(base);
+    return limiter_give_back(base, n);
+}
+
+/* A waiter for more than is free holds back those behind it (so a big
+ * request is never starved); once it leaves, they may fit. */
+static int
+limiter_dequeue(TokenSource *base, PyObject *future)
+{
+    WaiterQueue *q = &base->waiters;
+    int head = q->len > 0 && queue_at(q, 0) == future;
+    int removed = source_dequeue(base, future);
+    if (head && limiter_wake((LimiterObject *)base) < 0) {
+        /* Leaving a line cannot fail for its claim; the waiters behind
+         * are woken by the next give-back instead. */
+        PyErr_WriteUnraisable((PyObject *)base);
+    }
+    return removed;
 }
 
 static Py_ssize_t
@@ -183,9 +226,10 @@ limiter_held(TokenSource *base)
 }
 
 static const TokenSourceOps limiter_ops = {
+    .check_weight = limiter_check_weight,
     .try_take = limiter_try_take,
     .enqueue = source_enqueue,
-    .dequeue = source_dequeue,
+    .dequeue = limiter_dequeue,
     .pass_on = limiter_give_back,
     .give_back = limiter_give_back,
     .release = limiter_release,
@@ -204,8 +248,9 @@ int
 limiter_may_deadlock(TokenSource *source)
 {
     LimiterObject *self = (LimiterObject *)source;
+    WaiterQueue *q = &source->waiters;
     return source->ops == &limiter_ops && self->total != TOTAL_INFINITE
-           && self->borrowed >= self->total;
+           && !fits(self, q->len > 0 ? queue_wants_at(q, 0) : 1);
 }
 
 /* (loop, borrowed, holders, live waiters), or None when this limiter
@@ -213,8 +258,12 @@ limiter_may_deadlock(TokenSource *source)
 static PyObject *
 limiter_deadlock_state(LimiterObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (!limiter_may_deadlock(&self->base) || self->lost_track
-            || self->unattributed > 0 || self->base.loop == NULL) {
+    if (self->lost_track || self->unattributed > 0 || self->base.loop == NULL
+            || source_prune(&self->base) < 0
+            || !limiter_may_deadlock(&self->base)) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
         Py_RETURN_NONE;
     }
     WaiterQueue *q = &self->base.waiters;
@@ -260,7 +309,7 @@ limiter_fail_waiters(LimiterObject *self, PyObject *const *args,
     }
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(futures); i++) {
         PyObject *future = PySequence_Fast_GET_ITEM(futures, i);
-        if (source_dequeue(&self->base, future) != 1) {
+        if (limiter_dequeue(&self->base, future) != 1) {
             continue;   /* not in this line: not ours to fail */
         }
         PyObject *error = PyObject_CallOneArg(st->deadlock_error, args[1]);
@@ -412,8 +461,7 @@ limiter_locked(LimiterObject *self, PyObject *Py_UNUSED(ignored))
     if (source_prune(&self->base) < 0) {
         return NULL;
     }
-    return PyBool_FromLong(self->borrowed >= self->total
-                           || self->base.waiters.len > 0);
+    return PyBool_FromLong(!fits(self, 1) || self->base.waiters.len > 0);
 }
 
 static PyObject *

@@ -1,10 +1,11 @@
 /* RateLimiter: at most `rate` starts per `per` seconds, bursts of `burst`.
  *
  * GCRA keeps the bucket as one timestamp, the theoretical arrival time of
- * the next start (tat): a start at `now` is allowed when
- * now >= tat - interval * (burst - 1), and moves tat to
- * max(tat, now) + interval. Waiters queue in FIFO order; one loop timer
- * wakes the first of them when its start comes. release() is a no-op.
+ * the next start (tat): a start of n units at `now` is allowed when
+ * now >= tat - interval * (burst - n), and moves tat to
+ * max(tat, now) + n * interval. Waiters queue in FIFO order; one loop
+ * timer wakes the first of them when its start comes. release() is a
+ * no-op.
  *
  * A loop's timer fires late: asyncio's rounds its wait up to the next
  * millisecond, uvloop counts in milliseconds. Were each start taken at the
@@ -34,10 +35,12 @@ interval(RateLimiterObject *self)
     return self->per / self->rate;
 }
 
+/* When a start of n units may be made: GCRA allows it while the schedule,
+ * n intervals further on, stays within the burst. */
 static double
-next_start(RateLimiterObject *self)
+next_start(RateLimiterObject *self, Py_ssize_t n)
 {
-    return self->tat - interval(self) * (double)(self->burst - 1);
+    return self->tat - interval(self) * (double)(self->burst - n);
 }
 
 /* A start is due a microsecond early: loop clocks are floats (uvloop's
@@ -46,15 +49,16 @@ next_start(RateLimiterObject *self)
 #define START_SLACK 1e-6
 
 static int
-due(RateLimiterObject *self, double now)
+due(RateLimiterObject *self, double now, Py_ssize_t n)
 {
-    return now + START_SLACK >= next_start(self);
+    return now + START_SLACK >= next_start(self, n);
 }
 
 static void
-start(RateLimiterObject *self, double now)
+start(RateLimiterObject *self, double now, Py_ssize_t n)
 {
-    self->tat = (self->tat > now ? self->tat : now) + interval(self);
+    self->tat = (self->tat > now ? self->tat : now)
+                + interval(self) * (double)n;
 }
 
 static int
@@ -90,7 +94,8 @@ schedule(RateLimiterObject *self)
     if (self->base.waiters.len == 0) {
         return 0;
     }
-    self->timer_when = next_start(self);
+    self->timer_when = next_start(self, queue_wants_at(&self->base.waiters,
+                                                       0));
     PyObject *when = PyFloat_FromDouble(self->timer_when);
     PyObject *callback = PyObject_GetAttrString((PyObject *)self,
                                                 "_on_timer");
@@ -105,7 +110,7 @@ schedule(RateLimiterObject *self)
 }
 
 static int
-rate_try_take(TokenSource *base, PyObject *loop)
+rate_try_take(TokenSource *base, PyObject *loop, Py_ssize_t n)
 {
     RateLimiterObject *self = (RateLimiterObject *)base;
     double now;
@@ -118,17 +123,30 @@ rate_try_take(TokenSource *base, PyObject *loop)
     if (loop_time(self, loop, &now) < 0) {
         return -1;
     }
-    if (!due(self, now)) {
+    if (!due(self, now, n)) {
         return 0;
     }
-    start(self, now);
+    start(self, now, n);
     return 1;
 }
 
-static PyObject *
-rate_enqueue(TokenSource *base, PyObject *loop)
+static int
+rate_check_weight(TokenSource *base, Py_ssize_t n)
 {
-    PyObject *future = source_enqueue(base, loop);
+    RateLimiterObject *self = (RateLimiterObject *)base;
+    if (n > self->burst) {
+        PyErr_Format(PyExc_ValueError,
+                     "n=%zd is more than burst=%zd of %R: a start of that "
+                     "many units could never be made", n, self->burst, self);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+rate_enqueue(TokenSource *base, PyObject *loop, Py_ssize_t n)
+{
+    PyObject *future = source_enqueue(base, loop, n);
     if (future != NULL && base->waiters.len == 1
             && schedule((RateLimiterObject *)base) < 0) {
         source_dequeue(base, future);
@@ -148,29 +166,33 @@ rate_dequeue(TokenSource *base, PyObject *future)
     return removed;
 }
 
-/* A waiter handed a start gave up: the next one gets it. */
+/* A waiter handed a start of n units gave up: the next one gets it if it
+ * wants as many; else the n intervals go back to the schedule, and the
+ * next one starts when that allows. */
 static int
-rate_pass_on(TokenSource *base)
+rate_pass_on(TokenSource *base, Py_ssize_t n)
 {
     RateLimiterObject *self = (RateLimiterObject *)base;
     if (source_prune(base) < 0) {
         return -1;
     }
-    if (base->waiters.len == 0) {
-        self->tat -= interval(self);
-        return 0;
+    WaiterQueue *q = &base->waiters;
+    if (q->len > 0 && queue_wants_at(q, 0) == n) {
+        PyObject *future = queue_pop(q);
+        int handed = set_result_if_pending(base->state, future, Py_True);
+        Py_DECREF(future);
+        if (handed < 0) {
+            return -1;
+        }
     }
-    PyObject *future = queue_pop(&base->waiters);
-    int handed = set_result_if_pending(base->state, future, Py_True);
-    Py_DECREF(future);
-    if (handed < 0) {
-        return -1;
+    else {
+        self->tat -= interval(self) * (double)n;
     }
     return schedule(self);
 }
 
 static int
-rate_give_back(TokenSource *base)
+rate_give_back(TokenSource *base, Py_ssize_t n)
 {
     return 0;   /* a start, once made, is spent */
 }
@@ -231,6 +253,7 @@ rate_move(TokenSource *base, PyObject *from, int from_closed, PyObject *to)
 }
 
 static const TokenSourceOps rate_limiter_ops = {
+    .check_weight = rate_check_weight,
     .try_take = rate_try_take,
     .enqueue = rate_enqueue,
     .dequeue = rate_dequeue,
@@ -370,15 +393,17 @@ rate_on_timer(RateLimiterObject *self, PyObject *Py_UNUSED(ignored))
     double scheduled = (late > 0 && late <= base->state->timer_lateness)
                        ? self->timer_when : now;
     int first = 1;
-    while (base->waiters.len > 0 && (first || due(self, now))) {
-        PyObject *future = queue_pop(&base->waiters);
+    WaiterQueue *q = &base->waiters;
+    while (q->len > 0 && (first || due(self, now, queue_wants_at(q, 0)))) {
+        Py_ssize_t n = queue_wants_at(q, 0);
+        PyObject *future = queue_pop(q);
         int handed = set_result_if_pending(base->state, future, Py_True);
         Py_DECREF(future);
         if (handed < 0) {
             return NULL;
         }
         if (handed) {
-            start(self, scheduled);
+            start(self, scheduled, n);
             first = 0;
         }
         if (source_prune(base) < 0) {
@@ -419,7 +444,7 @@ rate_locked(RateLimiterObject *self, PyObject *Py_UNUSED(ignored))
     if (loop_time(self, self->base.loop, &now) < 0) {
         return NULL;
     }
-    return PyBool_FromLong(!due(self, now));
+    return PyBool_FromLong(!due(self, now, 1));
 }
 
 static PyObject *

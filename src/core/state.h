@@ -43,6 +43,7 @@ struct ModuleState {
     PyTypeObject *rate_limiter_type;
     PyTypeObject *external_source_type;
     PyTypeObject *claim_wait_type;
+    PyTypeObject *holding_type;
     PyTypeObject *ready_type;
     PyObject *ready;                /* the one Ready */
 
@@ -72,6 +73,7 @@ struct ModuleState {
     PyObject *check_positive;
     PyObject *check_burst;
     PyObject *check_total_tokens;
+    PyObject *check_tokens;
     double timer_lateness;          /* taskbound._common.TIMER_LATENESS */
 
     /* Interned names of the methods called on loops, futures and tasks,

@@ -136,7 +136,7 @@ source_waiting(TokenSource *self)
 }
 
 PyObject *
-source_enqueue(TokenSource *self, PyObject *loop)
+source_enqueue(TokenSource *self, PyObject *loop, Py_ssize_t n)
 {
     PyObject *future;
     if (self->plain_futures) {
@@ -150,7 +150,7 @@ source_enqueue(TokenSource *self, PyObject *loop)
     if (future == NULL) {
         return NULL;
     }
-    if (queue_push(&self->waiters, future) < 0) {
+    if (queue_push_wanting(&self->waiters, future, n) < 0) {
         Py_DECREF(future);
         return NULL;
     }
@@ -164,7 +164,7 @@ source_dequeue(TokenSource *self, PyObject *future)
 }
 
 int
-source_withdraw(TokenSource *self, PyObject *future)
+source_withdraw(TokenSource *self, PyObject *future, Py_ssize_t n)
 {
     ASSERT_NO_ERROR();
     ModuleState *st = self->state;
@@ -178,7 +178,7 @@ source_withdraw(TokenSource *self, PyObject *future)
             return -1;
         }
         if (!cancelled) {
-            /* Woken already: the token it was handed (if any) goes on. A
+            /* Woken already: the tokens it was handed (if any) go on. A
              * waiter failed by deadlock detection was handed nothing. */
             PyObject *error = call_method0(future, st->str_exception);
             if (error == NULL) {
@@ -196,7 +196,7 @@ source_withdraw(TokenSource *self, PyObject *future)
             }
             int had_token = (handed == Py_True);
             Py_DECREF(handed);
-            return had_token ? op_pass_on(self) : 0;
+            return had_token ? op_pass_on(self, n) : 0;
         }
     }
     op_dequeue(self, future);
@@ -249,24 +249,97 @@ source_dealloc(TokenSource *self, inquiry clear)
 
 /* ---- the base type: what every token source has ---- */
 
-static PyObject *
-source_acquire(PyObject *self, PyObject *Py_UNUSED(ignored))
+int
+parse_tokens(ModuleState *st, PyObject *arg, Py_ssize_t *n)
 {
-    return claim_wait_new(((TokenSource *)self)->state, self);
+    int overflow;
+    if (arg == NULL || (PyLong_CheckExact(arg)
+                        && PyLong_AsLongAndOverflow(arg, &overflow) == 1)) {
+        *n = 1;
+        return 0;
+    }
+    /* The rule and its words are the reference's (_common.check_tokens). */
+    PyObject *checked = PyObject_CallOneArg(st->check_tokens, arg);
+    if (checked == NULL) {
+        return -1;
+    }
+    *n = PyLong_AsSsize_t(checked);
+    Py_DECREF(checked);
+    return *n == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* The one optional argument n of acquire(), acquire_nowait(), release()
+ * and hold(), positional or by name. */
+static int
+parse_n_argument(ModuleState *st, const char *method, PyObject *const *args,
+                 Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t *n)
+{
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs + nkw > 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() takes at most 1 argument (n), %zd given", method,
+                     nargs + nkw);
+        return -1;
+    }
+    if (nkw == 1 && PyUnicode_CompareWithASCIIString(
+                        PyTuple_GET_ITEM(kwnames, 0), "n") != 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() got an unexpected keyword argument '%U'", method,
+                     PyTuple_GET_ITEM(kwnames, 0));
+        return -1;
+    }
+    return parse_tokens(st, nargs + nkw == 1 ? args[0] : NULL, n);
+}
+
+/* n, checked for this source: what acquire(n) and hold(n) may ask. */
+static int
+parse_weight(TokenSource *self, const char *method, PyObject *const *args,
+             Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t *n)
+{
+    if (parse_n_argument(self->state, method, args, nargs, kwnames, n) < 0) {
+        return -1;
+    }
+    return op_check_weight(self, *n);
 }
 
 static PyObject *
-source_acquire_nowait(PyObject *op, PyObject *Py_UNUSED(ignored))
+source_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
 {
     TokenSource *self = (TokenSource *)op;
+    Py_ssize_t n = 1;
+    if ((nargs || kwnames)
+            && parse_weight(self, "acquire", args, nargs, kwnames, &n) < 0) {
+        return NULL;
+    }
+    return claim_wait_new(self->state, op, n);
+}
+
+static PyObject *
+source_aenter(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return claim_wait_new(((TokenSource *)op)->state, op, 1);
+}
+
+static PyObject *
+source_acquire_nowait(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames)
+{
+    TokenSource *self = (TokenSource *)op;
+    Py_ssize_t n = 1;
+    if ((nargs || kwnames)
+            && parse_weight(self, "acquire_nowait", args, nargs, kwnames,
+                            &n) < 0) {
+        return NULL;
+    }
     PyObject *loop = running_loop(self->state);
     if (loop == NULL) {
         return NULL;
     }
-    int taken = op_try_take(self, loop);
+    int taken = op_try_take(self, loop, n);
     if (taken == 1) {
         PyObject *task = current_task_of(self->state, loop);
-        op_note_holder(self, task);
+        op_note_holder(self, task, n);
         Py_XDECREF(task);
     }
     Py_DECREF(loop);
@@ -274,18 +347,26 @@ source_acquire_nowait(PyObject *op, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     if (!taken) {
-        PyErr_Format(self->state->would_block, "no token of %R is free",
-                     self);
+        PyErr_Format(self->state->would_block,
+                     "%zd token(s) of %R are not free", n, self);
         return NULL;
     }
     Py_RETURN_NONE;
 }
 
 static PyObject *
-source_release(PyObject *op, PyObject *Py_UNUSED(ignored))
+source_release(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
 {
     TokenSource *self = (TokenSource *)op;
-    if (op_release(self) < 0) {
+    Py_ssize_t n = 1;
+    /* (n may be more than the total, lowered since they were taken) */
+    if ((nargs || kwnames)
+            && parse_n_argument(self->state, "release", args, nargs, kwnames,
+                                &n) < 0) {
+        return NULL;
+    }
+    if (op_release(self, n) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -295,11 +376,118 @@ static PyObject *
 source_aexit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     TokenSource *self = (TokenSource *)op;
-    if (op_release(self) < 0) {
+    if (op_release(self, 1) < 0) {
         return NULL;
     }
     return Py_NewRef(self->state->ready);
 }
+
+/* ---- Holding: n tokens for an `async with`, from hold(n) ---- */
+
+typedef struct {
+    PyObject_HEAD
+    TokenSource *source;
+    Py_ssize_t n;
+} HoldingObject;
+
+#define Holding_CAST(op) ((HoldingObject *)(op))
+
+static PyObject *
+source_hold(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+            PyObject *kwnames)
+{
+    TokenSource *self = (TokenSource *)op;
+    Py_ssize_t n;
+    if (parse_weight(self, "hold", args, nargs, kwnames, &n) < 0) {
+        return NULL;
+    }
+    HoldingObject *holding = PyObject_GC_New(HoldingObject,
+                                             self->state->holding_type);
+    if (holding == NULL) {
+        return NULL;
+    }
+    holding->source = (TokenSource *)Py_NewRef(op);
+    holding->n = n;
+    PyObject_GC_Track(holding);
+    return (PyObject *)holding;
+}
+
+static PyObject *
+holding_aenter(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    HoldingObject *self = Holding_CAST(op);
+    return claim_wait_new(self->source->state, (PyObject *)self->source,
+                          self->n);
+}
+
+static PyObject *
+holding_aexit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    HoldingObject *self = Holding_CAST(op);
+    if (op_release(self->source, self->n) < 0) {
+        return NULL;
+    }
+    return Py_NewRef(self->source->state->ready);
+}
+
+static PyObject *
+holding_repr(PyObject *op)
+{
+    HoldingObject *self = Holding_CAST(op);
+    return PyUnicode_FromFormat("<Holding %zd of %R>", self->n,
+                                (PyObject *)self->source);
+}
+
+static int
+holding_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    HoldingObject *self = Holding_CAST(op);
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->source);
+    return 0;
+}
+
+static int
+holding_clear(PyObject *op)
+{
+    Py_CLEAR(Holding_CAST(op)->source);
+    return 0;
+}
+
+static void
+holding_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    (void)holding_clear(op);
+    PyObject_GC_Del(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef holding_methods[] = {
+    {"__aenter__", holding_aenter, METH_NOARGS, NULL},
+    {"__aexit__", (PyCFunction)(void (*)(void))holding_aexit, METH_FASTCALL,
+     NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot holding_slots[] = {
+    {Py_tp_doc, "What limiter.hold(n) returns: n tokens for an async with."},
+    {Py_tp_dealloc, holding_dealloc},
+    {Py_tp_traverse, holding_traverse},
+    {Py_tp_clear, holding_clear},
+    {Py_tp_repr, holding_repr},
+    {Py_tp_methods, holding_methods},
+    {0, NULL},
+};
+
+PyType_Spec holding_spec = {
+    .name = "taskbound.Holding",
+    .basicsize = sizeof(HoldingObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+             | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = holding_slots,
+};
 
 static int
 token_source_traverse(PyObject *op, visitproc visit, void *arg)
@@ -308,13 +496,22 @@ token_source_traverse(PyObject *op, visitproc visit, void *arg)
 }
 
 static PyMethodDef source_methods[] = {
-    {"acquire", source_acquire, METH_NOARGS,
-     "Wait for a token (FIFO); for a RateLimiter, for the next start."},
-    {"acquire_nowait", source_acquire_nowait, METH_NOARGS,
-     "Take a token now, or raise WouldBlock."},
-    {"release", source_release, METH_NOARGS,
-     "Give a token back; the first waiter gets it (a RateLimiter has "
-     "nothing to give back)."},
+    {"acquire", (PyCFunction)(void (*)(void))source_acquire,
+     METH_FASTCALL | METH_KEYWORDS,
+     "acquire(n=1)\n--\n\nWait for n tokens (FIFO: a request that does "
+     "not fit holds back those behind it); for a RateLimiter, for a start "
+     "of n units."},
+    {"acquire_nowait", (PyCFunction)(void (*)(void))source_acquire_nowait,
+     METH_FASTCALL | METH_KEYWORDS,
+     "acquire_nowait(n=1)\n--\n\nTake n tokens now, or raise WouldBlock."},
+    {"release", (PyCFunction)(void (*)(void))source_release,
+     METH_FASTCALL | METH_KEYWORDS,
+     "release(n=1)\n--\n\nGive n tokens back; waiters get them in "
+     "arrival order (a RateLimiter has nothing to give back)."},
+    {"hold", (PyCFunction)(void (*)(void))source_hold,
+     METH_FASTCALL | METH_KEYWORDS,
+     "hold(n=1)\n--\n\nn tokens for an async with: taken on the way in, "
+     "given back on the way out."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -329,7 +526,7 @@ static PyMethodDef source_methods[] = {
  */
 
 static PyMethodDef source_aenter_def = {
-    "__aenter__", source_acquire, METH_NOARGS, NULL};
+    "__aenter__", source_aenter, METH_NOARGS, NULL};
 static PyMethodDef source_aexit_def = {
     "__aexit__", (PyCFunction)(void (*)(void))source_aexit, METH_FASTCALL,
     NULL};

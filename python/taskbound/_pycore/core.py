@@ -27,7 +27,9 @@ from .._common import (
     RateParameters,
     WouldBlock,
     check_positive,
+    check_tokens,
     check_total_tokens,
+    check_weight,
     write_unraisable,
 )
 
@@ -54,29 +56,41 @@ class _TokenSource:
 
     def __init__(self) -> None:
         # Futures of the tasks waiting, in arrival order. A waiter is woken
-        # with the result True when it is handed its token (which counts as
+        # with the result True when it is handed its tokens (which count as
         # taken from that moment, so nobody can barge in between), or False
-        # when a group aborts its claim.
+        # when a group aborts its claim. A waiter for more than one token
+        # has its count in _wants.
         self._waiters: collections.deque = collections.deque()
+        self._wants: dict = {}
         self._initialized = True
 
-    async def acquire(self) -> None:
-        claim = _Claim((self,))
+    async def acquire(self, n: int = 1) -> None:
+        n = check_weight(self, n)
+        claim = _Claim((self,), None if n == 1 else (n,))
         loop = get_running_loop()
         if not claim.try_take(loop):
             await _wait_for_claim(claim, loop)
-        self._note_holder()
+        self._note_holder(n)
 
-    def acquire_nowait(self) -> None:
-        if not self._try_take(get_running_loop()):
-            raise WouldBlock(f"no token of {self!r} is free")
-        self._note_holder()
+    def acquire_nowait(self, n: int = 1) -> None:
+        n = check_weight(self, n)
+        if not self._try_take(get_running_loop(), n):
+            raise WouldBlock(f"{n} token(s) of {self!r} are not free")
+        self._note_holder(n)
+
+    def hold(self, n: int = 1) -> "Holding":
+        """``async with limiter.hold(n):`` takes n tokens and gives them
+        back on the way out."""
+        return Holding(self, check_weight(self, n))
 
     async def __aenter__(self) -> None:
         await self.acquire()
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.release()
+
+    def _check_weight(self, n: int) -> None:
+        """Raises if this kind of source can never grant n at once."""
 
     # -- the protocol a claim uses --
 
@@ -110,6 +124,7 @@ class _TokenSource:
                 "that loop first, or make one limiter per event loop")
         self._move_schedule(self._loop, closed, loop)
         self._waiters.clear()           # none of them can be served
+        self._wants.clear()
         self._loop = loop
 
     def _tokens_held(self) -> int:
@@ -119,9 +134,11 @@ class _TokenSource:
     def _move_schedule(self, old_loop, old_loop_closed: bool, loop) -> None:
         """What a kind of source carries over to the loop it moves to."""
 
-    def _enqueue(self, loop):
+    def _enqueue(self, loop, n: int = 1):
         future = loop.create_future()
         self._waiters.append(future)
+        if n != 1:
+            self._wants[future] = n
         return future
 
     def _dequeue(self, future) -> None:
@@ -129,6 +146,15 @@ class _TokenSource:
             self._waiters.remove(future)
         except ValueError:
             pass
+        self._wants.pop(future, None)
+
+    def _popleft(self):
+        """The first waiter and the tokens it wants, out of the line."""
+        future = self._waiters.popleft()
+        return future, self._wants.pop(future, 1)
+
+    def _first_wants(self) -> int:
+        return self._wants.get(self._waiters[0], 1)
 
     def _leave_line(self, future) -> None:
         """Takes ``future`` out of the line. That cannot fail for its claim:
@@ -138,14 +164,17 @@ class _TokenSource:
         except BaseException as error:
             write_unraisable(error)
 
-    def _withdraw(self, future) -> None:
-        """The owner of ``future`` gives up: pass its token on if it has one."""
+    def _withdraw(self, future, n: int = 1) -> None:
+        """The owner of ``future`` gives up: pass its tokens on if it has
+        them."""
         if future.done() and not future.cancelled():
             if future.exception() is not None:
                 # Failed by deadlock detection: handed nothing.
                 self._leave_line(future)
-            elif future.result():
+            elif future.result() and n == 1:
                 self._pass_on()
+            elif future.result():
+                self._pass_on(n)
             return
         self._leave_line(future)
         try:
@@ -158,18 +187,37 @@ class _TokenSource:
         # they must not make a free source look busy.
         waiters = self._waiters
         while waiters and waiters[0].done():
-            waiters.popleft()
+            self._popleft()
 
     def _waiting(self) -> int:
         return sum(1 for future in self._waiters if not future.done())
 
     # -- who holds what, for deadlock detection (see _deadlock) --
 
-    def _note_holder(self) -> None:
+    def _note_holder(self, n: int) -> None:
         pass
 
     def _deadlock_state(self):
         return None
+
+
+class Holding:
+    """What ``limiter.hold(n)`` returns: n tokens for an ``async with``."""
+
+    __slots__ = ("_source", "_n")
+
+    def __init__(self, source, n: int) -> None:
+        self._source = source
+        self._n = n
+
+    def __repr__(self) -> str:
+        return f"<Holding {self._n} of {self._source!r}>"
+
+    async def __aenter__(self) -> None:
+        await self._source.acquire(self._n)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._source.release(self._n)
 
 
 class Limiter(_TokenSource):
@@ -216,30 +264,44 @@ class Limiter(_TokenSource):
         self._prune()
         return self._borrowed >= self._total or bool(self._waiters)
 
-    def release(self) -> None:
-        if self._borrowed <= 0:
-            raise RuntimeError(
-                f"release() called on {self!r}, which has no borrowed tokens")
+    def release(self, n: int = 1) -> None:
+        # (n may be more than the total, lowered since they were taken)
+        n = check_tokens(n)
+        self._check_borrowed(n)
         # Its tokens are borrowed, so it is bound to a loop: the task giving
-        # one back is that loop's (none when called from elsewhere).
+        # them back is that loop's (none when called from elsewhere). What
+        # it did not take is counted off those taken outside any task, and
+        # what is left of that is lost track of.
         task = current_task(self._loop)
         count = self._holders.get(task, 0)
-        if count > 1:
-            self._holders[task] = count - 1
-        elif count == 1:
+        own = min(count, n)
+        if own == count and count:
             del self._holders[task]
-        elif self._unattributed > 0:
-            self._unattributed -= 1
-        else:
+        elif own:
+            self._holders[task] = count - own
+        anyone = min(self._unattributed, n - own)
+        self._unattributed -= anyone
+        if own + anyone < n:
             self._lost_track = True
-        self._give_back()
+        self._give_back(n)
 
-    def _give_back(self) -> None:
-        """A token comes back (from a claim, or from release())."""
-        if self._borrowed <= 0:
+    def _check_borrowed(self, n: int) -> None:
+        if self._borrowed < n:
             raise RuntimeError(
-                f"release() called on {self!r}, which has no borrowed tokens")
-        self._borrowed -= 1
+                f"release() of {n} token(s) called on {self!r}, which has "
+                f"{self._borrowed} borrowed")
+
+    def _check_weight(self, n: int) -> None:
+        # A total of 0 is a closed limiter, not a small one: everyone waits.
+        if n > self._total > 0:
+            raise ValueError(
+                f"n={n} is more than total_tokens={self._total} of {self!r}: "
+                "it could never be granted")
+
+    def _give_back(self, n: int = 1) -> None:
+        """Tokens come back (from a claim, or from release())."""
+        self._check_borrowed(n)
+        self._borrowed -= n
         if self._borrowed == 0:
             # Nothing is held: whoever was recorded is stale.
             self._holders.clear()
@@ -250,21 +312,24 @@ class Limiter(_TokenSource):
     def _tokens_held(self) -> int:
         return self._borrowed
 
-    def _note_holder(self) -> None:
+    def _note_holder(self, n: int) -> None:
         task = current_task()
         if task is None:
-            self._unattributed += 1
+            self._unattributed += n
         else:
-            self._holders[task] = self._holders.get(task, 0) + 1
+            self._holders[task] = self._holders.get(task, 0) + n
 
     def _deadlock_state(self):
-        if (self._total == math.inf or self._borrowed < self._total
-                or self._lost_track or self._unattributed):
+        if self._total == math.inf or self._lost_track or self._unattributed:
+            return None
+        self._prune()
+        if not self._waiters or self._fits(self._first_wants()):
             return None
         waiters = [future for future in self._waiters if not future.done()]
-        if not waiters:
-            return None
         return self._loop, self._borrowed, self._holders, waiters
+
+    def _fits(self, n: int) -> bool:
+        return self._borrowed + n <= self._total
 
     def _fail_waiters(self, futures, message: str) -> None:
         for future in futures:
@@ -272,27 +337,37 @@ class Limiter(_TokenSource):
             if not future.done():
                 future.set_exception(_deadlock.DeadlockError(message))
 
-    def _try_take(self, loop) -> bool:
-        """Take a token if one is free and nobody is queued ahead."""
+    def _try_take(self, loop, n: int = 1) -> bool:
+        """Take n tokens if they are free and nobody is queued ahead."""
         self._bind(loop)
         self._prune()
-        if self._waiters or self._borrowed >= self._total:
+        if self._waiters or not self._fits(n):
             return False
-        self._borrowed += 1
+        self._borrowed += n
         return True
 
     _pass_on = _give_back
 
+    def _dequeue(self, future) -> None:
+        # A waiter for more than is free holds back those behind it (so a
+        # big request is never starved); once it leaves, they may fit.
+        head = bool(self._waiters) and self._waiters[0] is future
+        super()._dequeue(future)
+        if head:
+            self._wake()
+
     def _wake(self) -> None:
+        """Hands free tokens to waiters in arrival order; the first that
+        wants more than is free stops the others behind it."""
         waiters = self._waiters
-        while waiters and self._borrowed < self._total:
-            future = waiters.popleft()
+        while waiters and self._fits(self._first_wants()):
+            future, n = self._popleft()
             if not future.done():
                 try:
                     future.set_result(True)
                 except RuntimeError:
                     continue    # its loop is closed: it can never run
-                self._borrowed += 1
+                self._borrowed += n
 
 
 class RateLimiter(RateParameters, _TokenSource):
@@ -333,10 +408,17 @@ class RateLimiter(RateParameters, _TokenSource):
             return True
         return self._loop is not None and not self._due(self._loop.time())
 
-    def release(self) -> None:
+    def release(self, n: int = 1) -> None:
         """A rate limiter has nothing to give back."""
+        check_tokens(n)
 
-    def _give_back(self) -> None:
+    def _check_weight(self, n: int) -> None:
+        if n > self._burst:
+            raise ValueError(
+                f"n={n} is more than burst={self._burst} of {self!r}: a start "
+                "of that many units could never be made")
+
+    def _give_back(self, n: int = 1) -> None:
         pass
 
     def _tokens_held(self) -> int:
@@ -356,29 +438,31 @@ class RateLimiter(RateParameters, _TokenSource):
     def _interval(self) -> float:
         return self._per / self._rate
 
-    def _next_start(self) -> float:
-        return self._tat - self._interval() * (self._burst - 1)
+    def _next_start(self, n: int = 1) -> float:
+        """When a start of n units may be made: GCRA allows it while the
+        schedule, n intervals further on, stays within the burst."""
+        return self._tat - self._interval() * (self._burst - n)
 
-    def _due(self, now: float) -> bool:
+    def _due(self, now: float, n: int = 1) -> bool:
         # A microsecond early counts: loop clocks are floats (uvloop's counts
         # milliseconds), so a timer set for a start can wake to a time that
         # rounds a hair below it.
-        return now + 1e-6 >= self._next_start()
+        return now + 1e-6 >= self._next_start(n)
 
-    def _start(self, now: float) -> None:
-        self._tat = max(self._tat, now) + self._interval()
+    def _start(self, now: float, n: int = 1) -> None:
+        self._tat = max(self._tat, now) + self._interval() * n
 
-    def _try_take(self, loop) -> bool:
+    def _try_take(self, loop, n: int = 1) -> bool:
         self._bind(loop)
         self._prune()
         now = loop.time()
-        if self._waiters or not self._due(now):
+        if self._waiters or not self._due(now, n):
             return False
-        self._start(now)
+        self._start(now, n)
         return True
 
-    def _enqueue(self, loop):
-        future = super()._enqueue(loop)
+    def _enqueue(self, loop, n: int = 1):
+        future = super()._enqueue(loop, n)
         if len(self._waiters) == 1:
             self._schedule()
         return future
@@ -389,14 +473,16 @@ class RateLimiter(RateParameters, _TokenSource):
         if head:
             self._schedule()
 
-    def _pass_on(self) -> None:
-        # A waiter was handed a start but gave up: the next one gets it.
+    def _pass_on(self, n: int = 1) -> None:
+        # A waiter was handed a start of n units but gave up: the next one
+        # gets it if it wants as many; else the n intervals go back to the
+        # schedule, and the next one starts when that allows.
         self._prune()
-        if self._waiters:
-            self._waiters.popleft().set_result(True)
-            self._schedule()
+        if self._waiters and self._first_wants() == n:
+            self._popleft()[0].set_result(True)
         else:
-            self._tat -= self._interval()
+            self._tat -= self._interval() * n
+        self._schedule()
 
     def _schedule(self) -> None:
         """Arm the timer for the first waiter's start."""
@@ -405,7 +491,7 @@ class RateLimiter(RateParameters, _TokenSource):
             self._timer = None
         self._prune()
         if self._waiters:
-            self._timer_when = self._next_start()
+            self._timer_when = self._next_start(self._first_wants())
             self._timer = self._loop.call_at(self._timer_when, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -421,9 +507,10 @@ class RateLimiter(RateParameters, _TokenSource):
         # the schedule from now instead of letting missed starts flood in.
         late = now - self._timer_when
         scheduled = self._timer_when if 0 < late <= TIMER_LATENESS else now
-        while self._waiters and (first or self._due(now)):
-            self._start(scheduled)
-            self._waiters.popleft().set_result(True)
+        while self._waiters and (first or self._due(now, self._first_wants())):
+            future, n = self._popleft()
+            self._start(scheduled, n)
+            future.set_result(True)
             first = False
             self._prune()
         self._schedule()
@@ -442,6 +529,8 @@ class ExternalSource(_TokenSource):
     - ``_give_back()``: a token comes back.
 
     ``_bind(loop)`` and ``_loop`` come from the base, as for every source.
+    An external source takes one token at a time: a claim never asks it for
+    more (``n`` other than 1 is refused at the call).
     """
 
     def __new__(cls, *args, **kwargs):
@@ -449,8 +538,13 @@ class ExternalSource(_TokenSource):
         self._initialized = True   # nothing of the base's to set up
         return self
 
-    def release(self) -> None:
+    def release(self, n: int = 1) -> None:
+        check_weight(self, n)
         self._give_back()
+
+    def _check_weight(self, n: int) -> None:
+        raise ValueError(f"{self!r} takes one token at a time: n must be 1, "
+                         f"not {n}")
 
     def _move(self, loop) -> None:
         raise RuntimeError(
@@ -495,29 +589,43 @@ class _FirstError:
 
 
 class _Claim:
-    """One token of each of several limiters, taken in rank order.
+    """Tokens of each of several limiters (``costs[i]`` of the i-th, one of
+    each when ``costs`` is None), taken in rank order.
 
     ``try_take`` takes what is free and, at the first limiter that is busy,
     queues a waiter future at once (so the claim keeps its place in line
     from the moment it is made). ``resume`` continues after that future is
     done; ``abandon`` gives everything back.
+
+    A source is asked for n only when n is not 1: the protocol of external
+    sources has no n (they take one token at a time).
     """
 
-    __slots__ = ("limiters", "held", "waiter", "abort_error")
+    __slots__ = ("limiters", "costs", "held", "waiter", "abort_error")
 
-    def __init__(self, limiters) -> None:
+    def __init__(self, limiters, costs=None) -> None:
         self.limiters = limiters
+        self.costs = costs
         self.held = 0
         self.waiter = None
         self.abort_error = None
+
+    def cost(self, i: int) -> int:
+        return 1 if self.costs is None else self.costs[i]
 
     def try_take(self, loop) -> bool:
         limiters = self.limiters
         try:
             while self.held < len(limiters):
                 limiter = limiters[self.held]
-                if not limiter._try_take(loop):
-                    self.waiter = limiter._enqueue(loop)
+                n = self.cost(self.held)
+                if n == 1:
+                    taken = limiter._try_take(loop)
+                else:
+                    taken = limiter._try_take(loop, n)
+                if not taken:
+                    self.waiter = (limiter._enqueue(loop) if n == 1
+                                   else limiter._enqueue(loop, n))
                     return False
                 self.held += 1
         except BaseException:
@@ -562,7 +670,8 @@ class _Claim:
         if future is not None:
             self.waiter = None
             with errors:
-                self.limiters[self.held]._withdraw(future)
+                self.limiters[self.held]._withdraw(future,
+                                                   self.cost(self.held))
         self.abort_error = None
         with errors:
             self.release()
@@ -573,9 +682,13 @@ class _Claim:
         an error, and raises the first one (the others are unraisable)."""
         held, self.held = self.held, 0
         errors = _FirstError()
-        for limiter in reversed(self.limiters[:held]):
+        for i in reversed(range(held)):
+            n = self.cost(i)
             with errors:
-                limiter._give_back()
+                if n == 1:
+                    self.limiters[i]._give_back()
+                else:
+                    self.limiters[i]._give_back(n)
         errors.raise_it()
 
     # For an error already under way, which stays the one raised:
