@@ -1,6 +1,7 @@
 """A stateful hypothesis test of Limiter against a counting model: a total,
-a number borrowed and a FIFO line of waiting tasks. Any sequence of
-acquire_nowait(), acquire() by new tasks, release(), cancellation of a
+a number borrowed and a FIFO line of waiting tasks, each for n tokens (the
+first that does not fit holds back those behind it). Any sequence of
+acquire_nowait(n), acquire(n) by new tasks, release(n), cancellation of a
 waiting task and total_tokens changes must leave the limiter where the
 model says, on both implementations and both loops."""
 
@@ -33,6 +34,7 @@ def machine_for(impl, loop_kind):
             self.total = 2
             self.borrowed = 0
             self.line: collections.deque = collections.deque()
+            self.wants: dict = {}       # task id -> the tokens it waits for
             self.tasks: dict = {}
             self.next_id = 0
 
@@ -40,45 +42,55 @@ def machine_for(impl, loop_kind):
             for _ in range(4):
                 self.loop.run_until_complete(asyncio.sleep(0))
 
-        def free(self) -> bool:
-            return self.borrowed < self.total
+        def fits(self, n: int) -> bool:
+            return self.borrowed + n <= self.total
+
+        def never_fits(self, n: int) -> bool:
+            return 0 < self.total < n
 
         def hand_on(self) -> None:
-            while self.line and self.free():
-                self.line.popleft()
-                self.borrowed += 1
+            while self.line and self.fits(self.wants[self.line[0]]):
+                self.borrowed += self.wants[self.line.popleft()]
 
-        @rule()
-        def acquire_nowait(self):
+        @rule(n=st.integers(1, 3))
+        def acquire_nowait(self, n):
             async def attempt():
-                self.limiter.acquire_nowait()
-            if self.free() and not self.line:
+                self.limiter.acquire_nowait(n)
+            if self.never_fits(n):
+                with pytest.raises(ValueError):
+                    self.loop.run_until_complete(attempt())
+            elif self.fits(n) and not self.line:
                 self.loop.run_until_complete(attempt())
-                self.borrowed += 1
+                self.borrowed += n
             else:
                 with pytest.raises(WouldBlock):
                     self.loop.run_until_complete(attempt())
 
-        @rule()
-        def acquire_in_a_task(self):
+        @rule(n=st.integers(1, 3))
+        def acquire_in_a_task(self, n):
+            if self.never_fits(n):
+                with pytest.raises(ValueError):
+                    self.loop.run_until_complete(self.limiter.acquire(n))
+                return
             task_id = self.next_id
             self.next_id += 1
+            self.wants[task_id] = n
             self.tasks[task_id] = self.loop.create_task(
-                self.limiter.acquire())
-            if self.free() and not self.line:
-                self.borrowed += 1
+                self.limiter.acquire(n))
+            if self.fits(n) and not self.line:
+                self.borrowed += n
             else:
                 self.line.append(task_id)
             self.settle()
 
-        @rule()
-        def release(self):
-            if self.borrowed == 0:
+        @rule(n=st.integers(1, 3))
+        def release(self, n):
+            if self.borrowed < n:
                 with pytest.raises(RuntimeError):
-                    self.limiter.release()
+                    self.limiter.release(n)
                 return
-            self.limiter.release()
-            self.borrowed -= 1
+            self.limiter.release(n)
+            self.borrowed -= n
             self.hand_on()
             self.settle()
 
@@ -88,6 +100,7 @@ def machine_for(impl, loop_kind):
             task_id = data.draw(st.sampled_from(list(self.line)))
             self.tasks[task_id].cancel()
             self.line.remove(task_id)
+            self.hand_on()      # it may have held back those behind it
             self.settle()
             assert self.tasks[task_id].cancelled()
 
@@ -107,7 +120,7 @@ def machine_for(impl, loop_kind):
                         else max(0, self.total - self.borrowed))
             assert limiter.available_tokens == expected
             assert limiter.statistics().waiting == len(self.line)
-            assert limiter.locked() == (not self.free() or bool(self.line))
+            assert limiter.locked() == (not self.fits(1) or bool(self.line))
             for task_id, task in self.tasks.items():
                 assert task.done() == (task_id not in self.line)
             assert self.handler_calls == []

@@ -316,3 +316,21 @@ def test_a_cancelled_weighted_rate_waiter_leaves_the_schedule_as_it_was(
         return loop.time() - t0
 
     assert_schedule(timed_run, [timed_run(main())], [0.1])
+
+
+def test_waiting_for_more_than_the_others_left_is_a_deadlock(impl, run):
+    """A task holding 2 of 3 tokens that waits for 2 more can never get
+    them: nobody else holds any to give back."""
+    from taskbound import DeadlockError
+
+    async def main():
+        limiter = impl.Limiter(3)
+        await limiter.acquire(2)
+        with pytest.raises(DeadlockError):
+            await limiter.acquire(2)
+        state = (limiter.borrowed_tokens, limiter.statistics().waiting)
+        await limiter.acquire(1)        # one still fits
+        limiter.release(3)
+        return state
+
+    assert run(main()) == (2, 0)
