@@ -233,7 +233,7 @@ def test_blocked_spawn_in_body_fails_when_body_is_cancelled(impl, run):
 
     closed, stats = run(main())
     assert closed == [True]
-    assert stats == (1, 0, 0)
+    assert stats == (1, 0, 0, None)
 
 
 def test_shared_limiter_caps_the_sum_of_two_groups(impl, run):
@@ -292,7 +292,7 @@ def test_aborting_group_hands_freed_tokens_to_the_other_group(impl, run):
     failing_waiting, other_started, stats = run(main())
     assert failing_waiting == [True]
     assert other_started == [0, 1, 2]
-    assert stats == (2, 0, 0)
+    assert stats == (2, 0, 0, None)
 
 
 def test_group_needs_a_token_of_each_limiter(impl, run):

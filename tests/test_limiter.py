@@ -95,7 +95,7 @@ def test_cancelled_waiter_leaves_nothing_behind(impl, run):
         limiter.release()
         return waiting, after, limiter.locked()
 
-    assert run(main()) == (1, (1, 1, 0), False)
+    assert run(main()) == (1, (1, 1, 0, None), False)
 
 
 def test_raising_total_wakes_waiters_at_once(impl, run):
@@ -114,7 +114,7 @@ def test_raising_total_wakes_waiters_at_once(impl, run):
         return blocked, two, order, limiter.available_tokens
 
     blocked, two, order, available = run(main())
-    assert blocked == ([], (0, 0, 3))
+    assert blocked == ([], (0, 0, 3, None))
     assert two == ["a", "b"]
     assert order == ["a", "b", "c"]
     assert available == math.inf
@@ -150,7 +150,7 @@ def test_zero_blocks_everyone(impl, run):
             await asyncio.wait_for(limiter.acquire(), 0.01)
         return limiter.statistics(), limiter.locked()
 
-    assert run(main()) == ((0, 0, 0), True)
+    assert run(main()) == ((0, 0, 0, None), True)
 
 
 def test_acquire_nowait_locked_statistics(impl, run):
@@ -168,7 +168,7 @@ def test_acquire_nowait_locked_statistics(impl, run):
         limiter.release()
         return states
 
-    assert run(main()) == [False, True, (2, 2, 0), (1, 1)]
+    assert run(main()) == [False, True, (2, 2, 0, None), (1, 1)]
 
 
 def test_async_with(impl, run):
@@ -219,7 +219,7 @@ def test_release_without_borrow_raises(impl, run):
             limiter.release()
         return limiter.statistics()
 
-    assert run(main()) == (1, 0, 0)
+    assert run(main()) == (1, 0, 0, None)
 
 
 def test_an_idle_limiter_serves_one_loop_after_another(impl, run):
@@ -251,7 +251,7 @@ def test_an_idle_limiter_serves_one_loop_after_another(impl, run):
 
     for round_ in range(3):
         assert run(use(round_)) == (round_, [0, 1, 2, 3, 4], [0, 1, 2, 3],
-                                    "abc", (2, 0, 0))
+                                    "abc", (2, 0, 0, None))
 
 
 @pytest.mark.parametrize("waiting", [False, True], ids=["held", "waiting"])
@@ -311,7 +311,7 @@ def test_tokens_held_on_a_closed_loop_stay_counted(impl, run):
 
     assert run(use()) == (0, True)
     limiter.release()
-    assert limiter.statistics() == (2, 0, 0)
+    assert limiter.statistics() == (2, 0, 0, None)
 
 
 def test_repr_and_attributes(impl):
@@ -320,5 +320,5 @@ def test_repr_and_attributes(impl):
     assert (limiter.total_tokens, limiter.borrowed_tokens,
             limiter.available_tokens) == (3, 0, 3)
     limiter.total_tokens = 7
-    assert limiter.statistics() == (7, 0, 0)
+    assert limiter.statistics() == (7, 0, 0, None)
     assert limiter.statistics().total_tokens == 7

@@ -215,7 +215,8 @@ def test_nowait_locked_release_and_statistics(impl, timed_run):
             pass
         return states
 
-    assert timed_run(main()) == [False, True, True, (5.0, 2.0, 2, 0), False]
+    assert timed_run(main()) == [False, True, True, (5.0, 2.0, 2, 0, None),
+                                False]
 
 
 def test_an_idle_rate_limiter_moves_and_keeps_its_schedule(impl, run):

@@ -112,7 +112,7 @@ def test_typed_example_checks_and_runs(impl, run, tmp_path_factory):
     for name in ("BoundedTaskGroup", "Limiter", "RateLimiter", "amap",
                  "as_completed", "gather"):
         namespace[name] = getattr(impl, name)
-    assert run(namespace["main"]()) == (42, 42, (4, 0, 0), 2, [2, 1],
+    assert run(namespace["main"]()) == (42, 42, (4, 0, 0, None), 2, [2, 1],
                                         [42, 3], [42])
 
 
@@ -146,7 +146,7 @@ def test_typed_redis_example_checks_and_runs(impl, run, tmp_path_factory,
         finally:
             await client.aclose()
 
-    assert run(main()) == ((30, 0, 0), 3, [2])
+    assert run(main()) == ((30, 0, 0, None), 3, [2])
 
 
 def test_redis_statistics_must_be_awaited(tmp_path_factory):

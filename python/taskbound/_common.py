@@ -26,6 +26,8 @@ class LimiterStatistics(NamedTuple):
     total_tokens: int | float
     borrowed_tokens: int
     waiting: int
+    # When a pause() ends, in the loop's time; None when not paused.
+    paused_until: float | None = None
 
 
 class RateLimiterStatistics(NamedTuple):
@@ -33,6 +35,7 @@ class RateLimiterStatistics(NamedTuple):
     per: float
     burst: int
     waiting: int
+    paused_until: float | None = None
 
 
 class GroupStatistics(NamedTuple):
@@ -183,6 +186,18 @@ def check_positive(name: str, value: object) -> float:
     return number
 
 
+def check_pause(value: object) -> float:
+    """Return a valid pause() length (a finite number >= 0), or raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"seconds must be a number, not {type(value).__name__}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(
+            f"seconds must be a finite number >= 0, not {value!r}")
+    return seconds
+
+
 def check_burst(value: object) -> int:
     """Return a valid ``burst`` (an int >= 1), or raise."""
     return _check_count("burst", "an int", value)
@@ -234,6 +249,8 @@ class RateParameters:
     def burst(self) -> int:
         return self._burst
 
-    def _statistics_with(self, waiting: int) -> RateLimiterStatistics:
+    def _statistics_with(self, waiting: int,
+                         paused_until: float | None = None
+                         ) -> RateLimiterStatistics:
         return RateLimiterStatistics(self._rate, self._per, self._burst,
-                                     waiting)
+                                     waiting, paused_until)

@@ -102,10 +102,13 @@ typedef struct {
     /* tokens held by tasks (of the loop it is bound to), -1 error; the op
      * NULL: the source never moves to another loop */
     Py_ssize_t (*held)(TokenSource *self);
-    /* it moves from loop `from` (closed: `from_closed`) to `to`, idle; the
-     * op NULL: nothing of its own to carry over */
-    int (*move)(TokenSource *self, PyObject *from, int from_closed,
-                PyObject *to);
+    /* it moves, idle, to a loop whose clock is `shift` ahead of the old
+     * one's; its waiters are dropped. The op NULL: nothing of its own to
+     * carry over */
+    int (*move)(TokenSource *self, double shift);
+    /* pause() began or extended a pause (paused_until); the op NULL: this
+     * kind cannot pause */
+    int (*pause_changed)(TokenSource *self);
 } TokenSourceOps;
 
 struct TokenSource {
@@ -114,6 +117,8 @@ struct TokenSource {
     ModuleState *state;
     WaiterQueue waiters;
     PyObject *loop;          /* the loop it is bound to, or NULL */
+    double paused_until;     /* no token granted before (loop time), or
+                                -INFINITY */
     char plain_futures;      /* its create_future() is asyncio's own */
     unsigned long long rank;
     char initialized;        /* its __init__ has run (a subclass may skip) */
@@ -186,6 +191,13 @@ op_note_holder(TokenSource *self, PyObject *task, Py_ssize_t n)
 int source_init(TokenSource *self, PyTypeObject *type,
                 const TokenSourceOps *ops);
 int source_bind(TokenSource *self, PyObject *loop);
+/* loop.time() */
+int source_time(TokenSource *self, PyObject *loop, double *now);
+/* Whether a pause holds its tokens back now (1, 0, -1); one that is over
+ * is forgotten. */
+int source_paused(TokenSource *self);
+/* When the pause under way ends (a float), or None: for statistics(). */
+PyObject *source_pause_end(TokenSource *self);
 int source_prune(TokenSource *self);
 Py_ssize_t source_waiting(TokenSource *self);
 PyObject *source_enqueue(TokenSource *self, PyObject *loop, Py_ssize_t n);

@@ -20,6 +20,7 @@ typedef struct {
     HolderTable holders;
     Py_ssize_t unattributed; /* taken outside any task */
     char lost_track;         /* a task released what it never took */
+    PyObject *resume_timer;  /* wakes the waiters when a pause ends */
 } LimiterObject;
 
 /* Whether n more tokens fit (an infinite total takes any number). */
@@ -35,6 +36,12 @@ static int
 limiter_wake(LimiterObject *self)
 {
     WaiterQueue *q = &self->base.waiters;
+    if (q->len > 0) {
+        int paused = source_paused(&self->base);
+        if (paused != 0) {
+            return paused < 0 ? -1 : 0;  /* the pause's end wakes them */
+        }
+    }
     while (q->len > 0 && fits(self, queue_wants_at(q, 0))) {
         Py_ssize_t n = queue_wants_at(q, 0);
         PyObject *future = queue_pop(q);
@@ -73,8 +80,86 @@ limiter_try_take(TokenSource *base, PyObject *loop, Py_ssize_t n)
     if (base->waiters.len > 0) {
         return 0;
     }
+    int paused = source_paused(base);
+    if (paused != 0) {
+        return paused < 0 ? -1 : 0;
+    }
     self->borrowed += n;
     return 1;
+}
+
+/* Wakes the waiters when the pause ends (at its latest end). */
+static int
+arm_resume(LimiterObject *self)
+{
+    ModuleState *st = self->base.state;
+    PyObject *timer = self->resume_timer;
+    if (timer != NULL) {
+        self->resume_timer = NULL;
+        PyObject *res = call_method0(timer, st->str_cancel);
+        Py_DECREF(timer);
+        if (res == NULL) {
+            return -1;
+        }
+        Py_DECREF(res);
+    }
+    PyObject *when = PyFloat_FromDouble(self->base.paused_until);
+    PyObject *callback = PyObject_GetAttrString((PyObject *)self, "_resume");
+    if (when != NULL && callback != NULL) {
+        PyObject *args[3] = {self->base.loop, when, callback};
+        self->resume_timer = PyObject_VectorcallMethod(
+            st->str_call_at, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Py_XDECREF(when);
+    Py_XDECREF(callback);
+    return self->resume_timer == NULL ? -1 : 0;
+}
+
+static PyObject *
+limiter_enqueue(TokenSource *base, PyObject *loop, Py_ssize_t n)
+{
+    LimiterObject *self = (LimiterObject *)base;
+    PyObject *future = source_enqueue(base, loop, n);
+    if (future != NULL && base->paused_until != -INFINITY
+            && self->resume_timer == NULL && arm_resume(self) < 0) {
+        source_dequeue(base, future);
+        Py_CLEAR(future);
+    }
+    return future;
+}
+
+static int
+limiter_pause_changed(TokenSource *base)
+{
+    return base->waiters.len > 0 ? arm_resume((LimiterObject *)base) : 0;
+}
+
+/* The resume timer, armed for the pause's end as it stands: the pause is
+ * over, even if the loop's clock reads a tick short of it. */
+static PyObject *
+limiter_resume(LimiterObject *self, PyObject *Py_UNUSED(ignored))
+{
+    Py_CLEAR(self->resume_timer);
+    self->base.paused_until = -INFINITY;
+    if (limiter_wake(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+limiter_move(TokenSource *base, double shift)
+{
+    LimiterObject *self = (LimiterObject *)base;
+    PyObject *timer = self->resume_timer;  /* for waiters that are gone */
+    if (timer == NULL) {
+        return 0;
+    }
+    self->resume_timer = NULL;
+    PyObject *res = call_method0(timer, base->state->str_cancel);
+    Py_DECREF(timer);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 0;
 }
 
 static int
@@ -228,13 +313,15 @@ limiter_held(TokenSource *base)
 static const TokenSourceOps limiter_ops = {
     .check_weight = limiter_check_weight,
     .try_take = limiter_try_take,
-    .enqueue = source_enqueue,
+    .enqueue = limiter_enqueue,
     .dequeue = limiter_dequeue,
     .pass_on = limiter_give_back,
     .give_back = limiter_give_back,
     .release = limiter_release,
     .note_holder = limiter_note_holder,
     .held = limiter_held,
+    .move = limiter_move,
+    .pause_changed = limiter_pause_changed,
 };
 
 int
@@ -398,6 +485,7 @@ limiter_init(PyObject *op, PyObject *args, PyObject *kwds)
 static int
 limiter_traverse(LimiterObject *self, visitproc visit, void *arg)
 {
+    Py_VISIT(self->resume_timer);
     int err = holders_traverse(&self->holders, visit, arg);
     return err ? err : source_traverse(&self->base, visit, arg);
 }
@@ -405,6 +493,7 @@ limiter_traverse(LimiterObject *self, visitproc visit, void *arg)
 static int
 limiter_clear(LimiterObject *self)
 {
+    Py_CLEAR(self->resume_timer);
     holders_clear(&self->holders);
     source_clear(&self->base);
     return 0;
@@ -451,8 +540,13 @@ limiter_statistics(LimiterObject *self, PyObject *Py_UNUSED(ignored))
     if (snapshot(self, &total, &waiting) < 0) {
         return NULL;
     }
-    return PyObject_CallFunction(self->base.state->limiter_statistics, "Nnn",
-                                 total, self->borrowed, waiting);
+    PyObject *pause_end = source_pause_end(&self->base);
+    if (pause_end == NULL) {
+        Py_DECREF(total);
+        return NULL;
+    }
+    return PyObject_CallFunction(self->base.state->limiter_statistics, "NnnN",
+                                 total, self->borrowed, waiting, pause_end);
 }
 
 static PyObject *
@@ -509,6 +603,7 @@ static PyMethodDef limiter_methods[] = {
      "True when an acquire would have to wait."},
     {"_deadlock_state", (PyCFunction)limiter_deadlock_state, METH_NOARGS,
      NULL},
+    {"_resume", (PyCFunction)limiter_resume, METH_NOARGS, NULL},
     {"_fail_waiters", (PyCFunction)(void (*)(void))limiter_fail_waiters,
      METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},

@@ -36,11 +36,13 @@ interval(RateLimiterObject *self)
 }
 
 /* When a start of n units may be made: GCRA allows it while the schedule,
- * n intervals further on, stays within the burst. */
+ * n intervals further on, stays within the burst; and not before a pause
+ * ends (the spacing then goes on from there). */
 static double
 next_start(RateLimiterObject *self, Py_ssize_t n)
 {
-    return self->tat - interval(self) * (double)(self->burst - n);
+    double start = self->tat - interval(self) * (double)(self->burst - n);
+    return start > self->base.paused_until ? start : self->base.paused_until;
 }
 
 /* A start is due a microsecond early: loop clocks are floats (uvloop's
@@ -64,13 +66,7 @@ start(RateLimiterObject *self, double now, Py_ssize_t n)
 static int
 loop_time(RateLimiterObject *self, PyObject *loop, double *now)
 {
-    PyObject *t = call_method0(loop, self->base.state->str_time);
-    if (t == NULL) {
-        return -1;
-    }
-    *now = PyFloat_AsDouble(t);
-    Py_DECREF(t);
-    return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
+    return source_time(&self->base, loop, now);
 }
 
 /* Arms the timer for the first waiter's start (and disarms an old one). */
@@ -203,41 +199,11 @@ rate_held(TokenSource *base)
     return 0;   /* a start, once made, is spent: nothing is held */
 }
 
-/* The time on a loop it leaves: a closed loop's clock stands still, and
- * asyncio's and uvloop's both count on the monotonic clock. */
+/* The schedule goes with it, so that the rate holds across the move. */
 static int
-time_on_loop_left(RateLimiterObject *self, PyObject *loop, int closed,
-                  double *now)
-{
-    if (!closed) {
-        return loop_time(self, loop, now);
-    }
-    PyObject *time = PyImport_ImportModule("time");
-    if (time == NULL) {
-        return -1;
-    }
-    PyObject *t = PyObject_CallMethod(time, "monotonic", NULL);
-    Py_DECREF(time);
-    if (t == NULL) {
-        return -1;
-    }
-    *now = PyFloat_AsDouble(t);
-    Py_DECREF(t);
-    return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
-}
-
-/* The schedule goes with it, so that the rate holds across the move: the
- * next start stays as far ahead on the new loop's clock as it was on the
- * old one's. */
-static int
-rate_move(TokenSource *base, PyObject *from, int from_closed, PyObject *to)
+rate_move(TokenSource *base, double shift)
 {
     RateLimiterObject *self = (RateLimiterObject *)base;
-    double then, now;
-    if (time_on_loop_left(self, from, from_closed, &then) < 0
-            || loop_time(self, to, &now) < 0) {
-        return -1;
-    }
     PyObject *timer = self->timer;  /* armed for waiters that are gone */
     if (timer != NULL) {
         self->timer = NULL;
@@ -248,8 +214,15 @@ rate_move(TokenSource *base, PyObject *from, int from_closed, PyObject *to)
         }
         Py_DECREF(res);
     }
-    self->tat += now - then;    /* (-inf, never started, stays) */
+    self->tat += shift;     /* (-inf, never started, stays) */
     return 0;
+}
+
+/* The first waiter's start moved. */
+static int
+rate_pause_changed(TokenSource *base)
+{
+    return schedule((RateLimiterObject *)base);
 }
 
 static const TokenSourceOps rate_limiter_ops = {
@@ -262,6 +235,7 @@ static const TokenSourceOps rate_limiter_ops = {
     .release = rate_give_back,
     .held = rate_held,
     .move = rate_move,
+    .pause_changed = rate_pause_changed,
 };
 
 /* ---- the Python type ---- */
@@ -423,9 +397,13 @@ rate_statistics(RateLimiterObject *self, PyObject *Py_UNUSED(ignored))
     if (waiting < 0) {
         return NULL;
     }
+    PyObject *pause_end = source_pause_end(&self->base);
+    if (pause_end == NULL) {
+        return NULL;
+    }
     return PyObject_CallFunction(self->base.state->rate_limiter_statistics,
-                                 "ddnn", self->rate, self->per, self->burst,
-                                 waiting);
+                                 "ddnnN", self->rate, self->per, self->burst,
+                                 waiting, pause_end);
 }
 
 static PyObject *

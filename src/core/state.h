@@ -74,6 +74,7 @@ struct ModuleState {
     PyObject *check_burst;
     PyObject *check_total_tokens;
     PyObject *check_tokens;
+    PyObject *check_pause;
     double timer_lateness;          /* taskbound._common.TIMER_LATENESS */
 
     /* Interned names of the methods called on loops, futures and tasks,

@@ -17,7 +17,75 @@ source_init(TokenSource *self, PyTypeObject *type, const TokenSourceOps *ops)
     }
     self->ops = ops;
     self->rank = self->state->next_rank++;
+    self->paused_until = -INFINITY;
     return 0;
+}
+
+int
+source_time(TokenSource *self, PyObject *loop, double *now)
+{
+    PyObject *t = call_method0(loop, self->state->str_time);
+    if (t == NULL) {
+        return -1;
+    }
+    *now = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* The time on a loop it leaves: a closed loop's clock stands still, and
+ * asyncio's and uvloop's both count on the monotonic clock. */
+static int
+time_on_loop_left(TokenSource *self, int closed, double *now)
+{
+    if (!closed) {
+        return source_time(self, self->loop, now);
+    }
+    PyObject *time = PyImport_ImportModule("time");
+    if (time == NULL) {
+        return -1;
+    }
+    PyObject *t = PyObject_CallMethod(time, "monotonic", NULL);
+    Py_DECREF(time);
+    if (t == NULL) {
+        return -1;
+    }
+    *now = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+int
+source_paused(TokenSource *self)
+{
+    double now;
+    if (self->paused_until == -INFINITY) {
+        return 0;
+    }
+    if (source_time(self, self->loop, &now) < 0) {
+        return -1;
+    }
+    if (now < self->paused_until) {
+        return 1;
+    }
+    self->paused_until = -INFINITY;
+    return 0;
+}
+
+PyObject *
+source_pause_end(TokenSource *self)
+{
+    double now;
+    if (self->loop == NULL || self->paused_until == -INFINITY) {
+        Py_RETURN_NONE;
+    }
+    if (source_time(self, self->loop, &now) < 0) {
+        return NULL;
+    }
+    if (now >= self->paused_until) {
+        Py_RETURN_NONE;
+    }
+    return PyFloat_FromDouble(self->paused_until);
 }
 
 /* Whether loop.create_future() is BaseEventLoop's, which only makes an
@@ -74,8 +142,15 @@ source_move(TokenSource *self, PyObject *loop)
                      "loop", self, held, waiting);
         return -1;
     }
-    if (self->ops->move != NULL
-            && self->ops->move(self, self->loop, closed, loop) < 0) {
+    /* The next start of a schedule and the end of a pause stay as far
+     * ahead on the new loop's clock as on the old one's. */
+    double then, now;
+    if (time_on_loop_left(self, closed, &then) < 0
+            || source_time(self, loop, &now) < 0) {
+        return -1;
+    }
+    self->paused_until += now - then;   /* (-inf, no pause, stays) */
+    if (self->ops->move != NULL && self->ops->move(self, now - then) < 0) {
         return -1;
     }
     queue_clear(&self->waiters);    /* none of them can be served */
@@ -316,6 +391,47 @@ source_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
 }
 
 static PyObject *
+source_pause(PyObject *op, PyObject *arg)
+{
+    TokenSource *self = (TokenSource *)op;
+    ModuleState *st = self->state;
+    /* The rule and its words are the reference's (_common.check_pause). */
+    PyObject *checked = PyObject_CallOneArg(st->check_pause, arg);
+    if (checked == NULL) {
+        return NULL;
+    }
+    double seconds = PyFloat_AsDouble(checked);
+    Py_DECREF(checked);
+    if (seconds == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (self->ops->pause_changed == NULL) {
+        PyErr_Format(PyExc_NotImplementedError,
+                     "%R cannot pause: a pause shared by every process is "
+                     "not built for Redis limiters yet", self);
+        return NULL;
+    }
+    PyObject *loop = running_loop(st);
+    if (loop == NULL) {
+        return NULL;
+    }
+    double now;
+    int status = source_bind(self, loop) < 0 ? -1
+                 : source_time(self, loop, &now);
+    Py_DECREF(loop);
+    if (status < 0) {
+        return NULL;
+    }
+    if (now + seconds > self->paused_until) {
+        self->paused_until = now + seconds;
+        if (self->ops->pause_changed(self) < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 source_aenter(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     return claim_wait_new(((TokenSource *)op)->state, op, 1);
@@ -508,6 +624,10 @@ static PyMethodDef source_methods[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "release(n=1)\n--\n\nGive n tokens back; waiters get them in "
      "arrival order (a RateLimiter has nothing to give back)."},
+    {"pause", source_pause, METH_O,
+     "pause(seconds)\n--\n\nGrant no token for `seconds` from now (a "
+     "server's push-back); holders keep theirs and waiters their places; "
+     "a later pause extends it, an earlier one does not shorten it."},
     {"hold", (PyCFunction)(void (*)(void))source_hold,
      METH_FASTCALL | METH_KEYWORDS,
      "hold(n=1)\n--\n\nn tokens for an async with: taken on the way in, "

@@ -26,6 +26,7 @@ from .._common import (
     TIMER_LATENESS,
     RateParameters,
     WouldBlock,
+    check_pause,
     check_positive,
     check_tokens,
     check_total_tokens,
@@ -52,6 +53,8 @@ class _TokenSource:
         self._rank = next(_ranks)
         self._loop = None
         self._initialized = False
+        # Until when (the loop's time) pause() holds every token back.
+        self._paused_until = -math.inf
         return self
 
     def __init__(self) -> None:
@@ -78,6 +81,18 @@ class _TokenSource:
             raise WouldBlock(f"{n} token(s) of {self!r} are not free")
         self._note_holder(n)
 
+    def pause(self, seconds: float) -> None:
+        """Grant no token for ``seconds`` from now (a server's push-back:
+        a 429's Retry-After). Holders keep theirs and waiters their places;
+        a later pause extends it, an earlier one does not shorten it."""
+        seconds = check_pause(seconds)
+        loop = get_running_loop()
+        self._bind(loop)
+        until = loop.time() + seconds
+        if until > self._paused_until:
+            self._paused_until = until
+            self._pause_changed()
+
     def hold(self, n: int = 1) -> "Holding":
         """``async with limiter.hold(n):`` takes n tokens and gives them
         back on the way out."""
@@ -91,6 +106,15 @@ class _TokenSource:
 
     def _check_weight(self, n: int) -> None:
         """Raises if this kind of source can never grant n at once."""
+
+    def _pause_changed(self) -> None:
+        """A pause began or was extended."""
+
+    def _pause_end(self) -> float | None:
+        """When the pause under way ends, for statistics(); None if none."""
+        if self._loop is None or self._loop.time() >= self._paused_until:
+            return None
+        return self._paused_until
 
     # -- the protocol a claim uses --
 
@@ -122,7 +146,14 @@ class _TokenSource:
                 f"there: {held}, tasks waiting there: {waiting}): it moves "
                 "to another loop only when idle, so give its tokens back on "
                 "that loop first, or make one limiter per event loop")
-        self._move_schedule(self._loop, closed, loop)
+        # The next start of a schedule and the end of a pause stay as far
+        # ahead on the new loop's clock as on the old one's. A closed
+        # loop's clock stands still, and asyncio's and uvloop's both count
+        # on the monotonic clock.
+        then = time.monotonic() if closed else self._loop.time()
+        shift = loop.time() - then
+        self._paused_until += shift     # (-inf, no pause, stays)
+        self._move_schedule(shift)
         self._waiters.clear()           # none of them can be served
         self._wants.clear()
         self._loop = loop
@@ -131,8 +162,10 @@ class _TokenSource:
         """Tokens held by tasks (of the loop it is bound to)."""
         raise NotImplementedError
 
-    def _move_schedule(self, old_loop, old_loop_closed: bool, loop) -> None:
-        """What a kind of source carries over to the loop it moves to."""
+    def _move_schedule(self, shift: float) -> None:
+        """What a kind of source carries over to the loop it moves to,
+        whose clock is ``shift`` ahead of the old one's; its waiters are
+        dropped."""
 
     def _enqueue(self, loop, n: int = 1):
         future = loop.create_future()
@@ -231,6 +264,7 @@ class Limiter(_TokenSource):
         self._holders: dict = {}
         self._unattributed = 0      # taken outside any task
         self._lost_track = False    # a task released what it never took
+        self._resume_timer = None   # wakes the waiters when a pause ends
         super().__init__()
 
     def __repr__(self) -> str:
@@ -257,7 +291,8 @@ class Limiter(_TokenSource):
         return max(0, self._total - self._borrowed)
 
     def statistics(self) -> LimiterStatistics:
-        return LimiterStatistics(self._total, self._borrowed, self._waiting())
+        return LimiterStatistics(self._total, self._borrowed, self._waiting(),
+                                 self._pause_end())
 
     def locked(self) -> bool:
         """True when an acquire would have to wait."""
@@ -338,13 +373,52 @@ class Limiter(_TokenSource):
                 future.set_exception(_deadlock.DeadlockError(message))
 
     def _try_take(self, loop, n: int = 1) -> bool:
-        """Take n tokens if they are free and nobody is queued ahead."""
+        """Take n tokens if they are free, nobody is queued ahead and no
+        pause holds them back."""
         self._bind(loop)
         self._prune()
-        if self._waiters or not self._fits(n):
+        if self._waiters or not self._fits(n) or self._pause_holds():
             return False
         self._borrowed += n
         return True
+
+    def _pause_holds(self) -> bool:
+        """Whether a pause holds the tokens back now (forgotten once over)."""
+        if self._paused_until == -math.inf:
+            return False
+        if self._loop.time() < self._paused_until:
+            return True
+        self._paused_until = -math.inf
+        return False
+
+    def _enqueue(self, loop, n: int = 1):
+        future = super()._enqueue(loop, n)
+        if self._paused_until != -math.inf and self._resume_timer is None:
+            self._arm_resume()
+        return future
+
+    def _pause_changed(self) -> None:
+        if self._waiters:
+            self._arm_resume()
+
+    def _arm_resume(self) -> None:
+        """Wake the waiters when the pause ends (at its latest end)."""
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+        self._resume_timer = self._loop.call_at(self._paused_until,
+                                                self._resume)
+
+    def _resume(self) -> None:
+        # Armed for the pause's end as it stands: the pause is over, even
+        # if the loop's clock reads a tick short of it.
+        self._resume_timer = None
+        self._paused_until = -math.inf
+        self._wake()
+
+    def _move_schedule(self, shift: float) -> None:
+        if self._resume_timer is not None:  # for waiters that are gone
+            self._resume_timer.cancel()
+            self._resume_timer = None
 
     _pass_on = _give_back
 
@@ -360,6 +434,8 @@ class Limiter(_TokenSource):
         """Hands free tokens to waiters in arrival order; the first that
         wants more than is free stops the others behind it."""
         waiters = self._waiters
+        if waiters and self._pause_holds():
+            return          # the pause's end wakes them
         while waiters and self._fits(self._first_wants()):
             future, n = self._popleft()
             if not future.done():
@@ -400,7 +476,7 @@ class RateLimiter(RateParameters, _TokenSource):
             self._schedule()
 
     def statistics(self) -> RateLimiterStatistics:
-        return self._statistics_with(self._waiting())
+        return self._statistics_with(self._waiting(), self._pause_end())
 
     def locked(self) -> bool:
         self._prune()
@@ -424,24 +500,25 @@ class RateLimiter(RateParameters, _TokenSource):
     def _tokens_held(self) -> int:
         return 0        # a start, once made, is spent: nothing is held
 
-    def _move_schedule(self, old_loop, old_loop_closed: bool, loop) -> None:
-        # The schedule goes with it, so that the rate holds across the move:
-        # the next start stays as far ahead on the new loop's clock as it
-        # was on the old one's. A closed loop's clock stands still, and
-        # asyncio's and uvloop's both count on the monotonic clock.
-        then = time.monotonic() if old_loop_closed else old_loop.time()
+    def _move_schedule(self, shift: float) -> None:
+        # The schedule goes with it, so that the rate holds across the move.
         if self._timer is not None:     # armed for waiters that are gone
             self._timer.cancel()
             self._timer = None
-        self._tat += loop.time() - then     # (-inf, never started, stays)
+        self._tat += shift      # (-inf, never started, stays)
+
+    def _pause_changed(self) -> None:
+        self._schedule()        # the first waiter's start moved
 
     def _interval(self) -> float:
         return self._per / self._rate
 
     def _next_start(self, n: int = 1) -> float:
         """When a start of n units may be made: GCRA allows it while the
-        schedule, n intervals further on, stays within the burst."""
-        return self._tat - self._interval() * (self._burst - n)
+        schedule, n intervals further on, stays within the burst; and not
+        before a pause ends (the spacing then goes on from there)."""
+        return max(self._tat - self._interval() * (self._burst - n),
+                   self._paused_until)
 
     def _due(self, now: float, n: int = 1) -> bool:
         # A microsecond early counts: loop clocks are floats (uvloop's counts
@@ -541,6 +618,12 @@ class ExternalSource(_TokenSource):
     def release(self, n: int = 1) -> None:
         check_weight(self, n)
         self._give_back()
+
+    def pause(self, seconds: float) -> None:
+        check_pause(seconds)
+        raise NotImplementedError(
+            f"{self!r} cannot pause: a pause shared by every process is not "
+            "built for Redis limiters yet")
 
     def _check_weight(self, n: int) -> None:
         raise ValueError(f"{self!r} takes one token at a time: n must be 1, "
