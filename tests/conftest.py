@@ -41,6 +41,8 @@ class Impl:
         self.gather = helpers.gather
         self.as_completed = helpers.as_completed
         self.amap = helpers.amap
+        from taskbound._keyed import keyed_type
+        self.KeyedLimiter = keyed_type(self.LimiterType)
 
     @property
     def redis(self):

@@ -36,6 +36,7 @@ def test_deadlock_error_is_a_runtime_error():
 
 
 PUBLIC_TYPES = ["BoundedTaskGroup", "DeadlockError", "GroupStatistics",
+                "KeyedLimiter", "KeyedLimiterStatistics",
                 "Limiter", "LimiterStatistics", "LimiterUnavailable",
                 "RateLimiter", "RateLimiterStatistics", "WouldBlock"]
 

@@ -10,6 +10,7 @@ import os as _os
 from ._common import (
     DeadlockError,
     GroupStatistics,
+    KeyedLimiterStatistics,
     LimiterStatistics,
     LimiterUnavailable,
     RateLimiterStatistics,
@@ -17,6 +18,7 @@ from ._common import (
 )
 
 from ._helpers import Helpers as _Helpers
+from ._keyed import keyed_type as _keyed_type
 
 if _os.environ.get("TASKBOUND_PURE_PYTHON", "") not in ("", "0"):
     from . import _pycore as _core
@@ -29,6 +31,8 @@ Limiter = _core.Limiter
 RateLimiter = _core.RateLimiter
 _ExternalSource = _core.ExternalSource   # (the base of taskbound.redis)
 
+KeyedLimiter = _keyed_type(Limiter)
+
 _helpers = _Helpers.of(_core)
 gather = _helpers.gather
 as_completed = _helpers.as_completed
@@ -38,8 +42,9 @@ __version__ = "0.2.0.dev0"
 
 # What users meet in tracebacks and reprs is named where they import it
 # from (the C core's public types are named so in C).
-for _public in (DeadlockError, GroupStatistics, LimiterStatistics,
-                LimiterUnavailable, RateLimiterStatistics, WouldBlock):
+for _public in (DeadlockError, GroupStatistics, KeyedLimiterStatistics,
+                LimiterStatistics, LimiterUnavailable, RateLimiterStatistics,
+                WouldBlock):
     _public.__module__ = __name__
 if implementation == "python":
     for _public in (BoundedTaskGroup, Limiter, RateLimiter):
@@ -50,6 +55,8 @@ __all__ = [
     "BoundedTaskGroup",
     "DeadlockError",
     "GroupStatistics",
+    "KeyedLimiter",
+    "KeyedLimiterStatistics",
     "Limiter",
     "LimiterStatistics",
     "LimiterUnavailable",

@@ -6,7 +6,9 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Hashable,
     Iterable,
+    Iterator,
     Sequence,
 )
 from types import TracebackType
@@ -14,6 +16,7 @@ from typing import Any, Literal, Self, TypeVar, overload
 
 from ._common import DeadlockError as DeadlockError
 from ._common import GroupStatistics as GroupStatistics
+from ._common import KeyedLimiterStatistics as KeyedLimiterStatistics
 from ._common import LimiterStatistics as LimiterStatistics
 from ._common import LimiterUnavailable as LimiterUnavailable
 from ._common import RateLimiterStatistics as RateLimiterStatistics
@@ -64,6 +67,17 @@ class Limiter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+class KeyedLimiter:
+    """One Limiter per key, made on first use, forgotten when idle."""
+    def __init__(self, tokens_per_key: int | float) -> None: ...
+    @property
+    def tokens_per_key(self) -> int | float: ...
+    def __getitem__(self, key: Hashable) -> Limiter: ...
+    def __contains__(self, key: object) -> bool: ...
+    def __iter__(self) -> Iterator[Hashable]: ...
+    def __len__(self) -> int: ...
+    def statistics(self) -> KeyedLimiterStatistics: ...
 
 class RateLimiter:
     def __init__(self, rate: float, per: float = 1.0, burst: int = 1) -> None: ...

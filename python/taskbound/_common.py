@@ -30,6 +30,13 @@ class LimiterStatistics(NamedTuple):
     paused_until: float | None = None
 
 
+class KeyedLimiterStatistics(NamedTuple):
+    tokens_per_key: int | float
+    keys: int               # keys in use (holders, waiters or a pause)
+    borrowed_tokens: int    # over all keys
+    waiting: int
+
+
 class RateLimiterStatistics(NamedTuple):
     rate: float
     per: float
@@ -134,6 +141,16 @@ def check_weight(source, n: object) -> int:
     if n != 1:
         source._check_weight(n)
     return n
+
+
+def check_tokens_per_key(value: object) -> int | float:
+    """Return a valid ``tokens_per_key`` (an int >= 1 or math.inf)."""
+    if isinstance(value, float) and value == math.inf:
+        return value
+    if isinstance(value, float):
+        raise TypeError(
+            f"tokens_per_key must be an int or math.inf, not {value!r}")
+    return _check_count("tokens_per_key", "an int or math.inf", value)
 
 
 def check_limit(value: object) -> int:
