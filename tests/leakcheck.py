@@ -97,8 +97,35 @@ def scenarios(module, helpers, shared):
         except Boom:
             pass
 
+    async def take(n):
+        await shared.acquire(n)
+
+    async def weighted(i):
+        # A big waiter holding back a small one, cancelled; hold(n); a bad
+        # n; now and then a pause that its end's timer lifts.
+        await shared.acquire(2)
+        big = asyncio.create_task(take(2))
+        await asyncio.sleep(0)
+        small = asyncio.create_task(take(1))
+        await asyncio.sleep(0)
+        big.cancel()
+        await asyncio.gather(big, return_exceptions=True)
+        await small
+        shared.release(3)
+        async with shared.hold(3):
+            pass
+        try:
+            shared.acquire_nowait(0)
+        except ValueError:
+            pass
+        if i % 50 == 0:
+            shared.pause(0.0001)
+            async with shared.hold(2):
+                pass
+
     return {f.__name__: f for f in (spawn_success, spawn_error, spawn_cancel,
-                                    create_task_abort, stream_break)}
+                                    create_task_abort, stream_break,
+                                    weighted)}
 
 
 def census():

@@ -144,3 +144,52 @@ def test_keyboard_interrupt_from_the_body_of_a_busy_group(impl, run, eager,
 
     run(main(), eager=eager)
     assert 0 < storm.peak <= SHARED_TOKENS
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_storm_of_weighted_acquisitions(impl, run, seed):
+    """Tasks taking 1 to 4 of 6 tokens (acquire(n), hold(n)), cancelled at
+    random while they wait or hold, with the total changed and pauses on
+    the way: never more than the total held, every token back."""
+    rng = random.Random(seed)
+    limiter = impl.Limiter(6)
+    held = {"now": 0, "peak": 0}
+
+    async def worker(n: int, steps: int) -> None:
+        if rng.random() < 0.5:
+            await limiter.acquire(n)
+        else:
+            holding = limiter.hold(n)
+            await holding.__aenter__()
+        held["now"] += n
+        held["peak"] = max(held["peak"], held["now"])
+        try:
+            for _ in range(steps):
+                await asyncio.sleep(0)
+        finally:
+            held["now"] -= n
+            limiter.release(n)
+
+    async def main():
+        tasks = []
+        for i in range(2000):
+            tasks.append(asyncio.create_task(
+                worker(rng.randint(1, 4), rng.randrange(4))))
+            if rng.random() < 0.3:
+                rng.choice(tasks).cancel()
+            if rng.random() < 0.01:
+                limiter.pause(rng.choice([0, 0.001]))
+            if i % 500 == 250:
+                limiter.total_tokens = 4        # holders finish over it
+            if i % 500 == 400:
+                limiter.total_tokens = 6
+            if rng.random() < 0.3:
+                await asyncio.sleep(0)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return (limiter.borrowed_tokens, limiter.statistics().waiting,
+                sum(task.cancelled() for task in tasks))
+
+    borrowed, waiting, cancelled = run(main())
+    assert (borrowed, waiting) == (0, 0)
+    assert cancelled > 100
+    assert 4 <= held["peak"] <= 6
