@@ -13,6 +13,19 @@ from taskbound import WouldBlock
 from test_ratelimiter import assert_schedule
 
 
+async def refused(error, *calls) -> list:
+    """Each call (an acquire(n), acquire_nowait(n), hold(n)...) raises
+    ``error``, at the call or when awaited; their messages."""
+    messages = []
+    for call in calls:
+        with pytest.raises(error) as caught:
+            awaitable = call()
+            if asyncio.iscoroutine(awaitable):
+                await awaitable
+        messages.append(str(caught.value))
+    return messages
+
+
 async def start(limiter, n, order, tag):
     """A task that takes n tokens and records its tag once it has them."""
     async def take():
@@ -184,15 +197,9 @@ def test_bad_n_is_refused_at_the_call_and_takes_nothing(impl, run, n, error):
     async def main():
         limiter = impl.Limiter(5)
         await limiter.acquire()
-        errors = []
-        for call in (lambda: limiter.acquire(n),
-                     lambda: limiter.acquire_nowait(n),
-                     lambda: limiter.hold(n)):
-            with pytest.raises(error) as caught:
-                awaitable = call()
-                if asyncio.iscoroutine(awaitable):
-                    await awaitable
-            errors.append(str(caught.value))
+        errors = await refused(error, lambda: limiter.acquire(n),
+                               lambda: limiter.acquire_nowait(n),
+                               lambda: limiter.hold(n))
         with pytest.raises(error):
             limiter.release(n)
         state = (limiter.borrowed_tokens, limiter.statistics().waiting)
@@ -207,15 +214,9 @@ def test_bad_n_is_refused_at_the_call_and_takes_nothing(impl, run, n, error):
 def test_more_than_a_finite_total_can_never_be_granted(impl, run):
     async def main():
         limiter = impl.Limiter(5)
-        messages = []
-        for call in (lambda: limiter.acquire(6),
-                     lambda: limiter.acquire_nowait(6),
-                     lambda: limiter.hold(6)):
-            with pytest.raises(ValueError) as caught:
-                awaitable = call()
-                if asyncio.iscoroutine(awaitable):
-                    await awaitable
-            messages.append(str(caught.value))
+        messages = await refused(ValueError, lambda: limiter.acquire(6),
+                                 lambda: limiter.acquire_nowait(6),
+                                 lambda: limiter.hold(6))
         unbounded = impl.Limiter(float("inf"))
         await unbounded.acquire(10**9)
         unbounded.release(10**9)
@@ -281,15 +282,9 @@ def test_weighted_rate_waiters_keep_their_order(impl, timed_run):
 def test_a_rate_start_of_more_than_the_burst_is_refused(impl, run):
     async def main():
         limiter = impl.RateLimiter(10, burst=3)
-        messages = []
-        for call in (lambda: limiter.acquire(4),
-                     lambda: limiter.acquire_nowait(4),
-                     lambda: limiter.hold(4)):
-            with pytest.raises(ValueError) as caught:
-                awaitable = call()
-                if asyncio.iscoroutine(awaitable):
-                    await awaitable
-            messages.append(str(caught.value))
+        messages = await refused(ValueError, lambda: limiter.acquire(4),
+                                 lambda: limiter.acquire_nowait(4),
+                                 lambda: limiter.hold(4))
         limiter.acquire_nowait(3)       # the whole burst, at once
         with pytest.raises(WouldBlock):
             limiter.acquire_nowait(1)

@@ -198,6 +198,11 @@ int source_time(TokenSource *self, PyObject *loop, double *now);
 int source_paused(TokenSource *self);
 /* When the pause under way ends (a float), or None: for statistics(). */
 PyObject *source_pause_end(TokenSource *self);
+/* Cancels the loop timer in *timer, if any, and clears it. */
+int source_cancel_timer(TokenSource *self, PyObject **timer);
+/* *timer = loop.call_at(when, self.<method>), the source's own loop. */
+int source_call_at(TokenSource *self, double when, const char *method,
+                   PyObject **timer);
 int source_prune(TokenSource *self);
 Py_ssize_t source_waiting(TokenSource *self);
 PyObject *source_enqueue(TokenSource *self, PyObject *loop, Py_ssize_t n);

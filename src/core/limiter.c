@@ -92,27 +92,11 @@ limiter_try_take(TokenSource *base, PyObject *loop, Py_ssize_t n)
 static int
 arm_resume(LimiterObject *self)
 {
-    ModuleState *st = self->base.state;
-    PyObject *timer = self->resume_timer;
-    if (timer != NULL) {
-        self->resume_timer = NULL;
-        PyObject *res = call_method0(timer, st->str_cancel);
-        Py_DECREF(timer);
-        if (res == NULL) {
-            return -1;
-        }
-        Py_DECREF(res);
+    if (source_cancel_timer(&self->base, &self->resume_timer) < 0) {
+        return -1;
     }
-    PyObject *when = PyFloat_FromDouble(self->base.paused_until);
-    PyObject *callback = PyObject_GetAttrString((PyObject *)self, "_resume");
-    if (when != NULL && callback != NULL) {
-        PyObject *args[3] = {self->base.loop, when, callback};
-        self->resume_timer = PyObject_VectorcallMethod(
-            st->str_call_at, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    }
-    Py_XDECREF(when);
-    Py_XDECREF(callback);
-    return self->resume_timer == NULL ? -1 : 0;
+    return source_call_at(&self->base, self->base.paused_until, "_resume",
+                          &self->resume_timer);
 }
 
 static PyObject *
@@ -150,16 +134,8 @@ limiter_resume(LimiterObject *self, PyObject *Py_UNUSED(ignored))
 static int
 limiter_move(TokenSource *base, double shift)
 {
-    LimiterObject *self = (LimiterObject *)base;
-    PyObject *timer = self->resume_timer;  /* for waiters that are gone */
-    if (timer == NULL) {
-        return 0;
-    }
-    self->resume_timer = NULL;
-    PyObject *res = call_method0(timer, base->state->str_cancel);
-    Py_DECREF(timer);
-    Py_XDECREF(res);
-    return res == NULL ? -1 : 0;
+    /* (its timer was armed for waiters that are gone) */
+    return source_cancel_timer(base, &((LimiterObject *)base)->resume_timer);
 }
 
 static int

@@ -73,18 +73,8 @@ loop_time(RateLimiterObject *self, PyObject *loop, double *now)
 static int
 schedule(RateLimiterObject *self)
 {
-    ModuleState *st = self->base.state;
-    PyObject *timer = self->timer;
-    if (timer != NULL) {
-        self->timer = NULL;
-        PyObject *res = call_method0(timer, st->str_cancel);
-        Py_DECREF(timer);
-        if (res == NULL) {
-            return -1;
-        }
-        Py_DECREF(res);
-    }
-    if (source_prune(&self->base) < 0) {
+    if (source_cancel_timer(&self->base, &self->timer) < 0
+            || source_prune(&self->base) < 0) {
         return -1;
     }
     if (self->base.waiters.len == 0) {
@@ -92,17 +82,8 @@ schedule(RateLimiterObject *self)
     }
     self->timer_when = next_start(self, queue_wants_at(&self->base.waiters,
                                                        0));
-    PyObject *when = PyFloat_FromDouble(self->timer_when);
-    PyObject *callback = PyObject_GetAttrString((PyObject *)self,
-                                                "_on_timer");
-    if (when != NULL && callback != NULL) {
-        PyObject *args[3] = {self->base.loop, when, callback};
-        self->timer = PyObject_VectorcallMethod(
-            st->str_call_at, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    }
-    Py_XDECREF(when);
-    Py_XDECREF(callback);
-    return self->timer == NULL ? -1 : 0;
+    return source_call_at(&self->base, self->timer_when, "_on_timer",
+                          &self->timer);
 }
 
 static int
@@ -204,15 +185,9 @@ static int
 rate_move(TokenSource *base, double shift)
 {
     RateLimiterObject *self = (RateLimiterObject *)base;
-    PyObject *timer = self->timer;  /* armed for waiters that are gone */
-    if (timer != NULL) {
-        self->timer = NULL;
-        PyObject *res = call_method0(timer, base->state->str_cancel);
-        Py_DECREF(timer);
-        if (res == NULL) {
-            return -1;
-        }
-        Py_DECREF(res);
+    /* (its timer was armed for waiters that are gone) */
+    if (source_cancel_timer(base, &self->timer) < 0) {
+        return -1;
     }
     self->tat += shift;     /* (-inf, never started, stays) */
     return 0;

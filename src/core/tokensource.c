@@ -72,6 +72,38 @@ source_paused(TokenSource *self)
     return 0;
 }
 
+int
+source_cancel_timer(TokenSource *self, PyObject **timer)
+{
+    PyObject *handle = *timer;
+    if (handle == NULL) {
+        return 0;
+    }
+    *timer = NULL;
+    PyObject *res = call_method0(handle, self->state->str_cancel);
+    Py_DECREF(handle);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 0;
+}
+
+int
+source_call_at(TokenSource *self, double when, const char *method,
+               PyObject **timer)
+{
+    assert(*timer == NULL);
+    PyObject *at = PyFloat_FromDouble(when);
+    PyObject *callback = PyObject_GetAttrString((PyObject *)self, method);
+    if (at != NULL && callback != NULL) {
+        PyObject *args[3] = {self->loop, at, callback};
+        *timer = PyObject_VectorcallMethod(
+            self->state->str_call_at, args,
+            3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Py_XDECREF(at);
+    Py_XDECREF(callback);
+    return *timer == NULL ? -1 : 0;
+}
+
 PyObject *
 source_pause_end(TokenSource *self)
 {
