@@ -107,17 +107,12 @@ source_call_at(TokenSource *self, double when, const char *method,
 PyObject *
 source_pause_end(TokenSource *self)
 {
-    double now;
-    if (self->loop == NULL || self->paused_until == -INFINITY) {
-        Py_RETURN_NONE;
-    }
-    if (source_time(self, self->loop, &now) < 0) {
+    int paused = self->loop == NULL ? 0 : source_paused(self);
+    if (paused < 0) {
         return NULL;
     }
-    if (now >= self->paused_until) {
-        Py_RETURN_NONE;
-    }
-    return PyFloat_FromDouble(self->paused_until);
+    return paused ? PyFloat_FromDouble(self->paused_until)
+                  : Py_NewRef(Py_None);
 }
 
 /* Whether loop.create_future() is BaseEventLoop's, which only makes an

@@ -110,9 +110,18 @@ class _TokenSource:
     def _pause_changed(self) -> None:
         """A pause began or was extended."""
 
+    def _pause_holds(self) -> bool:
+        """Whether a pause holds the tokens back now (forgotten once over)."""
+        if self._paused_until == -math.inf:
+            return False
+        if self._loop.time() < self._paused_until:
+            return True
+        self._paused_until = -math.inf
+        return False
+
     def _pause_end(self) -> float | None:
         """When the pause under way ends, for statistics(); None if none."""
-        if self._loop is None or self._loop.time() >= self._paused_until:
+        if self._loop is None or not self._pause_holds():
             return None
         return self._paused_until
 
@@ -381,15 +390,6 @@ class Limiter(_TokenSource):
             return False
         self._borrowed += n
         return True
-
-    def _pause_holds(self) -> bool:
-        """Whether a pause holds the tokens back now (forgotten once over)."""
-        if self._paused_until == -math.inf:
-            return False
-        if self._loop.time() < self._paused_until:
-            return True
-        self._paused_until = -math.inf
-        return False
 
     def _enqueue(self, loop, n: int = 1):
         future = super()._enqueue(loop, n)
