@@ -11,6 +11,13 @@ import taskbound
 from conftest import MODULES, PURE
 
 
+def output_of(code: str, pure: str) -> str:
+    """What ``python -c code`` prints with TASKBOUND_PURE_PYTHON=pure."""
+    env = dict(os.environ, TASKBOUND_PURE_PYTHON=pure)
+    return subprocess.run([sys.executable, "-c", code], env=env,
+                          capture_output=True, text=True, check=True).stdout
+
+
 def test_active_implementation_matches_the_environment():
     expected = "python" if PURE else "c"
     assert taskbound.implementation == expected
@@ -21,14 +28,8 @@ def test_active_implementation_matches_the_environment():
 
 def test_environment_variable_selects_the_reference():
     code = "import taskbound; print(taskbound.implementation)"
-    env = dict(os.environ, TASKBOUND_PURE_PYTHON="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env,
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "python"
-    env["TASKBOUND_PURE_PYTHON"] = "0"
-    out = subprocess.run([sys.executable, "-c", code], env=env,
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "c"
+    assert output_of(code, "1").strip() == "python"
+    assert output_of(code, "0").strip() == "c"
 
 
 def test_deadlock_error_is_a_runtime_error():
@@ -53,11 +54,8 @@ def test_public_types_are_named_where_users_import_them():
             "except Exception as error:\n"
             "    print(traceback.format_exception(error)[-1].strip())\n")
     for pure in ("0", "1"):
-        env = dict(os.environ, TASKBOUND_PURE_PYTHON=pure)
-        out = subprocess.run([sys.executable, "-c", code], env=env,
-                             capture_output=True, text=True, check=True)
         expected = [f"<class 'taskbound.{name}'>" for name in PUBLIC_TYPES]
-        assert out.stdout.splitlines() == expected + [
+        assert output_of(code, pure).splitlines() == expected + [
             "taskbound.DeadlockError: stuck"], pure
 
 
@@ -90,9 +88,6 @@ def test_a_missing_extra_says_how_to_install_it_from_a_checkout_too():
             "except ImportError as error:\n"
             "    print(error)\n")
     for pure in ("0", "1"):
-        env = dict(os.environ, TASKBOUND_PURE_PYTHON=pure)
-        out = subprocess.run([sys.executable, "-c", code], env=env,
-                             capture_output=True, text=True, check=True)
-        assert out.stdout.strip() == (
+        assert output_of(code, pure).strip() == (
             "taskbound.redis needs redis-py: pip install 'taskbound[redis]', "
             "or from a checkout: pip install '.[redis]'"), pure
