@@ -169,6 +169,7 @@ import_python(ModuleState *st)
     IMPORT(group_statistics, "taskbound._common", "GroupStatistics");
     IMPORT(check_total_tokens, "taskbound._common", "check_total_tokens");
     IMPORT(check_tokens, "taskbound._common", "check_tokens");
+    IMPORT(costs_in_rank_order, "taskbound._common", "costs_in_rank_order");
     IMPORT(check_pause, "taskbound._common", "check_pause");
     IMPORT(check_limit, "taskbound._common", "check_limit");
     IMPORT(waiting_stand_in, "taskbound._common", "waiting_stand_in");
@@ -275,7 +276,7 @@ module_exec(PyObject *module)
 #define STATE_FIELDS(X)                                                    \
     X(token_source_type) X(limiter_type) X(rate_limiter_type)              \
     X(external_source_type) X(claim_wait_type) X(holding_type) X(ready)    \
-    X(ready_type) X(check_tokens) X(check_pause)                           \
+    X(ready_type) X(check_tokens) X(check_pause) X(costs_in_rank_order)    \
     X(get_running_loop) X(current_task) X(current_tasks)                   \
     X(cancelled_error) X(coroutine_abc) X(isfuture)                        \
     X(future_type) X(future_set_result) X(future_set_exception)            \

@@ -9,6 +9,7 @@ from collections.abc import (
     Hashable,
     Iterable,
     Iterator,
+    Mapping,
     Sequence,
 )
 from types import TracebackType
@@ -146,6 +147,8 @@ class BoundedTaskGroup:
             coro: Awaitable[_T],
             /,
             *,
+            limiter: AnyLimiter | Sequence[AnyLimiter] | None = None,
+            cost: Mapping[AnyLimiter, int] | None = None,
             name: str | None = None,
             context: contextvars.Context | None = None,
             **kwargs: Any,
@@ -155,6 +158,8 @@ class BoundedTaskGroup:
             coro: Awaitable[_T],
             /,
             *,
+            limiter: AnyLimiter | Sequence[AnyLimiter] | None = None,
+            cost: Mapping[AnyLimiter, int] | None = None,
             name: str | None = None,
             context: contextvars.Context | None = None,
             **kwargs: Any,
@@ -165,6 +170,8 @@ class BoundedTaskGroup:
             coro: Awaitable[_T],
             /,
             *,
+            limiter: AnyLimiter | Sequence[AnyLimiter] | None = None,
+            cost: Mapping[AnyLimiter, int] | None = None,
             name: str | None = None,
             context: contextvars.Context | None = None,
         ) -> asyncio.Task[_T]: ...
@@ -173,6 +180,8 @@ class BoundedTaskGroup:
             coro: Awaitable[_T],
             /,
             *,
+            limiter: AnyLimiter | Sequence[AnyLimiter] | None = None,
+            cost: Mapping[AnyLimiter, int] | None = None,
             name: str | None = None,
             context: contextvars.Context | None = None,
         ) -> asyncio.Task[_T]: ...

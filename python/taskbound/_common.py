@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import math
 import operator
@@ -172,8 +173,8 @@ _NOT_A_LIMITER = ("limiter must be a taskbound limiter (Limiter, RateLimiter, "
 
 
 def limiters_in_rank_order(first: tuple, limiter, source_type) -> tuple:
-    """The token sources a task takes one token of: those in `first` (a
-    group's own Limiter) and `limiter` (None, a `source_type` or a list or
+    """The token sources a task takes tokens of: those in `first` (a
+    group's own Limiter, or a group's limiters) and `limiter` (None, a `source_type` or a list or
     tuple of them), each once, in rank order: the one global order that
     keeps claims from deadlocking each other. (As the C core's
     sources_in_rank_order.)"""
@@ -191,6 +192,28 @@ def limiters_in_rank_order(first: tuple, limiter, source_type) -> tuple:
         raise TypeError(_NOT_A_LIMITER + type(limiter).__name__)
     unique = {id(item): item for item in (*first, *given)}
     return tuple(sorted(unique.values(), key=lambda item: item._rank))
+
+
+def costs_in_rank_order(limiters: tuple, cost) -> tuple | None:
+    """The tokens a task takes of each of ``limiters`` (its claim's, in rank
+    order) by ``cost``: None (one of each) or a mapping of some of them to
+    a count. None when every count is 1. A count the limiter could never
+    grant, or a limiter the task does not take, is refused."""
+    if cost is None:
+        return None
+    if not isinstance(cost, collections.abc.Mapping):
+        raise TypeError("cost must be a mapping of limiter to tokens, not "
+                        + type(cost).__name__)
+    rank_of = {id(limiter): i for i, limiter in enumerate(limiters)}
+    costs = [1] * len(limiters)
+    for limiter, n in cost.items():
+        i = rank_of.get(id(limiter))
+        if i is None:
+            raise ValueError(
+                f"cost names {limiter!r}, which this task does not take: "
+                "give it in limiter= too (or to the group)")
+        costs[i] = check_weight(limiter, n)
+    return tuple(costs) if any(n != 1 for n in costs) else None
 
 
 def check_positive(name: str, value: object) -> float:

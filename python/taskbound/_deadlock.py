@@ -19,9 +19,12 @@ about to wait for its children. They expose the same private views:
   task took with acquire()/acquire_nowait(), waiters the live futures in
   line;
 - ``limiter._fail_waiters(futures, message)``;
-- a group child's coroutine: ``_group`` and ``_holds(limiter)``;
+- a group child's coroutine: ``_group`` and ``_holds(limiter)`` (how many
+  tokens of it the child holds);
 - a group: ``_exit_waiter`` (the future its exit waits on, or None),
-  ``_parent_task``, ``_child_tasks()`` (None for a child without a task).
+  ``_parent_task``, ``_child_tasks()`` (None for a child without a task),
+  ``_task_limiters()`` (those its tasks take beyond ``limiters``, given to
+  spawn() or create_task()).
 
 Detection is conservative: a token it cannot attribute (one held by a
 stream's worker, or handed to a waiter that has not run yet) means no
@@ -39,7 +42,7 @@ from ._common import DeadlockError
 def _child_holds(task, limiter) -> int:
     coro = task.get_coro()
     holds = getattr(coro, "_holds", None)
-    return 1 if holds is not None and holds(limiter) else 0
+    return holds(limiter) if holds is not None else 0
 
 
 def _group_of(task):
@@ -79,10 +82,11 @@ def on_exit_wait(group, future) -> None:
     task = current_task()
     if task is None:
         return
-    limiters = list(group.limiters)
+    limiters = [*group.limiters, *group._task_limiters()]
     parent = _group_of(task)
     if parent is not None:
-        limiters += [lim for lim in parent.limiters
+        limiters += [lim for lim in (*parent.limiters,
+                                     *parent._task_limiters())
                      if lim not in limiters and _child_holds(task, lim)]
     for limiter in limiters:
         state = getattr(limiter, "_deadlock_state", None)

@@ -1,4 +1,5 @@
-/* A claim: one token of each of several limiters, taken in rank order.
+/* A claim: tokens of each of several limiters (one of each, or its
+ * costs), taken in rank order.
  *
  * claim_try_take() takes what is free and, at the first busy limiter,
  * queues a waiter future at once, so the claim keeps its place in line from
@@ -14,9 +15,41 @@ claim_init(Claim *claim, PyObject *limiters)
 {
     claim->limiters = Py_NewRef(limiters);
     claim->cost = 1;
+    claim->costs = NULL;
     claim->held = 0;
     claim->waiter = NULL;
     claim->abort_error = NULL;
+}
+
+int
+claim_init_for_task(ModuleState *st, Claim *claim, PyObject *limiters,
+                    PyObject *limiter, PyObject *cost)
+{
+    if (limiter == Py_None && cost == Py_None) {
+        claim_init(claim, limiters);
+        return 0;
+    }
+    PyObject *taken = sources_in_rank_order(st, limiters, limiter);
+    if (taken == NULL) {
+        return -1;
+    }
+    PyObject *costs = PyObject_CallFunctionObjArgs(st->costs_in_rank_order,
+                                                   taken, cost, NULL);
+    if (costs == NULL) {
+        Py_DECREF(taken);
+        return -1;
+    }
+    claim_init(claim, taken);
+    if (costs != Py_None) {
+        assert(PyTuple_CheckExact(costs)
+               && PyTuple_GET_SIZE(costs) == PyTuple_GET_SIZE(taken));
+        claim->costs = costs;
+    }
+    else {
+        Py_DECREF(costs);
+    }
+    Py_DECREF(taken);
+    return 0;
 }
 
 /* Returns 1 when every token is held, 0 when a waiter was queued, -1 on
@@ -28,7 +61,7 @@ claim_try_take(Claim *claim, PyObject *loop)
     Py_ssize_t n = CLAIM_SIZE(claim);
     while (claim->held < n) {
         TokenSource *limiter = LIMITER_AT(claim, claim->held);
-        Py_ssize_t cost = COST_AT(claim, claim->held);
+        Py_ssize_t cost = claim_cost_at(claim, claim->held);
         int taken = op_try_take(limiter, loop, cost);
         if (taken == 0) {
             claim->waiter = op_enqueue(limiter, loop, cost);
@@ -138,7 +171,7 @@ claim_abandon(Claim *claim)
     if (future != NULL) {
         claim->waiter = NULL;
         if (source_withdraw(LIMITER_AT(claim, claim->held), future,
-                            COST_AT(claim, claim->held)) < 0) {
+                            claim_cost_at(claim, claim->held)) < 0) {
             error = PyErr_GetRaisedException();
         }
         Py_DECREF(future);
@@ -172,7 +205,7 @@ claim_release(Claim *claim)
     while (held > 0) {
         held--;
         TokenSource *limiter = LIMITER_AT(claim, held);
-        if (op_give_back(limiter, COST_AT(claim, held)) < 0) {
+        if (op_give_back(limiter, claim_cost_at(claim, held)) < 0) {
             status = -1;
             if (first_error == NULL) {
                 first_error = PyErr_GetRaisedException();
@@ -192,6 +225,7 @@ int
 claim_traverse(Claim *claim, visitproc visit, void *arg)
 {
     Py_VISIT(claim->limiters);
+    Py_VISIT(claim->costs);
     Py_VISIT(claim->waiter);
     Py_VISIT(claim->abort_error);
     return 0;
@@ -202,5 +236,6 @@ claim_clear(Claim *claim)
 {
     Py_CLEAR(claim->waiter);
     Py_CLEAR(claim->abort_error);
+    Py_CLEAR(claim->costs);
     Py_CLEAR(claim->limiters);
 }

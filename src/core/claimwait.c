@@ -110,7 +110,7 @@ claim_wait_step(PyObject *op, PyObject *value, PyObject *exc,
         ? Py_NewRef(self->task) : current_task_of(self->state, self->loop);
     for (Py_ssize_t i = 0; i < self->claim.held; i++) {
         op_note_holder(LIMITER_AT(&self->claim, i), task,
-                       COST_AT(&self->claim, i));
+                       claim_cost_at(&self->claim, i));
     }
     Py_XDECREF(task);
     Py_CLEAR(self->task);

@@ -217,10 +217,10 @@ void source_clear(TokenSource *self);
 void source_dealloc(TokenSource *self, inquiry clear);
 
 int is_token_source(ModuleState *state, PyObject *obj);
-/* The token sources a task takes one token of: `first` (a group's own
- * Limiter, or NULL) and `limiter` (None, a token source, or a list or
- * tuple of them), each once, as a tuple in rank order. A TypeError for
- * anything else. */
+/* The token sources a task takes tokens of: those in `first` (a tuple of
+ * sources: a group's own Limiter, or a group's limiters; or NULL) and
+ * `limiter` (None, a token source, or a list or tuple of them), each once,
+ * as a tuple in rank order. A TypeError for anything else. */
 PyObject *sources_in_rank_order(ModuleState *state, PyObject *first,
                                 PyObject *limiter);
 
@@ -282,14 +282,22 @@ void deadlock_on_exit_wait(ModuleState *state, PyObject *group,
 typedef struct {
     PyObject *limiters;      /* tuple of TokenSource, in rank order, or
                                 one TokenSource alone (acquire()) */
-    Py_ssize_t cost;         /* tokens of a lone source; 1 of each in a
-                                tuple */
+    Py_ssize_t cost;         /* tokens of a lone source */
+    PyObject *costs;         /* tuple of ints, the tokens of each source
+                                of a tuple; NULL: 1 of each */
     Py_ssize_t held;         /* limiters[:held] have given their tokens */
     PyObject *waiter;        /* future queued at limiters[held], or NULL */
     PyObject *abort_error;   /* raised by claim_resume once set */
 } Claim;
 
 void claim_init(Claim *claim, PyObject *limiters);
+/* The claim of a group's task: the group's `limiters` (a tuple in rank
+ * order) and the task's own `limiter` (None, a source or a sequence of
+ * them), `cost` tokens of each source it names (None: 1 of each); as the
+ * reference's, by taskbound._common's rules. -1 with nothing set up on
+ * error. */
+int claim_init_for_task(ModuleState *state, Claim *claim, PyObject *limiters,
+                        PyObject *limiter, PyObject *cost);
 /* How many sources a claim takes a token of, and the i-th, in rank order.
  * A lone source is not wrapped in a tuple: that would be made and freed
  * on every acquire(). */
@@ -300,8 +308,18 @@ void claim_init(Claim *claim, PyObject *limiters);
     ((TokenSource *)(PyTuple_CheckExact((claim)->limiters) \
                      ? PyTuple_GET_ITEM((claim)->limiters, (i)) \
                      : (assert((i) == 0), (claim)->limiters)))
-#define COST_AT(claim, i) \
-    (PyTuple_CheckExact((claim)->limiters) ? 1 : (claim)->cost)
+static inline Py_ssize_t
+claim_cost_at(Claim *claim, Py_ssize_t i)
+{
+    if (!PyTuple_CheckExact(claim->limiters)) {
+        return claim->cost;
+    }
+    if (claim->costs == NULL) {
+        return 1;
+    }
+    /* Checked ints >= 1 (costs_in_rank_order): this cannot fail. */
+    return PyLong_AsSsize_t(PyTuple_GET_ITEM(claim->costs, i));
+}
 
 int claim_try_take(Claim *claim, PyObject *loop);
 int claim_resume(Claim *claim, PyObject *loop);

@@ -146,24 +146,9 @@ external_bind(TokenSource *self, PyObject *loop)
     Py_RETURN_NONE;
 }
 
-/* For the subclass's own methods taking n (taskbound._common.check_weight):
- * refuses any n but 1. */
-static PyObject *
-external_check_weight_method(TokenSource *self, PyObject *arg)
-{
-    Py_ssize_t n;
-    if (parse_tokens(self->state, arg, &n) < 0
-            || op_check_weight(self, n) < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef external_methods[] = {
     {"_bind", (PyCFunction)external_bind, METH_O,
      "Bind to `loop` on first use; refuse any other loop after that."},
-    {"_check_weight", (PyCFunction)external_check_weight_method, METH_O,
-     "Refuse n other than 1: it takes one token at a time."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -74,6 +74,7 @@ struct ModuleState {
     PyObject *check_burst;
     PyObject *check_total_tokens;
     PyObject *check_tokens;
+    PyObject *costs_in_rank_order;
     PyObject *check_pause;
     double timer_lateness;          /* taskbound._common.TIMER_LATENESS */
 

@@ -638,6 +638,21 @@ token_source_traverse(PyObject *op, visitproc visit, void *arg)
     return source_traverse((TokenSource *)op, visit, arg);
 }
 
+/* Whether this source can ever grant n at once (for
+ * taskbound._common.check_weight, which the reference's rules for n and
+ * costs call): None, or the error acquire(n) would raise at the call. */
+static PyObject *
+source_check_weight_method(PyObject *op, PyObject *arg)
+{
+    TokenSource *self = (TokenSource *)op;
+    Py_ssize_t n;
+    if (parse_tokens(self->state, arg, &n) < 0
+            || op_check_weight(self, n) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef source_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))source_acquire,
      METH_FASTCALL | METH_KEYWORDS,
@@ -659,6 +674,8 @@ static PyMethodDef source_methods[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "hold(n=1)\n--\n\nn tokens for an async with: taken on the way in, "
      "given back on the way out."},
+    {"_check_weight", source_check_weight_method, METH_O,
+     "Raise what acquire(n) would for this n, at the call."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -863,15 +880,16 @@ sources_in_rank_order(ModuleState *state, PyObject *first, PyObject *limiter)
         return NULL;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(given);
+    Py_ssize_t nfirst = first != NULL ? PyTuple_GET_SIZE(first) : 0;
     /* Borrowed from `first` and `given`, which outlive the array. */
-    PyObject **sources = PyMem_New(PyObject *, n + 1);
+    PyObject **sources = PyMem_New(PyObject *, nfirst + n);
     if (sources == NULL) {
         Py_DECREF(given);
         return PyErr_NoMemory();
     }
     Py_ssize_t count = 0;
-    if (first != NULL) {
-        sources[count++] = first;
+    for (; count < nfirst; count++) {
+        sources[count] = PyTuple_GET_ITEM(first, count);
     }
     PyObject *result = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {

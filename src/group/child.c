@@ -56,8 +56,8 @@ child_fail(ChildObject *self)
     PyErr_SetRaisedException(exc);
 }
 
-/* Whether this child's claim holds a token of `source`. */
-static int
+/* How many tokens of `source` this child's claim holds. */
+static Py_ssize_t
 claim_of_child_holds(ChildObject *self, TokenSource *source)
 {
     if (self->finished || self->claim.limiters == NULL) {
@@ -65,7 +65,7 @@ claim_of_child_holds(ChildObject *self, TokenSource *source)
     }
     for (Py_ssize_t i = 0; i < self->claim.held; i++) {
         if (LIMITER_AT(&self->claim, i) == source) {
-            return 1;
+            return claim_cost_at(&self->claim, i);
         }
     }
     return 0;
@@ -420,11 +420,11 @@ child_get_await(ChildObject *self, void *Py_UNUSED(closure))
     return or_none(forward(described(self), "cr_await", "gi_yieldfrom"));
 }
 
-/* For deadlock detection: whether this child holds a token of `limiter`. */
+/* For deadlock detection: how many tokens of `limiter` this child holds. */
 static PyObject *
 child_holds(ChildObject *self, PyObject *limiter)
 {
-    return PyBool_FromLong(
+    return PyLong_FromSsize_t(
         claim_of_child_holds(self, (TokenSource *)limiter));
 }
 

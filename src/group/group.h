@@ -37,6 +37,7 @@ typedef struct {
     Py_ssize_t spawned, running, done, failed;
     char entered, exiting, aborting, cancel_on_enter, cancel_called;
     char parent_cancel_requested;
+    char task_limiters_given;   /* a task had limiter= or cost= */
     PyObject *weakreflist;
     PyObject *retired[RETIRED_MAX];  /* finished tasks, strong refs */
     Py_ssize_t retired_count;
@@ -91,8 +92,12 @@ ChildObject *child_new(GroupObject *group, PyObject *target,
                        PyObject *iterator, Claim *claim, int waiting);
 int child_close(ChildObject *child);
 
-/* The awaitable of spawn(coro, **kwargs); kwargs may be NULL. */
-PyObject *spawn_new(GroupObject *group, PyObject *target, PyObject *kwargs);
+/* The awaitable of spawn(coro, **kwargs), taking `claim` (moved in);
+ * kwargs may be NULL. */
+PyObject *spawn_new(GroupObject *group, PyObject *target, Claim *claim,
+                    PyObject *kwargs);
+/* The claim of a waiting spawn() (borrowed). */
+Claim *spawn_claim(PyObject *spawn);
 /* Makes a waiting spawn() raise `error` when it next runs, giving back
  * what it holds. */
 int spawn_abort(PyObject *spawn, PyObject *error);

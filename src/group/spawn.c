@@ -27,7 +27,8 @@ typedef struct {
 #define Spawn_CAST(op) ((SpawnObject *)(op))
 
 PyObject *
-spawn_new(GroupObject *group, PyObject *target, PyObject *kwargs)
+spawn_new(GroupObject *group, PyObject *target, Claim *claim,
+          PyObject *kwargs)
 {
     ModuleState *state = group->state;
     SpawnObject *self = (SpawnObject *)freelist_new(&state->spawn_freelist,
@@ -36,7 +37,8 @@ spawn_new(GroupObject *group, PyObject *target, PyObject *kwargs)
         return NULL;
     }
     self->state = state;
-    claim_init(&self->claim, group->limiters);
+    self->claim = *claim;                   /* moved in */
+    memset(claim, 0, sizeof(*claim));
     self->loop = NULL;
     self->group = (GroupObject *)Py_NewRef((PyObject *)group);
     self->target = Py_NewRef(target);
@@ -104,6 +106,13 @@ spawn_fail(SpawnObject *self)
         PyErr_WriteUnraisable((PyObject *)self);
     }
     PyErr_SetRaisedException(exc);
+}
+
+Claim *
+spawn_claim(PyObject *spawn)
+{
+    assert(Py_IS_TYPE(spawn, Spawn_CAST(spawn)->state->spawn_type));
+    return &Spawn_CAST(spawn)->claim;
 }
 
 int

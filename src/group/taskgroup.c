@@ -532,8 +532,10 @@ group_init(PyObject *op, PyObject *args, PyObject *kwds)
         if (checked_limit == NULL) {
             return -1;
         }
-        own = PyObject_CallOneArg((PyObject *)st->limiter_type,
-                                  checked_limit);
+        PyObject *own_limiter = PyObject_CallOneArg(
+            (PyObject *)st->limiter_type, checked_limit);
+        own = own_limiter != NULL ? PyTuple_Pack(1, own_limiter) : NULL;
+        Py_XDECREF(own_limiter);
         if (own == NULL) {
             Py_DECREF(checked_limit);
             return -1;
@@ -651,47 +653,80 @@ group_repr(GroupObject *self)
     return repr;
 }
 
-/* Parses (coro, **kwargs) for spawn() and create_task(): *kwargs is NULL
- * or a new dict. Before 3.14 the keywords can only be name= and context=;
+/* What spawn() and create_task() are given: (coro, *, limiter=None,
+ * cost=None, **kwargs); `kwargs` is NULL or a new dict. */
+typedef struct {
+    PyObject *coro;
+    PyObject *limiter;
+    PyObject *cost;
+    PyObject *kwargs;
+} TaskArgs;
+
+/* Before 3.14 the keywords for the loop can only be name= and context=;
  * a refused keyword leaves the coroutine as it was, as a failed call does,
  * so that the caller may retry without it. */
 static int
 parse_task_args(ModuleState *st, const char *method, PyObject *const *args,
-                Py_ssize_t nargs, PyObject *kwnames, PyObject **coro,
-                PyObject **kwargs)
+                Py_ssize_t nargs, PyObject *kwnames, TaskArgs *parsed)
 {
-    *kwargs = NULL;
+    parsed->limiter = parsed->cost = Py_None;
+    parsed->kwargs = NULL;
     if (nargs != 1) {
         PyErr_Format(PyExc_TypeError,
                      "%s() expected 1 positional argument (the coroutine), "
                      "got %zd", method, nargs);
         return -1;
     }
-    *coro = args[0];
+    parsed->coro = args[0];
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nkw == 0) {
-        return 0;
-    }
-    for (Py_ssize_t i = 0; i < nkw && !st->create_task_kwargs; i++) {
+    for (Py_ssize_t i = 0; i < nkw; i++) {
         PyObject *key = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_CompareWithASCIIString(key, "name") != 0
+        PyObject *value = args[nargs + i];
+        if (PyUnicode_CompareWithASCIIString(key, "limiter") == 0) {
+            parsed->limiter = value;
+            continue;
+        }
+        if (PyUnicode_CompareWithASCIIString(key, "cost") == 0) {
+            parsed->cost = value;
+            continue;
+        }
+        if (!st->create_task_kwargs
+                && PyUnicode_CompareWithASCIIString(key, "name") != 0
                 && PyUnicode_CompareWithASCIIString(key, "context") != 0) {
             PyErr_Format(PyExc_TypeError,
                          "%s() got an unexpected keyword argument '%U'",
                          method, key);
+            Py_CLEAR(parsed->kwargs);
+            return -1;
+        }
+        if (parsed->kwargs == NULL) {
+            parsed->kwargs = PyDict_New();
+        }
+        if (parsed->kwargs == NULL
+                || PyDict_SetItem(parsed->kwargs, key, value) < 0) {
+            Py_CLEAR(parsed->kwargs);
             return -1;
         }
     }
-    *kwargs = PyDict_New();
-    if (*kwargs == NULL) {
+    return 0;
+}
+
+/* The claim of a task with `parsed`'s limiter and cost; a bad one closes
+ * the coroutine, which will never run. */
+static int
+claim_of_task(GroupObject *self, TaskArgs *parsed, Claim *claim)
+{
+    if (claim_init_for_task(self->state, claim, self->limiters,
+                            parsed->limiter, parsed->cost) < 0) {
+        PyObject *exc = PyErr_GetRaisedException();
+        if (close_awaitable(self->state, parsed->coro) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        PyErr_SetRaisedException(exc);
         return -1;
     }
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        if (PyDict_SetItem(*kwargs, PyTuple_GET_ITEM(kwnames, i),
-                           args[nargs + i]) < 0) {
-            Py_CLEAR(*kwargs);
-            return -1;
-        }
+    if (claim->limiters != self->limiters) {
+        self->task_limiters_given = 1;
     }
     return 0;
 }
@@ -700,13 +735,18 @@ static PyObject *
 group_spawn(GroupObject *self, PyObject *const *args, Py_ssize_t nargs,
             PyObject *kwnames)
 {
-    PyObject *coro, *kwargs;
-    if (parse_task_args(self->state, "spawn", args, nargs, kwnames, &coro,
-                        &kwargs) < 0) {
+    TaskArgs parsed;
+    if (parse_task_args(self->state, "spawn", args, nargs, kwnames,
+                        &parsed) < 0) {
         return NULL;
     }
-    PyObject *spawn = spawn_new(self, coro, kwargs);
-    Py_XDECREF(kwargs);
+    Claim claim;
+    PyObject *spawn = NULL;
+    if (claim_of_task(self, &parsed, &claim) == 0) {
+        spawn = spawn_new(self, parsed.coro, &claim, parsed.kwargs);
+        claim_clear(&claim);
+    }
+    Py_XDECREF(parsed.kwargs);
     return spawn;
 }
 
@@ -715,21 +755,25 @@ group_create_task(GroupObject *self, PyObject *const *args, Py_ssize_t nargs,
                   PyObject *kwnames)
 {
     ModuleState *st = self->state;
-    PyObject *coro, *kwargs;
-    if (parse_task_args(st, "create_task", args, nargs, kwnames, &coro,
-                        &kwargs) < 0) {
+    TaskArgs parsed;
+    if (parse_task_args(st, "create_task", args, nargs, kwnames,
+                        &parsed) < 0) {
         return NULL;
     }
+    PyObject *coro = parsed.coro;
     PyObject *task = NULL;
     PyObject *iterator = iterator_of(st, coro);
     if (iterator == NULL) {
         goto done;
     }
-    if (group_check_can_create(self, coro, st->closes_refused_coro) < 0) {
+    Claim claim;
+    if (claim_of_task(self, &parsed, &claim) < 0) {
         goto done;
     }
-    Claim claim;
-    claim_init(&claim, self->limiters);
+    if (group_check_can_create(self, coro, st->closes_refused_coro) < 0) {
+        claim_clear(&claim);
+        goto done;
+    }
     int held = -1;
     PyObject *running = PyObject_CallNoArgs(st->get_running_loop);
     if (running != NULL) {
@@ -749,12 +793,13 @@ group_create_task(GroupObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetRaisedException(exc);
     }
     else {
-        task = group_start_child(self, coro, iterator, &claim, !held, kwargs);
+        task = group_start_child(self, coro, iterator, &claim, !held,
+                                 parsed.kwargs);
     }
     claim_clear(&claim);
 done:
     Py_XDECREF(iterator);
-    Py_XDECREF(kwargs);
+    Py_XDECREF(parsed.kwargs);
     return task;
 }
 
@@ -874,18 +919,72 @@ group_child_tasks(GroupObject *self, PyObject *Py_UNUSED(ignored))
     return tasks;
 }
 
+/* Adds to `found` each source of `claim` that is not one of the group's. */
+static int
+add_task_limiters(GroupObject *self, Claim *claim, PyObject *found)
+{
+    if (claim->limiters == NULL || claim->limiters == self->limiters) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < CLAIM_SIZE(claim); i++) {
+        PyObject *source = (PyObject *)LIMITER_AT(claim, i);
+        int own = PySequence_Contains(self->limiters, source);
+        if (own < 0 || (!own && PyDict_SetItem(found, source, Py_None) < 0)) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* For deadlock detection: the limiters the group's children and waiting
+ * spawns take beyond the group's own (given to spawn() or create_task()). */
+static PyObject *
+group_task_limiters(GroupObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->task_limiters_given) {
+        return PyTuple_New(0);
+    }
+    PyObject *found = PyDict_New();
+    if (found == NULL) {
+        return NULL;
+    }
+    for (ChildObject *child = self->first_child; child != NULL;
+            child = child->next) {
+        if (!child->finished
+                && add_task_limiters(self, &child->claim, found) < 0) {
+            goto error;
+        }
+    }
+    Py_ssize_t pos = 0;
+    PyObject *spawn, *unused;
+    while (PyDict_Next(self->pending, &pos, &spawn, &unused)) {
+        if (add_task_limiters(self, spawn_claim(spawn), found) < 0) {
+            goto error;
+        }
+    }
+    PyObject *limiters = PySequence_Tuple(found);
+    Py_DECREF(found);
+    return limiters;
+error:
+    Py_DECREF(found);
+    return NULL;
+}
+
 static PyMethodDef group_methods[] = {
     {"_child_tasks", (PyCFunction)group_child_tasks, METH_NOARGS, NULL},
+    {"_task_limiters", (PyCFunction)group_task_limiters, METH_NOARGS, NULL},
     {"spawn", (PyCFunction)(void (*)(void))group_spawn,
      METH_FASTCALL | METH_KEYWORDS,
-     "spawn(coro, /, **kwargs)\n--\n\n"
-     "Wait for the tokens, then start coro in a task of the group; the\n"
-     "keywords (name, context; any from 3.14) go to the loop's create_task."},
+     "spawn(coro, /, *, limiter=None, cost=None, **kwargs)\n--\n\n"
+     "Wait for the tokens, then start coro in a task of the group.\n"
+     "limiter adds limiters for this task only; cost maps a limiter to the\n"
+     "tokens this task takes of it (1 of each otherwise). Other keywords\n"
+     "(name, context; any from 3.14) go to the loop's create_task."},
     {"create_task", (PyCFunction)(void (*)(void))group_create_task,
      METH_FASTCALL | METH_KEYWORDS,
-     "create_task(coro, /, **kwargs)\n--\n\n"
+     "create_task(coro, /, *, limiter=None, cost=None, **kwargs)\n--\n\n"
      "Return a task at once; its coroutine starts when it has the tokens.\n"
-     "The keywords go to the loop's create_task, as for spawn()."},
+     "Keywords as for spawn()."},
     {"cancel", (PyCFunction)group_cancel, METH_NOARGS,
      "Cancel every task and the body; the group then exits without error."},
     {"statistics", (PyCFunction)group_statistics, METH_NOARGS,

@@ -15,6 +15,7 @@ from .. import _deadlock
 from .._common import (
     GroupStatistics,
     check_limit,
+    costs_in_rank_order,
     is_base_error,
     limiters_in_rank_order,
     waiting_stand_in,
@@ -166,11 +167,15 @@ class _Child(collections.abc.Coroutine):
             claim._abandon_unraisable()
             raise
 
-    def _holds(self, limiter) -> bool:
-        """Whether this child holds a token of ``limiter``."""
+    def _holds(self, limiter) -> int:
+        """How many tokens of ``limiter`` this child holds."""
         claim = self._claim
-        return not self._finished and any(
-            lim is limiter for lim in claim.limiters[:claim.held])
+        if self._finished:
+            return 0
+        for i, held in enumerate(claim.limiters[:claim.held]):
+            if held is limiter:
+                return claim.cost(i)
+        return 0
 
     # What asyncio reads to describe a task's coroutine (its repr, stack and
     # call graph): the user's coroutine's name always; its code, frame and
@@ -290,6 +295,7 @@ class BoundedTaskGroup:
             own = (Limiter(limit),)
         self._limit = limit
         self._limiters = limiters_in_rank_order(own, limiter, _TokenSource)
+        self._task_limiters_given = False
         self._entered = False
         self._exiting = False
         self._aborting = False
@@ -459,21 +465,23 @@ class BoundedTaskGroup:
             exc = propagate_cancellation_error = None
             pending_cancellation_error = None
 
-    def spawn(self, coro, /, **kwargs):
+    def spawn(self, coro, /, *, limiter=None, cost=None, **kwargs):
         """Wait for the tokens, then start ``coro`` in a task of the group.
-        Keywords (``name``, ``context``, and from 3.14 any the loop's
+        ``limiter`` adds limiters for this task only, ``cost`` maps a
+        limiter to the tokens this task takes of it (1 of each otherwise).
+        Other keywords (``name``, ``context``, and from 3.14 any the loop's
         create_task takes) go to the loop's create_task."""
         _check_keywords("spawn", kwargs)
-        return _Spawn(self._spawn(coro, kwargs), coro)
+        claim = self._claim_for(coro, limiter, cost)
+        return _Spawn(self._spawn(coro, claim, kwargs), coro)
 
-    async def _spawn(self, coro, kwargs):
+    async def _spawn(self, coro, claim, kwargs):
         iterator = _iterator_of(coro)
         self._check_can_create(coro, close_refused=True)
         loop = self._loop
         if _get_running_loop() is not loop:
             _close(coro)
             raise self._error("is bound to a different event loop")
-        claim = _Claim(self._limiters)
         try:
             if not claim.try_take(loop):
                 self._pending[claim] = None
@@ -487,13 +495,13 @@ class BoundedTaskGroup:
             raise
         return self._start(coro, iterator, claim, False, kwargs)
 
-    def create_task(self, coro, /, **kwargs):
+    def create_task(self, coro, /, *, limiter=None, cost=None, **kwargs):
         """Return a task at once; its coroutine starts when it has the tokens.
-        Keywords go to the loop's create_task, as for spawn()."""
+        Keywords as for spawn()."""
         _check_keywords("create_task", kwargs)
         iterator = _iterator_of(coro)
+        claim = self._claim_for(coro, limiter, cost)
         self._check_can_create(coro, close_refused=CLOSES_REFUSED_CORO)
-        claim = _Claim(self._limiters)
         try:
             if _get_running_loop() is not self._loop:
                 raise self._error("is bound to a different event loop")
@@ -524,6 +532,36 @@ class BoundedTaskGroup:
     def _exit_waiter(self):
         """The future the exit waits on for the children, if it does."""
         return self._on_completed_fut if self._exiting else None
+
+    def _claim_for(self, coro, limiter, cost) -> _Claim:
+        """The claim of a task of this group with its own ``limiter`` and
+        ``cost``; a bad one closes ``coro``, which will never run."""
+        if limiter is None and cost is None:
+            return _Claim(self._limiters)
+        try:
+            limiters = limiters_in_rank_order(self._limiters, limiter,
+                                              _TokenSource)
+            claim = _Claim(limiters, costs_in_rank_order(limiters, cost))
+        except BaseException:
+            _close(coro)
+            raise
+        self._task_limiters_given = True
+        return claim
+
+    def _task_limiters(self) -> tuple:
+        """The limiters its children and waiting spawns take beyond the
+        group's own (given to spawn() or create_task())."""
+        if not self._task_limiters_given:
+            return ()
+        own = {id(limiter) for limiter in self._limiters}
+        found = {}
+        claims = [child._claim for child in self._children
+                  if not child._finished]
+        for claim in (*claims, *self._pending):
+            for limiter in claim.limiters:
+                if id(limiter) not in own:
+                    found[id(limiter)] = limiter
+        return tuple(found.values())
 
     def _child_tasks(self) -> list:
         return [child._task for child in self._children
