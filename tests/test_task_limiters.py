@@ -288,9 +288,10 @@ def test_a_deadlock_through_own_weighted_tokens_fails_cleanly(
     assert run(main(), eager=eager) == 0
 
 
-def test_tokens_to_spare_with_own_costs_is_not_a_deadlock(impl, run, eager):
-    """Two intermediates hold 2 each of 5: the one token left lets their
-    sub-tasks through one at a time."""
+def intermediates_holding_two_each(impl, count):
+    """Run count intermediates that hold 2 each of a Limiter(5) given per
+    task, each making 3 sub-tasks that need 1 of it in a group of its own;
+    return (the outer group's error or None, tokens still borrowed)."""
     async def main():
         limiter = impl.Limiter(5)
 
@@ -300,36 +301,33 @@ def test_tokens_to_spare_with_own_costs_is_not_a_deadlock(impl, run, eager):
                 for _ in range(3):
                     inner.create_task(asyncio.sleep(0.001), limiter=limiter)
 
+        error = None
         async with asyncio.timeout(10):
-            async with impl.BoundedTaskGroup() as outer:
-                for _ in range(2):
-                    await outer.spawn(intermediate(), limiter=limiter,
-                                      cost={limiter: 2})
-        return limiter.borrowed_tokens
+            try:
+                async with impl.BoundedTaskGroup() as outer:
+                    for _ in range(count):
+                        await outer.spawn(intermediate(), limiter=limiter,
+                                          cost={limiter: 2})
+            except ExceptionGroup as caught:
+                error = caught
+        return error, limiter
 
-    assert run(main(), eager=eager) == 0
+    return main()
+
+
+def test_tokens_to_spare_with_own_costs_is_not_a_deadlock(impl, run, eager):
+    """Two intermediates hold 2 each of 5: the one token left lets their
+    sub-tasks through one at a time."""
+    error, limiter = run(intermediates_holding_two_each(impl, 2), eager=eager)
+    assert error is None
+    assert limiter.borrowed_tokens == 0
 
 
 def test_a_waiting_big_cost_holding_back_the_subtasks_is_a_deadlock(
         impl, run, eager):
-    """As above with a third intermediate: its 2 do not fit in the token
-    left, and the sub-tasks queue behind it (FIFO), so nothing can move."""
-    async def main():
-        limiter = impl.Limiter(5)
-
-        async def intermediate():
-            await asyncio.sleep(0)
-            async with impl.BoundedTaskGroup() as inner:
-                for _ in range(3):
-                    inner.create_task(asyncio.sleep(0.001), limiter=limiter)
-
-        async with asyncio.timeout(10):
-            with pytest.raises(ExceptionGroup) as caught:
-                async with impl.BoundedTaskGroup() as outer:
-                    for _ in range(3):
-                        await outer.spawn(intermediate(), limiter=limiter,
-                                          cost={limiter: 2})
-        assert_deadlocks_named(caught.value, limiter)
-        return limiter.borrowed_tokens
-
-    assert run(main(), eager=eager) == 0
+    """A third intermediate's 2 do not fit in the token left, and the
+    sub-tasks queue behind it (FIFO), so nothing can move."""
+    error, limiter = run(intermediates_holding_two_each(impl, 3), eager=eager)
+    assert error is not None
+    assert_deadlocks_named(error, limiter)
+    assert limiter.borrowed_tokens == 0
