@@ -17,6 +17,15 @@ every limiter in rank order (taskbound._pycore.core._Claim), and gives them back
 once the item is done. A failure of a worker itself (a limiter's acquire,
 the loop's task factory) fails the stream like an item's error: the
 consumer raises it.
+
+With per-item limiters or costs (item_limiter=, item_cost=) a worker pulls
+first and then makes the item's claim. When its tokens are not all free the
+item is parked, its claim keeping its places in line, and the worker goes
+on with other items: one busy key does not hold back the others. A parked
+item whose claim comes to be held is ready, and a worker runs it before it
+pulls again. Workers pull only while the values waiting, the items parked
+and the pulls under way are fewer than `limit`, so the bound of about
+2 x limit items pulled and not consumed stays.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import asyncio
 import collections
 import collections.abc
 import contextvars
+import functools
 import inspect
 import types
 from asyncio import CancelledError
@@ -33,6 +43,7 @@ from .._common import (
     BASE_ERRORS,
     check_awaitable,
     close_coroutine,
+    costs_in_rank_order,
     limiters_in_rank_order,
 )
 from .core import _Claim, _TokenSource
@@ -73,16 +84,36 @@ class _Outcome:
         self.given = given     # a Task or Future the caller gave
 
 
+class _Parked:
+    """An item pulled whose claim is not held yet: it waits in its limiters'
+    lines with no worker."""
+
+    __slots__ = ("index", "item", "claim")
+
+    def __init__(self, index, item, claim) -> None:
+        self.index = index
+        self.item = item
+        self.claim = claim
+
+
 class Stream:
     """The engine shared by the three helpers."""
 
     def __init__(self, source, make, *, limit, limiter, ordered,
-                 return_exceptions, as_futures, strict_input, name) -> None:
+                 return_exceptions, as_futures, strict_input, name,
+                 item_limiter=None, item_cost=None) -> None:
         self._source = source
         self._make = make                # item -> awaitable; None: the item
         self._strict_input = strict_input  # a bad item fails the stream
         self._limit = limit
         self._limiters = limiters_in_rank_order((), limiter, _TokenSource)
+        self._item_limiter = item_limiter  # item -> limiter(s), or None
+        self._item_cost = item_cost        # item -> {limiter: n}, or None
+        self._claims_per_item = (item_limiter is not None
+                                 or item_cost is not None)
+        self._parked: dict = {}          # _Parked, in the order parked
+        self._ready: collections.deque = collections.deque()  # _Parked, held
+        self._pulls = 0                  # pulls under way (claims per item)
         self._ordered = ordered
         self._return_exceptions = return_exceptions
         self._as_futures = as_futures
@@ -192,6 +223,16 @@ class Stream:
             if inspect.getcoroutinestate(task.get_coro()) \
                     != inspect.CORO_CREATED:
                 task.cancel()
+        self._drop_parked()
+
+    def _drop_parked(self) -> None:
+        # The stream stops: parked and ready items never run.
+        dropped = [*self._parked, *self._ready]
+        self._parked.clear()
+        self._ready.clear()
+        for parked in dropped:
+            parked.claim._abandon_unraisable()
+            close_coroutine(parked.item)
 
     def _take(self):
         outcomes = self._outcomes
@@ -204,12 +245,18 @@ class Stream:
             outcome = outcomes.popleft()
         else:
             return None
-        while self._room:      # one outcome gone: one worker may go on
+        self._wake_worker()    # one outcome gone: one worker may go on
+        return outcome
+
+    def _wake_worker(self) -> None:
+        # All of them once nothing is left to run, so that they end.
+        finished = self._exhausted and not self._parked and not self._ready
+        while self._room:
             future = self._room.popleft()
             if not future.done():
                 future.set_result(None)
-                break
-        return outcome
+                if not finished:
+                    break
 
     def _wake_consumer(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
@@ -264,7 +311,10 @@ class Stream:
 
     async def _work(self) -> None:
         try:
-            await self._work_on_items()
+            if self._claims_per_item:
+                await self._work_on_items_claimed_each()
+            else:
+                await self._work_on_items()
         except CancelledError:
             raise
         except BASE_ERRORS:
@@ -304,6 +354,103 @@ class Stream:
                 # back is reported as unraisable.
                 claim._release_unraisable()
             self._deliver(index, outcome)
+
+    async def _work_on_items_claimed_each(self) -> None:
+        while not self._closed and self._error is None:
+            if self._ready:
+                # Held already, and counted as pulled: runs whatever the
+                # values waiting (an ordered consumer may wait for it).
+                parked = self._ready.popleft()
+                self._wake_worker()         # one fewer parked: room to pull
+                index, item, claim = parked.index, parked.item, parked.claim
+            elif self._may_pull():
+                self._pulls += 1
+                try:
+                    pulled = await self._pull()
+                finally:
+                    self._pulls -= 1
+                if pulled is None:
+                    self._wake_worker()
+                    continue
+                index, item = pulled
+                if self._limit is None and not self._stopped():
+                    try:
+                        self._add_worker()   # unbounded: one more to pull
+                    except BaseException:
+                        close_coroutine(item)
+                        raise
+                claim = self._claim_of_item(index, item)
+                if claim is None:
+                    continue
+            elif self._exhausted and not self._parked:
+                return
+            else:
+                future = self._loop.create_future()
+                self._room.append(future)
+                await future
+                continue
+            try:
+                outcome = await self._run(item)
+            finally:
+                claim._release_unraisable()
+            self._deliver(index, outcome)
+
+    def _may_pull(self) -> bool:
+        if self._exhausted:
+            return False
+        return self._limit is None or (
+            len(self._outcomes) + len(self._parked) + len(self._ready)
+            + self._pulls < self._limit)
+
+    def _claim_of_item(self, index, item) -> _Claim | None:
+        """The item's claim once held; None when the item is parked, or its
+        limiters or costs could not be had (that is its outcome)."""
+        try:
+            given = (None if self._item_limiter is None
+                     else self._item_limiter(item))
+            limiters = limiters_in_rank_order(self._limiters, given,
+                                              _TokenSource)
+            cost = None if self._item_cost is None else self._item_cost(item)
+            claim = _Claim(limiters, costs_in_rank_order(limiters, cost))
+        except BASE_ERRORS:
+            close_coroutine(item)
+            raise
+        except BaseException as exc:
+            close_coroutine(item)
+            self._deliver(index, _Outcome(error=exc))
+            return None
+        try:
+            held = claim.try_take(self._loop)
+        except BaseException as exc:   # a limiter's failure: the stream's
+            close_coroutine(item)
+            self._fail(exc)
+            return None
+        if held:
+            return claim
+        parked = _Parked(index, item, claim)
+        self._parked[parked] = None
+        claim.waiter.add_done_callback(
+            functools.partial(self._parked_waiter_done, parked))
+        return None
+
+    def _parked_waiter_done(self, parked: _Parked, _future) -> None:
+        if parked not in self._parked:
+            return                          # dropped: the stream stopped
+        claim = parked.claim
+        try:
+            held = claim.resume(self._loop)
+        except BaseException as exc:
+            del self._parked[parked]
+            close_coroutine(parked.item)
+            self._fail(exc)
+            return
+        if not held:
+            claim.waiter.add_done_callback(
+                functools.partial(self._parked_waiter_done, parked))
+            return
+        del self._parked[parked]
+        self._ready.append(parked)
+        self._wake_worker()
 
     async def _take_tokens(self) -> _Claim:
         claim = _Claim(self._limiters)
