@@ -104,6 +104,8 @@ add_types(PyObject *module, ModuleState *st)
             || add_type(module, &stream_step_spec, &st->stream_step_type, 0,
                         NULL) < 0
             || add_type(module, &worker_spec, &st->worker_type, 0, NULL) < 0
+            || add_type(module, &parked_item_spec, &st->parked_item_type, 0,
+                        NULL) < 0
             || add_type(module, &stream_iterator_spec,
                         &st->stream_iterator_type, 1, NULL) < 0) {
         return -1;
@@ -296,7 +298,7 @@ module_exec(PyObject *module)
     X(group_type) X(child_type) X(spawn_type) X(group_exit_type)           \
     X(group_statistics) X(check_limit) X(waiting_stand_in)                 \
     X(add_to_awaited_by) X(discard_from_awaited_by)                        \
-    X(stream_type) X(stream_step_type) X(worker_type)                      \
+    X(stream_type) X(stream_step_type) X(worker_type) X(parked_item_type)  \
     X(stream_iterator_type) X(spare_stop_iteration)
 
 static int

@@ -97,6 +97,21 @@ def scenarios(module, helpers, shared):
         except Boom:
             pass
 
+    async def per_item(i):
+        # Items parked on a busy key while others run; a break that drops
+        # the parked ones; a task's own limiter and cost in a group.
+        per_key = [module.Limiter(1), module.Limiter(2)]
+        async for _ in helpers.amap(ok, range(8), limit=3, ordered=False,
+                                    item_limiter=lambda j: per_key[j % 2]):
+            pass
+        async with helpers.amap(ok, range(6), limit=3, limiter=shared,
+                                item_limiter=lambda j: per_key[0],
+                                item_cost=lambda j: {shared: 2}) as results:
+            async for _ in results:
+                break
+        async with Group(2) as tg:
+            await tg.spawn(ok(i), limiter=per_key[1], cost={per_key[1]: 2})
+
     async def take(n):
         await shared.acquire(n)
 
@@ -125,7 +140,7 @@ def scenarios(module, helpers, shared):
 
     return {f.__name__: f for f in (spawn_success, spawn_error, spawn_cancel,
                                     create_task_abort, stream_break,
-                                    weighted)}
+                                    per_item, weighted)}
 
 
 def census():

@@ -264,10 +264,28 @@ async def amap_async_source(impl, env):
         limiter=[env.local, env.external])]
 
 
+async def amap_item_limiters(impl, env):
+    # Each item waits for the external source's one token, parked; odd
+    # ones take the local limiter too.
+    return sorted([v async for v in impl.amap(
+        env.fn, env.source(range(ITEMS)), limit=3, ordered=False,
+        item_limiter=lambda i: [env.local, env.external] if i % 2
+        else env.external)])
+
+
+async def as_completed_item_limiters(impl, env):
+    values = []
+    async for future in impl.as_completed(
+            env.coroutines(), limit=3,
+            item_limiter=lambda coro: [env.local, env.external]):
+        values.append(await future)
+    return sorted(values)
+
+
 APIS = {f.__name__: f for f in (
     spawn, create_task, acquire, async_with, nested, two_limiters,
     three_limiters, gather, as_completed, amap_ordered, amap_unordered,
-    amap_async_source)}
+    amap_async_source, amap_item_limiters, as_completed_item_limiters)}
 
 OPERATIONS = ["_try_take", "_enqueue", "_dequeue", "_pass_on", "_give_back"]
 EVERYWHERE = OPERATIONS + ["task_factory", "item", "interrupt", "cancel"]
@@ -276,6 +294,8 @@ POINTS["as_completed"] += ["source"]
 POINTS["amap_ordered"] += ["source", "fn", "not_awaitable"]
 POINTS["amap_unordered"] += ["source", "fn", "not_awaitable"]
 POINTS["amap_async_source"] += ["async_source", "fn", "not_awaitable"]
+POINTS["amap_item_limiters"] += ["source", "fn", "not_awaitable"]
+POINTS["as_completed_item_limiters"] += ["source"]
 CASES = [(api, point) for api, points in POINTS.items() for point in points]
 
 # What the caller must see of each fault: its error's type name.

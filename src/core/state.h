@@ -143,6 +143,7 @@ struct ModuleState {
     PyTypeObject *stream_type;
     PyTypeObject *stream_step_type;
     PyTypeObject *worker_type;
+    PyTypeObject *parked_item_type;
     PyTypeObject *stream_iterator_type;
     FreeList stream_step_freelist;
     /* The StopIteration that carried a stream's last value to an async

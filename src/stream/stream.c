@@ -132,6 +132,31 @@ stream_wake_first(StreamObject *s, WaiterQueue *line)
 }
 
 void
+stream_wake_worker(StreamObject *s)
+{
+    int finished = s->exhausted && s->parked.len == 0
+                   && s->runnable.len == 0;
+    if (!finished) {
+        stream_wake_first(s, &s->room);
+        return;
+    }
+    while (s->room.len > 0) {
+        stream_wake_first(s, &s->room);
+    }
+}
+
+int
+stream_may_pull(StreamObject *s)
+{
+    /* Values waiting, items parked and pulls under way stay under limit:
+     * with at most limit running, about 2 x limit pulled and not taken. */
+    return !s->exhausted
+           && (s->limit == 0
+               || stream_buffered(s) + s->parked.len + s->runnable.len
+                  + s->pulls < s->limit);
+}
+
+void
 stream_cancel_workers(StreamObject *s, PyObject *spare)
 {
     ASSERT_NO_ERROR();
@@ -161,6 +186,7 @@ stream_cancel_workers(StreamObject *s, PyObject *spare)
         Py_XDECREF(res);
     }
     Py_DECREF(tasks);
+    stream_drop_parked(s);
 }
 
 void
@@ -287,7 +313,7 @@ stream_take(StreamObject *s)
     else {
         return NULL;
     }
-    stream_wake_first(s, &s->room);   /* one value gone: one worker goes on */
+    stream_wake_worker(s);   /* one value gone: one worker goes on */
     if (s->as_futures && PyTuple_CheckExact(value)) {
         PyObject *error = PyTuple_GET_ITEM(value, 1);
         PyObject *future = done_future(s, PyTuple_GET_ITEM(value, 0),
@@ -398,13 +424,15 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"source", "make", "limit", "limiter",
                              "ordered", "return_exceptions", "as_futures",
-                             "strict_input", "name", NULL};
+                             "strict_input", "name", "item_limiter",
+                             "item_cost", NULL};
     PyObject *source, *make, *limit, *limiter, *name;
+    PyObject *item_limiter, *item_cost;
     int ordered, return_exceptions, as_futures, strict_input;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "OO$OOppppU:Stream", kwlist, &source, &make, &limit,
-            &limiter, &ordered, &return_exceptions,
-            &as_futures, &strict_input, &name)) {
+            args, kwds, "OO$OOppppUOO:Stream", kwlist, &source, &make,
+            &limit, &limiter, &ordered, &return_exceptions,
+            &as_futures, &strict_input, &name, &item_limiter, &item_cost)) {
         return NULL;
     }
     ModuleState *st = state_of_type(type);
@@ -432,6 +460,9 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     s->make = Py_NewRef(make);
     s->limit = bound;
     s->limiters = limiters;
+    s->item_limiter = Py_NewRef(item_limiter);
+    s->item_cost = Py_NewRef(item_cost);
+    s->claims_per_item = item_limiter != Py_None || item_cost != Py_None;
     s->ordered = (char)ordered;
     s->return_exceptions = (char)return_exceptions;
     s->as_futures = (char)as_futures;
@@ -517,6 +548,8 @@ stream_traverse(StreamObject *s, visitproc visit, void *arg)
     Py_VISIT(s->iterator);
     Py_VISIT(s->make);
     Py_VISIT(s->limiters);
+    Py_VISIT(s->item_limiter);
+    Py_VISIT(s->item_cost);
     Py_VISIT(s->context);
     Py_VISIT(s->loop);
     Py_VISIT(s->future_kwargs);
@@ -528,8 +561,9 @@ stream_traverse(StreamObject *s, visitproc visit, void *arg)
     Py_VISIT(s->workers_done);
     Py_VISIT(s->error);
     Py_VISIT(s->name);
-    WaiterQueue *queues[] = {&s->ready, &s->room, &s->pull_line};
-    for (size_t q = 0; q < 3; q++) {
+    WaiterQueue *queues[] = {&s->ready, &s->room, &s->pull_line, &s->parked,
+                             &s->runnable};
+    for (size_t q = 0; q < sizeof(queues) / sizeof(*queues); q++) {
         for (Py_ssize_t i = 0; i < queues[q]->len; i++) {
             Py_VISIT(queue_at(queues[q], i));
         }
@@ -544,6 +578,8 @@ stream_clear(StreamObject *s)
     Py_CLEAR(s->iterator);
     Py_CLEAR(s->make);
     Py_CLEAR(s->limiters);
+    Py_CLEAR(s->item_limiter);
+    Py_CLEAR(s->item_cost);
     Py_CLEAR(s->context);
     Py_CLEAR(s->loop);
     Py_CLEAR(s->future_kwargs);
@@ -556,6 +592,8 @@ stream_clear(StreamObject *s)
     queue_clear(&s->ready);
     queue_clear(&s->room);
     queue_clear(&s->pull_line);
+    queue_clear(&s->parked);
+    queue_clear(&s->runnable);
     return 0;
 }
 

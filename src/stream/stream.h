@@ -5,6 +5,8 @@
  *                     to be taken, the first failure
  *   worker.c          Worker, the coroutine of one worker task: pulls an
  *                     item, takes its tokens, runs it, delivers its outcome
+ *   parked.c          ParkedItem, an item whose own tokens (item_limiter=,
+ *                     item_cost=) were busy: waits for them with no worker
  *   streamstep.c      StreamStep, the awaitable of a consumer's next value,
  *                     of collecting them all, and of closing
  *   streamiterator.c  StreamIterator, what `async for` iterates
@@ -31,6 +33,8 @@ typedef struct {
     PyObject *make;            /* item -> awaitable */
     Py_ssize_t limit;          /* 0: unbounded */
     PyObject *limiters;        /* tuple of TokenSource, rank order */
+    PyObject *item_limiter;    /* item -> limiter(s); None */
+    PyObject *item_cost;       /* item -> {limiter: n}; None */
     PyObject *context;         /* the caller's context */
     PyObject *loop;
     PyObject *future_kwargs;   /* {"loop": loop}, made on first use */
@@ -44,6 +48,9 @@ typedef struct {
     WaiterQueue ready;         /* unordered: values in completion order */
     WaiterQueue room;          /* futures of workers waiting for room */
     WaiterQueue pull_line;     /* futures of workers waiting to pull */
+    WaiterQueue parked;        /* ParkedItems waiting for their tokens */
+    WaiterQueue runnable;      /* ParkedItems holding them, for a worker */
+    Py_ssize_t pulls;          /* pulls under way (claims per item) */
     PyObject *wakeup;          /* the consumer's future */
     PyObject *workers_done;    /* a closer's future */
     PyObject *error;           /* the first failure */
@@ -51,12 +58,26 @@ typedef struct {
     Py_ssize_t workers_named;  /* the number in the last worker's name */
     char is_async, ordered, return_exceptions, as_futures, strict_input;
     char started, pulling, exhausted, closed, raised;
+    char claims_per_item;      /* item_limiter or item_cost given */
 } StreamObject;
+
+/* An item pulled whose claim was not held at once. Its claim keeps its
+ * places in line; the ParkedItem is the done callback of the claim's
+ * waiter, and moves to the stream's runnable line once all is held. */
+typedef struct {
+    PyObject_HEAD
+    StreamObject *stream;
+    PyObject *item;
+    Py_ssize_t index;
+    Claim claim;
+    char in_line;              /* in the stream's parked or runnable line */
+} ParkedItemObject;
 
 extern PyType_Spec stream_spec;
 extern PyType_Spec stream_step_spec;
 extern PyType_Spec worker_spec;
 extern PyType_Spec stream_iterator_spec;
+extern PyType_Spec parked_item_spec;
 
 /* stream.c, for the workers and the consumer's awaitables */
 Py_ssize_t stream_buffered(StreamObject *s);
@@ -76,6 +97,18 @@ PyObject *stream_take(StreamObject *s);
 /* A new waiter future at the end of `line`, marked blocking. */
 PyObject *stream_wait_in(StreamObject *s, WaiterQueue *line);
 void stream_wake_first(StreamObject *s, WaiterQueue *line);
+/* Wakes a worker waiting for room; all of them once nothing is left to
+ * run, so that they end. */
+void stream_wake_worker(StreamObject *s);
+/* Claims per item: whether a worker may pull another item now. */
+int stream_may_pull(StreamObject *s);
+/* Parks the item at `index` with `claim` (its waiter queued): both move
+ * into a ParkedItem. -1 on error, with the claim abandoned and the item
+ * left to the caller. */
+int stream_park(StreamObject *s, Py_ssize_t index, PyObject *item,
+                Claim *claim);
+/* The stream stops: the parked and runnable items never run. */
+void stream_drop_parked(StreamObject *s);
 PyObject *worker_new(StreamObject *stream);
 /* 1 when the worker runs on in task, 0 when it has ended already. */
 int worker_set_task(PyObject *worker, PyObject *task);

@@ -5,6 +5,11 @@
  * the item's own copy of the caller's context, as a Task would), give the
  * tokens back and deliver the value. Every wait is a future yielded to the
  * worker's Task; every state below is where the Task resumes it.
+ *
+ * With claims per item (item_limiter=, item_cost=) the loop differs: run an
+ * item whose parked claim has come to be held, if any; else pull while the
+ * stream has room, make the item's claim and run it if held at once, or
+ * park it (parked.c) and go round; else wait for room.
  */
 #include "stream/stream.h"
 
@@ -32,6 +37,7 @@ typedef struct {
     PyObject *given;        /* GIVEN: the caller's future */
     PyObject *run_iter;     /* RUN: the item's iterator */
     PyObject *context;      /* RUN: the item's context */
+    char counts_pull;       /* counted in the stream's pulls under way */
 } WorkerObject;
 
 PyObject *
@@ -49,6 +55,7 @@ worker_new(StreamObject *stream)
     self->waiting_on = self->pull_iter = self->item = NULL;
     self->given = self->run_iter = self->context = NULL;
     self->index = 0;
+    self->counts_pull = 0;
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -102,6 +109,15 @@ release_tokens(WorkerObject *self)
     }
 }
 
+static void
+pull_ended(WorkerObject *self)
+{
+    if (self->counts_pull) {
+        self->counts_pull = 0;
+        self->stream->pulls--;
+    }
+}
+
 /* The worker is done, whatever the reason: gives everything back. Keeps
  * the current exception, if any. */
 static void
@@ -109,6 +125,7 @@ worker_end(WorkerObject *self)
 {
     PyObject *exc = PyErr_GetRaisedException();
     StreamObject *s = self->stream;
+    pull_ended(self);
     if (self->state == W_PULLING) {
         s->pulling = 0;
         stream_wake_first(s, &s->pull_line);
@@ -221,7 +238,8 @@ finish_item(WorkerObject *self, PyObject *value, PyObject *error, int given)
 enum {
     GO_NEXT_ITEM,   /* the top of the loop: room, then tokens */
     GO_PULL,        /* tokens held: pull an item */
-    GO_START_ITEM,  /* an item pulled: start it */
+    GO_CLAIM_ITEM,  /* claims per item: an item pulled, take its tokens */
+    GO_START_ITEM,  /* an item pulled, its tokens held: start it */
     GO_YIELD,
     GO_END,
     GO_FAIL,
@@ -239,19 +257,72 @@ wait_for_tokens(WorkerObject *self, PyObject **result)
 }
 
 static int
+wait_for_room(WorkerObject *self, PyObject **result)
+{
+    StreamObject *s = self->stream;
+    PyObject *future = stream_wait_in(s, &s->room);
+    if (future == NULL) {
+        return GO_FAIL;
+    }
+    yield_future(self, future, W_ROOM, result);
+    return GO_YIELD;
+}
+
+/* Takes over the item and the claim of the first runnable parked item. */
+static void
+take_runnable(WorkerObject *self)
+{
+    StreamObject *s = self->stream;
+    ParkedItemObject *parked = (ParkedItemObject *)queue_pop(&s->runnable);
+    parked->in_line = 0;
+    claim_clear(&self->claim);
+    self->claim = parked->claim;
+    claim_init(&parked->claim, s->limiters);
+    self->item = parked->item;
+    parked->item = NULL;
+    self->index = parked->index;
+    Py_DECREF(parked);
+}
+
+static int
+go_to_next_item_claimed_each(WorkerObject *self, PyObject **result)
+{
+    StreamObject *s = self->stream;
+    if (s->closed || s->error != NULL) {
+        return GO_END;
+    }
+    if (s->runnable.len > 0) {
+        /* Held already and counted as pulled: it runs whatever the values
+         * waiting (an ordered consumer may be waiting for it). */
+        take_runnable(self);
+        stream_wake_worker(s);       /* one fewer parked: room to pull */
+        return GO_START_ITEM;
+    }
+    if (stream_may_pull(s)) {
+        s->pulls++;
+        self->counts_pull = 1;
+        return GO_PULL;
+    }
+    if (s->exhausted && s->parked.len == 0) {
+        stream_wake_worker(s);       /* the others end too */
+        return GO_END;
+    }
+    return wait_for_room(self, result);
+}
+
+static int
 go_to_next_item(WorkerObject *self, PyObject **result)
 {
     StreamObject *s = self->stream;
+    pull_ended(self);
+    if (s->claims_per_item) {
+        return go_to_next_item_claimed_each(self, result);
+    }
     if (stream_stopped(s)) {
         return GO_END;
     }
     if (s->limit > 0 && stream_buffered(s) >= s->limit) {
-        PyObject *future = stream_wait_in(s, &s->room);
-        if (future == NULL) {
-            return GO_FAIL;
-        }
-        yield_future(self, future, W_ROOM, result);
-        return GO_YIELD;
+        return wait_for_room(self, result);
     }
     int got = claim_try_take(&self->claim, s->loop);
     if (got < 0) {
@@ -279,7 +350,7 @@ pull_done(WorkerObject *self, PySendResult status, PyObject *value)
     if (status == PYGEN_RETURN) {
         self->item = value;
         self->index = s->pulled++;
-        return GO_START_ITEM;
+        return s->claims_per_item ? GO_CLAIM_ITEM : GO_START_ITEM;
     }
     if (error == NULL) {
         PyErr_SetString(PyExc_SystemError, "async source failed silently");
@@ -330,7 +401,7 @@ go_pull(WorkerObject *self, PyObject **result)
         self->item = PyIter_Next(s->iterator);
         if (self->item != NULL) {
             self->index = s->pulled++;
-            return GO_START_ITEM;
+            return s->claims_per_item ? GO_CLAIM_ITEM : GO_START_ITEM;
         }
         if (PyErr_Occurred()) {
             PyObject *error = PyErr_GetRaisedException();
@@ -468,6 +539,63 @@ wait_for_given(WorkerObject *self, PyObject *given, PyObject **result)
     return GO_YIELD;
 }
 
+static PyObject *
+call_on_item(PyObject *fn, PyObject *item)
+{
+    return fn == Py_None ? Py_NewRef(Py_None) : PyObject_CallOneArg(fn, item);
+}
+
+/* The item's claim: the stream's limiters and the item's, with its costs
+ * (by the rule of a group's task). Held at once: start the item; else it
+ * is parked, and the worker goes round. A bad limiter or cost is the
+ * item's error; a limiter's failure, the stream's. */
+static int
+go_claim_item(WorkerObject *self)
+{
+    StreamObject *s = self->stream;
+    pull_ended(self);
+    if (s->limit == 0 && !stream_stopped(s) && stream_add_worker(s) < 0) {
+        return GO_FAIL;
+    }
+    PyObject *limiter = call_on_item(s->item_limiter, self->item);
+    PyObject *cost = limiter == NULL ? NULL
+                                     : call_on_item(s->item_cost, self->item);
+    Claim claim;
+    int made = cost == NULL ? -1
+        : claim_init_for_task(wstate(self), &claim, s->limiters, limiter,
+                              cost);
+    Py_XDECREF(limiter);
+    Py_XDECREF(cost);
+    if (made < 0) {
+        PyObject *error = PyErr_GetRaisedException();
+        close_item(self);
+        if (is_interrupt(error)) {
+            stream_fail(s, error, self->task);
+            PyErr_SetRaisedException(error);
+            return GO_FAIL;
+        }
+        int failed = stream_deliver(s, self->index, NULL, error, 0) < 0;
+        Py_DECREF(error);
+        return failed ? GO_FAIL : GO_NEXT_ITEM;
+    }
+    claim_clear(&self->claim);
+    self->claim = claim;
+    int got = claim_try_take(&self->claim, s->loop);
+    if (got == 1) {
+        return GO_START_ITEM;
+    }
+    if (got == 0 && stream_park(s, self->index, self->item,
+                                &self->claim) == 0) {
+        Py_CLEAR(self->item);
+        return GO_NEXT_ITEM;
+    }
+    PyObject *error = PyErr_GetRaisedException();
+    close_item(self);
+    stream_fail(s, error, self->task);
+    Py_DECREF(error);
+    return GO_NEXT_ITEM;
+}
+
 /* Makes the pulled item into an awaitable, in a copy of the caller's
  * context entered for it, and runs its first step there. */
 static int
@@ -475,7 +603,8 @@ go_start_item(WorkerObject *self, PyObject **result)
 {
     StreamObject *s = self->stream;
     ModuleState *st = wstate(self);
-    if (s->limit == 0 && !stream_stopped(s) && stream_add_worker(s) < 0) {
+    if (s->limit == 0 && !s->claims_per_item && !stream_stopped(s)
+            && stream_add_worker(s) < 0) {
         return GO_FAIL;
     }
     self->context = PyContext_Copy(s->context);
@@ -603,6 +732,9 @@ worker_step(PyObject *op, PyObject *value, PyObject *exc, PyObject **result)
             break;
         case GO_PULL:
             go = go_pull(self, result);
+            break;
+        case GO_CLAIM_ITEM:
+            go = go_claim_item(self);
             break;
         case GO_START_ITEM:
             go = go_start_item(self, result);

@@ -101,7 +101,7 @@ class Stream:
 
     def __init__(self, source, make, *, limit, limiter, ordered,
                  return_exceptions, as_futures, strict_input, name,
-                 item_limiter=None, item_cost=None) -> None:
+                 item_limiter, item_cost) -> None:
         self._source = source
         self._make = make                # item -> awaitable; None: the item
         self._strict_input = strict_input  # a bad item fails the stream
@@ -412,8 +412,9 @@ class Stream:
                                               _TokenSource)
             cost = None if self._item_cost is None else self._item_cost(item)
             claim = _Claim(limiters, costs_in_rank_order(limiters, cost))
-        except BASE_ERRORS:
+        except BASE_ERRORS as exc:
             close_coroutine(item)
+            self._fail(exc)
             raise
         except BaseException as exc:
             close_coroutine(item)
