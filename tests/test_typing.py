@@ -11,8 +11,9 @@ import textwrap
 
 GOOD = textwrap.dedent('''
     import asyncio
-    from taskbound import (BoundedTaskGroup, Limiter, LimiterStatistics,
-                           RateLimiter, amap, as_completed, gather)
+    from taskbound import (BoundedTaskGroup, KeyedLimiter, Limiter,
+                           LimiterStatistics, RateLimiter, amap,
+                           as_completed, gather)
 
     async def answer() -> int:
         await asyncio.sleep(0)
@@ -34,8 +35,11 @@ GOOD = textwrap.dedent('''
         async with BoundedTaskGroup(limit=2, limiter=[shared, rate]) as tg:
             task: asyncio.Task[int] = await tg.spawn(answer())
             other: asyncio.Task[int] = tg.create_task(answer(), name="other")
-        lengths: list[int] = [n async for n in amap(length, ["ab", "c"],
-                                                    limit=2)]
+        per_text = KeyedLimiter(1)
+        lengths: list[int] = [n async for n in amap(
+            length, ["ab", "c"], limit=2, limiter=shared,
+            item_limiter=lambda text: per_text[text],
+            item_cost=lambda text: {shared: len(text)})]
         pair: tuple[int, int] = await gather(answer(), length("xyz"),
                                              limit=1)
         done: list[int] = []
@@ -109,8 +113,8 @@ def test_typed_example_checks_and_runs(impl, run, tmp_path_factory):
     assert checked.returncode == 0, checked.stdout + checked.stderr
     namespace: dict = {}
     exec(compile(GOOD, "example.py", "exec"), namespace)
-    for name in ("BoundedTaskGroup", "Limiter", "RateLimiter", "amap",
-                 "as_completed", "gather"):
+    for name in ("BoundedTaskGroup", "KeyedLimiter", "Limiter",
+                 "RateLimiter", "amap", "as_completed", "gather"):
         namespace[name] = getattr(impl, name)
     assert run(namespace["main"]()) == (42, 42, (4, 0, 0, None), 2, [2, 1],
                                         [42, 3], [42])

@@ -188,6 +188,10 @@ class BoundedTaskGroup:
     def cancel(self) -> None: ...
 
 _Limiters = AnyLimiter | Sequence[AnyLimiter] | None
+# What gather() and as_completed() ask of each awaitable for its own
+# limiters and costs.
+_ItemLimiter = Callable[[Awaitable[Any]], _Limiters] | None
+_ItemCost = Callable[[Awaitable[Any]], Mapping[AnyLimiter, int]] | None
 
 class StreamIterator(AsyncIterator[_T]):
     def __aiter__(self) -> Self: ...
@@ -208,6 +212,8 @@ def amap(
     *,
     limit: int | None = None,
     limiter: _Limiters = None,
+    item_limiter: Callable[[_T], _Limiters] | None = None,
+    item_cost: Callable[[_T], Mapping[AnyLimiter, int]] | None = None,
     ordered: bool = True,
     return_exceptions: Literal[False] = False,
 ) -> StreamIterator[_R]: ...
@@ -218,6 +224,8 @@ def amap(
     *,
     limit: int | None = None,
     limiter: _Limiters = None,
+    item_limiter: Callable[[_T], _Limiters] | None = None,
+    item_cost: Callable[[_T], Mapping[AnyLimiter, int]] | None = None,
     ordered: bool = True,
     return_exceptions: bool,
 ) -> StreamIterator[_R | BaseException]: ...
@@ -226,43 +234,55 @@ def as_completed(
     *,
     limit: int | None = None,
     limiter: _Limiters = None,
+    item_limiter: _ItemLimiter = None,
+    item_cost: _ItemCost = None,
 ) -> StreamIterator[asyncio.Future[_T]]: ...
 @overload
 async def gather(
     aw1: Awaitable[_T1], /, *, limit: int | None = None,
-    limiter: _Limiters = None, return_exceptions: Literal[False] = False,
+    limiter: _Limiters = None,
+    item_limiter: _ItemLimiter = None, item_cost: _ItemCost = None,
+    return_exceptions: Literal[False] = False,
 ) -> tuple[_T1]: ...
 @overload
 async def gather(
     aw1: Awaitable[_T1], aw2: Awaitable[_T2], /, *, limit: int | None = None,
-    limiter: _Limiters = None, return_exceptions: Literal[False] = False,
+    limiter: _Limiters = None,
+    item_limiter: _ItemLimiter = None, item_cost: _ItemCost = None,
+    return_exceptions: Literal[False] = False,
 ) -> tuple[_T1, _T2]: ...
 @overload
 async def gather(
     aw1: Awaitable[_T1], aw2: Awaitable[_T2], aw3: Awaitable[_T3], /, *,
     limit: int | None = None, limiter: _Limiters = None,
+    item_limiter: _ItemLimiter = None, item_cost: _ItemCost = None,
     return_exceptions: Literal[False] = False,
 ) -> tuple[_T1, _T2, _T3]: ...
 @overload
 async def gather(
     aw1: Awaitable[_T1], aw2: Awaitable[_T2], aw3: Awaitable[_T3],
     aw4: Awaitable[_T4], /, *, limit: int | None = None,
-    limiter: _Limiters = None, return_exceptions: Literal[False] = False,
+    limiter: _Limiters = None,
+    item_limiter: _ItemLimiter = None, item_cost: _ItemCost = None,
+    return_exceptions: Literal[False] = False,
 ) -> tuple[_T1, _T2, _T3, _T4]: ...
 @overload
 async def gather(
     aw1: Awaitable[_T1], aw2: Awaitable[_T2], aw3: Awaitable[_T3],
     aw4: Awaitable[_T4], aw5: Awaitable[_T5], /, *,
     limit: int | None = None, limiter: _Limiters = None,
+    item_limiter: _ItemLimiter = None, item_cost: _ItemCost = None,
     return_exceptions: Literal[False] = False,
 ) -> tuple[_T1, _T2, _T3, _T4, _T5]: ...
 @overload
 async def gather(
     *aws: Awaitable[_T], limit: int | None = None, limiter: _Limiters = None,
+    item_limiter: _ItemLimiter = None, item_cost: _ItemCost = None,
     return_exceptions: Literal[False] = False,
 ) -> list[_T]: ...
 @overload
 async def gather(
     *aws: Awaitable[_T], limit: int | None = None, limiter: _Limiters = None,
+    item_limiter: _ItemLimiter = None, item_cost: _ItemCost = None,
     return_exceptions: bool,
 ) -> list[_T | BaseException]: ...
