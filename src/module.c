@@ -238,6 +238,7 @@ intern_strings(ModuleState *st)
     INTERN(str__dequeue, "_dequeue");
     INTERN(str__pass_on, "_pass_on");
     INTERN(str__give_back, "_give_back");
+    INTERN(str__check_weight, "_check_weight");
 #undef INTERN
     return 0;
 }
@@ -294,7 +295,7 @@ module_exec(PyObject *module)
     X(str_get_coro) X(str_is_closed)                                       \
     X(str_result) X(str_send) X(str_set_result) X(str_throw) X(str_time)   \
     X(str_uncancel) X(str__try_take) X(str__enqueue) X(str__dequeue)       \
-    X(str__pass_on) X(str__give_back)                                      \
+    X(str__pass_on) X(str__give_back) X(str__check_weight)                \
     X(group_type) X(child_type) X(spawn_type) X(group_exit_type)           \
     X(group_statistics) X(check_limit) X(waiting_stand_in)                 \
     X(add_to_awaited_by) X(discard_from_awaited_by)                        \

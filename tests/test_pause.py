@@ -180,9 +180,10 @@ def test_bad_seconds_are_refused_and_change_nothing(impl, run, seconds,
     assert run(main()) == [None, None]
 
 
-def test_an_external_limiter_cannot_pause_yet(impl, run):
-    """A pause of a Redis limiter must reach every process; until it does,
-    it is refused rather than kept in this one alone."""
+def test_an_external_source_without_its_own_pause_refuses_one(impl, run):
+    """A pause must reach wherever the tokens live: an external source
+    whose class does not say how refuses it rather than keep it in this
+    process alone."""
     toy = toy_source_type(impl.module.ExternalSource)(1)
 
     async def main():

@@ -8,33 +8,81 @@
  * rank order. The base binds it to one loop (_bind, _loop); the subclass
  * keeps its own line of waiter futures:
  *
- *   _try_take(loop) -> bool      take a token now, without waiting
- *   _enqueue(loop) -> future     queue a waiter; its result is True once it
- *                                holds a token (False: the claim aborted)
- *   _dequeue(future)             the waiter leaves the line, unserved
- *   _pass_on()                   a waiter handed a token gave up: pass it on
- *   _give_back()                 a token comes back
+ *   _try_take(loop[, n]) -> bool   take n tokens now, without waiting
+ *   _enqueue(loop[, n]) -> future  queue a waiter for n; its result is True
+ *                                  once it holds them (False: the claim
+ *                                  aborted)
+ *   _dequeue(future)               the waiter leaves the line, unserved
+ *   _pass_on([n])                  a waiter handed n tokens gave up: pass
+ *                                  them on
+ *   _give_back([n])                n tokens come back
+ *   _check_weight(n)               raise if n at once can never be granted
  *
- * It takes one token at a time: n other than 1 is refused at the call
- * (external_check_weight), so each operation here is for one.
+ * n is passed only when it is not 1, as the reference does, so a subclass
+ * that takes one token at a time needs no n at all: the base's
+ * _check_weight refuses any other n at the call.
  */
 #include "core/core.h"
+
+/* The n argument, or NULL (and nothing set) when it is 1. */
+static int
+weight_argument(Py_ssize_t n, PyObject **weight)
+{
+    *weight = NULL;
+    if (n == 1) {
+        return 0;
+    }
+    *weight = PyLong_FromSsize_t(n);
+    return *weight == NULL ? -1 : 0;
+}
+
+/* method(self, [arg,] [n]) */
+static PyObject *
+call_with_weight(TokenSource *self, PyObject *name, PyObject *arg,
+                 Py_ssize_t n)
+{
+    ASSERT_NO_ERROR();
+    PyObject *weight;
+    if (weight_argument(n, &weight) < 0) {
+        return NULL;
+    }
+    PyObject *args[3] = {(PyObject *)self};
+    size_t nargs = 1;
+    if (arg != NULL) {
+        args[nargs++] = arg;
+    }
+    if (weight != NULL) {
+        args[nargs++] = weight;
+    }
+    PyObject *res = PyObject_VectorcallMethod(
+        name, args, nargs | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(weight);
+    return res;
+}
+
+static int
+call_with_weight_status(TokenSource *self, PyObject *name, Py_ssize_t n)
+{
+    PyObject *res = call_with_weight(self, name, NULL, n);
+    if (res == NULL) {
+        return -1;
+    }
+    Py_DECREF(res);
+    return 0;
+}
 
 static int
 external_check_weight(TokenSource *self, Py_ssize_t n)
 {
-    PyErr_Format(PyExc_ValueError,
-                 "%R takes one token at a time: n must be 1, not %zd", self,
-                 n);
-    return -1;
+    assert(n != 1);
+    return call_with_weight_status(self, self->state->str__check_weight, n);
 }
 
 static int
 external_try_take(TokenSource *self, PyObject *loop, Py_ssize_t n)
 {
-    assert(n == 1);
-    PyObject *res = call_method1((PyObject *)self,
-                                 self->state->str__try_take, loop);
+    PyObject *res = call_with_weight(self, self->state->str__try_take, loop,
+                                     n);
     if (res == NULL) {
         return -1;
     }
@@ -46,8 +94,7 @@ external_try_take(TokenSource *self, PyObject *loop, Py_ssize_t n)
 static PyObject *
 external_enqueue(TokenSource *self, PyObject *loop, Py_ssize_t n)
 {
-    assert(n == 1);
-    return call_method1((PyObject *)self, self->state->str__enqueue, loop);
+    return call_with_weight(self, self->state->str__enqueue, loop, n);
 }
 
 /* Leaving the line cannot fail for the claim: a failure of the subclass
@@ -65,28 +112,15 @@ external_dequeue(TokenSource *self, PyObject *future)
 }
 
 static int
-call_method_status(TokenSource *self, PyObject *name)
-{
-    PyObject *res = call_method0((PyObject *)self, name);
-    if (res == NULL) {
-        return -1;
-    }
-    Py_DECREF(res);
-    return 0;
-}
-
-static int
 external_pass_on(TokenSource *self, Py_ssize_t n)
 {
-    assert(n == 1);
-    return call_method_status(self, self->state->str__pass_on);
+    return call_with_weight_status(self, self->state->str__pass_on, n);
 }
 
 static int
 external_give_back(TokenSource *self, Py_ssize_t n)
 {
-    assert(n == 1);
-    return call_method_status(self, self->state->str__give_back);
+    return call_with_weight_status(self, self->state->str__give_back, n);
 }
 
 static const TokenSourceOps external_ops = {
@@ -146,7 +180,20 @@ external_bind(TokenSource *self, PyObject *loop)
     Py_RETURN_NONE;
 }
 
+/* The default: one token at a time. A subclass that takes more overrides
+ * it with its own rule (n above its total, say). */
+static PyObject *
+external_refuse_weight(TokenSource *self, PyObject *n)
+{
+    PyErr_Format(PyExc_ValueError,
+                 "%R takes one token at a time: n must be 1, not %S", self,
+                 n);
+    return NULL;
+}
+
 static PyMethodDef external_methods[] = {
+    {"_check_weight", (PyCFunction)external_refuse_weight, METH_O,
+     "Raise if n tokens at once can never be granted (here: any n but 1)."},
     {"_bind", (PyCFunction)external_bind, METH_O,
      "Bind to `loop` on first use; refuse any other loop after that."},
     {NULL, NULL, 0, NULL},

@@ -108,6 +108,7 @@ struct ModuleState {
     PyObject *str__dequeue;
     PyObject *str__pass_on;
     PyObject *str__give_back;
+    PyObject *str__check_weight;
 
     /* Limiters take tokens in the order of their creation. */
     unsigned long long next_rank;

@@ -434,8 +434,8 @@ source_pause(PyObject *op, PyObject *arg)
     }
     if (self->ops->pause_changed == NULL) {
         PyErr_Format(PyExc_NotImplementedError,
-                     "%R cannot pause: a pause shared by every process is "
-                     "not built for Redis limiters yet", self);
+                     "%R cannot pause: its tokens live elsewhere, and its "
+                     "class does not implement pause() there", self);
         return NULL;
     }
     PyObject *loop = running_loop(st);

@@ -598,16 +598,18 @@ class ExternalSource(_TokenSource):
     (taskbound.redis). A claim drives it through the same methods as any
     token source; the subclass implements them and keeps its own line:
 
-    - ``_try_take(loop) -> bool``: take a token now, without waiting;
-    - ``_enqueue(loop) -> future``: queue a waiter, whose result is True once
-      it holds a token (False: the claim aborted);
+    - ``_try_take(loop[, n]) -> bool``: take n tokens now, without waiting;
+    - ``_enqueue(loop[, n]) -> future``: queue a waiter for n, whose result
+      is True once it holds them (False: the claim aborted);
     - ``_dequeue(future)``: the waiter leaves the line, unserved;
-    - ``_pass_on()``: a waiter handed a token gave up: pass it on;
-    - ``_give_back()``: a token comes back.
+    - ``_pass_on([n])``: a waiter handed n tokens gave up: pass them on;
+    - ``_give_back([n])``: n tokens come back;
+    - ``_check_weight(n)``: raise if n at once can never be granted.
 
     ``_bind(loop)`` and ``_loop`` come from the base, as for every source.
-    An external source takes one token at a time: a claim never asks it for
-    more (``n`` other than 1 is refused at the call).
+    ``n`` is passed only when it is not 1, so a subclass that takes one
+    token at a time needs no ``n`` at all: the base's ``_check_weight``
+    refuses any other ``n`` at the call.
     """
 
     def __new__(cls, *args, **kwargs):
@@ -616,16 +618,20 @@ class ExternalSource(_TokenSource):
         return self
 
     def release(self, n: int = 1) -> None:
-        check_weight(self, n)
-        self._give_back()
+        if check_weight(self, n) == 1:
+            self._give_back()
+        else:
+            self._give_back(n)
 
     def pause(self, seconds: float) -> None:
         check_pause(seconds)
         raise NotImplementedError(
-            f"{self!r} cannot pause: a pause shared by every process is not "
-            "built for Redis limiters yet")
+            f"{self!r} cannot pause: its tokens live elsewhere, and its "
+            "class does not implement pause() there")
 
     def _check_weight(self, n: int) -> None:
+        # The default: one token at a time. A subclass that takes more
+        # overrides it with its own rule (n above its total, say).
         raise ValueError(f"{self!r} takes one token at a time: n must be 1, "
                          f"not {n}")
 
