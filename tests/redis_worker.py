@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import sys
 import time
 
@@ -21,9 +22,9 @@ import redis.asyncio as aioredis
 import taskbound
 from taskbound.redis import RedisLimiter, RedisRateLimiter
 
-# Count a task in, keep the high-water mark; count it out.
+# Count a task's tokens in, keep the high-water mark; count them out.
 ENTER = """
-local now = redis.call('INCR', KEYS[1])
+local now = redis.call('INCRBY', KEYS[1], ARGV[1])
 if now > tonumber(redis.call('GET', KEYS[2]) or '0') then
   redis.call('SET', KEYS[2], now)
 end
@@ -37,14 +38,16 @@ class Census:
     def __init__(self, client, name: str) -> None:
         self.client = client
         self.keys = [f"{name}:running", f"{name}:peak"]
+        self.starts = f"{name}:starts"
         self.enter = client.register_script(ENTER)
 
-    async def work(self, seconds: float) -> None:
-        await self.enter(keys=self.keys)
+    async def work(self, seconds: float, tokens: int = 1) -> None:
+        await self.enter(keys=self.keys, args=[tokens])
+        await self.client.rpush(self.starts, repr(time.time()))
         try:
             await asyncio.sleep(seconds)
         finally:
-            await self.client.decr(self.keys[0])
+            await self.client.decrby(self.keys[0], tokens)
 
 
 async def cap(client, name, options):
@@ -56,6 +59,54 @@ async def cap(client, name, options):
         for _ in range(options["tasks"]):
             await tg.spawn(census.work(options["seconds"]))
     await limiter.aclose()
+
+
+async def weighted_cap(client, name, options):
+    """A group whose tasks take 1 to `most` tokens each of the shared
+    limiter."""
+    census = Census(client, name)
+    limiter = RedisLimiter(client, name, options["total"],
+                           lease=options["lease"])
+    draw = random.Random(options["seed"])
+    async with taskbound.BoundedTaskGroup() as tg:
+        for _ in range(options["tasks"]):
+            n = draw.randint(1, options["most"])
+            await tg.spawn(census.work(options["seconds"], n),
+                           limiter=limiter, cost={limiter: n})
+    await limiter.aclose()
+
+
+async def budget(client, name, options):
+    """Spend a shared budget of units per second from many tasks at once
+    (starts of 1 to `most` units); record each start's time and units."""
+    limiter = RedisRateLimiter(client, name, options["rate"],
+                               burst=options["burst"])
+    draw = random.Random(options["seed"])
+
+    async def spend(n):
+        await limiter.acquire(n)
+        await client.rpush(f"{name}:starts", f"{time.time()!r} {n}")
+
+    await asyncio.gather(*[spend(draw.randint(1, options["most"]))
+                           for _ in range(options["starts"])])
+    await limiter.aclose()
+
+
+async def pause(client, name, options):
+    """Once `after` starts are recorded, pause the shared limiter (a
+    RedisLimiter, or a RedisRateLimiter with `rate`) for `seconds`, and
+    record when."""
+    if "rate" in options:
+        limiter = RedisRateLimiter(client, name, options["rate"],
+                                   burst=options["burst"])
+    else:
+        limiter = RedisLimiter(client, name, options["total"],
+                               lease=options["lease"])
+    while await client.llen(f"{name}:starts") < options["after"]:
+        await asyncio.sleep(0.005)
+    await client.set(f"{name}:paused", repr(time.time()))
+    limiter.pause(options["seconds"])
+    await limiter.aclose()      # sends it
 
 
 async def hold(client, name, options):
@@ -119,7 +170,8 @@ async def churn(client, name, options):
 
 
 ROLES = {"cap": cap, "hold": hold, "line_up": line_up, "rate": rate,
-         "churn": churn}
+         "churn": churn, "weighted_cap": weighted_cap, "budget": budget,
+         "pause": pause}
 
 
 async def main(role, port, name, options):

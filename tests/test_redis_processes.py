@@ -18,6 +18,7 @@ from taskbound import LimiterStatistics
 
 from helpers import unique_name
 from test_redis import assert_spread
+from test_redis_weighted import assert_within_rate
 
 WORKER = os.path.join(os.path.dirname(__file__), "redis_worker.py")
 
@@ -189,3 +190,124 @@ def test_processes_ride_out_a_restart_of_the_server(
     running = int(observer.get(f"{name}:running"))
     observer.close()
     assert (peak, running) == (3, 0)
+
+
+def test_four_processes_never_exceed_a_weighted_cap(impl, run, redis_server):
+    """Tasks of 1 to 4 tokens each (a group's per-task cost) in 4
+    processes on one RedisLimiter(10)."""
+    name = unique_name("proc")
+    workers = [start_worker(impl, run, redis_server, "weighted_cap", name,
+                            total=10, lease=5.0, tasks=10, most=4,
+                            seconds=0.05, seed=seed)
+               for seed in range(4)]
+    for worker in workers:
+        finish(worker)
+    client = redis.Redis(port=redis_server.port)
+    peak, running = client.get(f"{name}:peak"), client.get(f"{name}:running")
+    client.close()
+    print(f"peak tokens held at once: {int(peak)} of 10")
+    # More than any one task's 4 (the processes shared the tokens), never
+    # more than the total, and every token counted out again.
+    assert 4 < int(peak) <= 10 and int(running) == 0
+    assert run(statistics(impl, redis_server, name, 10)) == \
+        LimiterStatistics(10, 0, 0)
+
+
+def recorded_starts(server, name) -> list:
+    """(time, units) of every start the workers recorded, in time order."""
+    client = redis.Redis(port=server.port)
+    try:
+        starts = []
+        for entry in client.lrange(f"{name}:starts", 0, -1):
+            when, units = entry.decode().split()
+            starts.append((float(when), int(units)))
+        paused = client.get(f"{name}:paused")
+        return sorted(starts), None if paused is None else float(paused)
+    finally:
+        client.close()
+
+
+def most_in_a_window(starts, window: float) -> int:
+    """The most units started in any stretch of `window` seconds."""
+    most = 0
+    for i, (begin, _) in enumerate(starts):
+        most = max(most, sum(units for when, units in starts[i:]
+                             if when < begin + window))
+    return most
+
+
+def test_a_weighted_budget_holds_in_every_window_across_four_processes(
+        impl, run, redis_server):
+    """A units-per-second budget (a tokens-per-minute API budget, scaled
+    down) spent by 4 processes at once, each start 1 to 5 units."""
+    name = unique_name("proc")
+    rate, burst = 100, 10
+    workers = [start_worker(impl, run, redis_server, "budget", name,
+                            rate=rate, burst=burst, most=5, starts=25,
+                            seed=seed)
+               for seed in range(4)]
+    for worker in workers:
+        finish(worker)
+    starts, _ = recorded_starts(redis_server, name)
+    assert len(starts) == 100
+    for window in (0.25, 0.5, 1.0):
+        print(f"most units in {window} s: {most_in_a_window(starts, window)}"
+              f" (budget {burst + rate * window:g})")
+    assert_within_rate(starts, 1 / rate, burst)
+
+
+def test_a_rate_pause_reaches_the_starts_every_process_reserved(
+        impl, run, redis_server):
+    """Four processes reserve their starts up front; a fifth pauses the
+    limiter: no process starts anything during the pause, and the spacing
+    holds after it."""
+    name = unique_name("proc")
+    rate, burst, seconds = 100, 5, 0.5
+    workers = [start_worker(impl, run, redis_server, "budget", name,
+                            rate=rate, burst=burst, most=3, starts=20,
+                            seed=seed)
+               for seed in range(4)]
+    workers.append(start_worker(impl, run, redis_server, "pause", name,
+                                rate=rate, burst=burst, after=10,
+                                seconds=seconds))
+    for worker in workers:
+        finish(worker)
+    starts, paused = recorded_starts(redis_server, name)
+    assert len(starts) == 80
+    assert_nothing_started_during(starts, paused, seconds)
+    assert_within_rate(starts, 1 / rate, burst)
+
+
+def test_a_pause_holds_back_every_process_and_spares_holders(
+        impl, run, redis_server):
+    name = unique_name("proc")
+    seconds = 0.5
+    workers = [start_worker(impl, run, redis_server, "cap", name, total=4,
+                            lease=5.0, tasks=12, seconds=0.05)
+               for _ in range(4)]
+    workers.append(start_worker(impl, run, redis_server, "pause", name,
+                                total=4, lease=5.0, after=8,
+                                seconds=seconds))
+    for worker in workers:
+        finish(worker)
+    client = redis.Redis(port=redis_server.port)
+    starts = sorted((float(t), 1)
+                    for t in client.lrange(f"{name}:starts", 0, -1))
+    paused = float(client.get(f"{name}:paused"))
+    peak, running = client.get(f"{name}:peak"), client.get(f"{name}:running")
+    client.close()
+    assert len(starts) == 48 and (int(peak), int(running)) == (4, 0)
+    assert_nothing_started_during(starts, paused, seconds)
+
+
+def assert_nothing_started_during(starts, paused, seconds) -> None:
+    """No start between the pause reaching Redis (up to 50 ms after it was
+    asked for: a round trip, and a notification to the others) and its end;
+    and starts before and after it, so that it held something back."""
+    during = [when for when, _ in starts
+              if paused + 0.05 < when < paused + seconds]
+    assert during == [], (paused, starts)
+    assert starts[0][0] < paused < paused + seconds <= starts[-1][0]
+    print(f"pause of {seconds} s: last start before it "
+          f"{max(w for w, _ in starts if w <= paused + 0.05) - paused:+.3f} s,"
+          f" first after it {min(w for w, _ in starts if w > paused + 0.05) - paused:.3f} s")
