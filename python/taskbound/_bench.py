@@ -486,6 +486,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "it; needs aiohttp)")
     parser.add_argument("--http-sleep-ms", type=float, default=1.0,
                         help="the HTTP server's handler sleeps this long")
+    parser.add_argument("--crawl-urls", type=int, default=5_000,
+                        help="URLs of the crawl rows, 0 to skip them")
+    parser.add_argument("--llm-requests", type=int, default=300,
+                        help="requests of the LLM-client row, 0 to skip it")
+    parser.add_argument("--downloads", type=int, default=300,
+                        help="downloads of the disk row, 0 to skip it")
+    parser.add_argument("--api-calls", type=int, default=1_000,
+                        help="calls of the push-back rows, 0 to skip them")
     parser.add_argument("--json", metavar="FILE",
                         help="write the raw figures to FILE")
     parser.add_argument("--plot", metavar="FILE",
@@ -497,6 +505,41 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taskbound bench")
     add_arguments(parser)
     return run(parser.parse_args(argv))
+
+
+def limits(args: argparse.Namespace, report: dict) -> None:
+    """The rows of limits shaped like real ones (_benchlimits), on the
+    active implementation."""
+    import taskbound
+    from . import _benchlimits as bl
+    if args.crawl_urls > 0:
+        figures = bl.measure_crawl(taskbound, args.crawl_urls, args.rounds,
+                                   new_loop, args.loop, progress)
+        bl.crawl_table(args.crawl_urls, figures)
+        report["workloads"]["crawl"] = {
+            "urls": args.crawl_urls, "rows": [
+                {"contender": name, "others_per_second_alone": alone,
+                 "others_per_second_with_slow_host": slowed}
+                for name, (alone, slowed) in figures.items()]}
+    if args.llm_requests > 0:
+        figures = bl.measure_llm(taskbound, args.llm_requests, new_loop,
+                                 args.loop)
+        bl.llm_table(figures)
+        report["workloads"]["llm"] = figures
+    if args.downloads > 0:
+        figures = bl.measure_disk(taskbound, args.downloads, new_loop,
+                                  args.loop)
+        bl.disk_table(figures)
+        report["workloads"]["disk"] = figures
+    if args.api_calls > 0:
+        figures = bl.measure_push_back(taskbound, args.api_calls, new_loop,
+                                       args.loop)
+        bl.push_back_table(args.api_calls, figures)
+        report["workloads"]["push-back"] = {
+            "calls": args.api_calls, "rows": [
+                {"contender": name, "refusals_per_call": refused,
+                 "seconds": seconds}
+                for name, (refused, seconds) in figures.items()]}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -584,6 +627,7 @@ def run(args: argparse.Namespace) -> int:
             report["workloads"]["http"] = {
                 "requests": args.http_requests,
                 "sleep": args.http_sleep_ms / 1000, "rows": rows}
+    limits(args, report)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
