@@ -213,6 +213,13 @@ def test_four_processes_never_exceed_a_weighted_cap(impl, run, redis_server):
         LimiterStatistics(10, 0, 0)
 
 
+# A worker records a start when its task resumes after acquire(), which a
+# busy process (starting its tasks, on a debug interpreter, on a shared
+# machine) does later than the start Redis reserved, bunching it with the
+# next ones: measured up to ~40 ms on the debug build.
+PROCESS_LATENESS = 0.05
+
+
 def recorded_starts(server, name) -> list:
     """(time, units) of every start the workers recorded, in time order."""
     client = redis.Redis(port=server.port)
@@ -253,7 +260,7 @@ def test_a_weighted_budget_holds_in_every_window_across_four_processes(
     for window in (0.25, 0.5, 1.0):
         print(f"most units in {window} s: {most_in_a_window(starts, window)}"
               f" (budget {burst + rate * window:g})")
-    assert_within_rate(starts, 1 / rate, burst)
+    assert_within_rate(starts, 1 / rate, burst, late=PROCESS_LATENESS)
 
 
 def test_a_rate_pause_reaches_the_starts_every_process_reserved(
@@ -275,7 +282,7 @@ def test_a_rate_pause_reaches_the_starts_every_process_reserved(
     starts, paused = recorded_starts(redis_server, name)
     assert len(starts) == 80
     assert_nothing_started_during(starts, paused, seconds)
-    assert_within_rate(starts, 1 / rate, burst)
+    assert_within_rate(starts, 1 / rate, burst, late=PROCESS_LATENESS)
 
 
 def test_a_pause_holds_back_every_process_and_spares_holders(
