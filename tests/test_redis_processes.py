@@ -32,6 +32,16 @@ def start_worker(impl, run, server, role, name, **options):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def census(server, name) -> tuple[int, int]:
+    """The workers' census: the most tokens held at once, and held now."""
+    client = redis.Redis(port=server.port)
+    try:
+        return (int(client.get(f"{name}:peak")),
+                int(client.get(f"{name}:running")))
+    finally:
+        client.close()
+
+
 def finish(worker, timeout=60.0) -> None:
     output, _ = worker.communicate(timeout=timeout)
     assert worker.returncode == 0, output
@@ -44,11 +54,8 @@ def test_four_processes_never_exceed_the_shared_cap(impl, run, redis_server):
                for _ in range(4)]
     for worker in workers:
         finish(worker)
-    client = redis.Redis(port=redis_server.port)
-    peak, running = client.get(f"{name}:peak"), client.get(f"{name}:running")
-    client.close()
     # Reached, never exceeded, and every task counted out again.
-    assert (int(peak), int(running)) == (6, 0)
+    assert census(redis_server, name) == (6, 0)
     assert run(statistics(impl, redis_server, name, 6)) == \
         LimiterStatistics(6, 0, 0)
 
@@ -186,10 +193,8 @@ def test_processes_ride_out_a_restart_of_the_server(
         observer.set(f"{name}:stop", 1)
         for worker in workers:
             finish(worker)
-    peak = int(observer.get(f"{name}:peak"))
-    running = int(observer.get(f"{name}:running"))
     observer.close()
-    assert (peak, running) == (3, 0)
+    assert census(redis_server, name) == (3, 0)
 
 
 def test_four_processes_never_exceed_a_weighted_cap(impl, run, redis_server):
@@ -202,13 +207,11 @@ def test_four_processes_never_exceed_a_weighted_cap(impl, run, redis_server):
                for seed in range(4)]
     for worker in workers:
         finish(worker)
-    client = redis.Redis(port=redis_server.port)
-    peak, running = client.get(f"{name}:peak"), client.get(f"{name}:running")
-    client.close()
-    print(f"peak tokens held at once: {int(peak)} of 10")
+    peak, running = census(redis_server, name)
+    print(f"peak tokens held at once: {peak} of 10")
     # More than any one task's 4 (the processes shared the tokens), never
     # more than the total, and every token counted out again.
-    assert 4 < int(peak) <= 10 and int(running) == 0
+    assert 4 < peak <= 10 and running == 0
     assert run(statistics(impl, redis_server, name, 10)) == \
         LimiterStatistics(10, 0, 0)
 
@@ -221,13 +224,15 @@ PROCESS_LATENESS = 0.05
 
 
 def recorded_starts(server, name) -> list:
-    """(time, units) of every start the workers recorded, in time order."""
+    """(time, units) of every start the workers recorded (one unit where
+    a worker's census gives only the time), in time order, and when the
+    pause was asked for (None if none)."""
     client = redis.Redis(port=server.port)
     try:
         starts = []
         for entry in client.lrange(f"{name}:starts", 0, -1):
-            when, units = entry.decode().split()
-            starts.append((float(when), int(units)))
+            when, _, units = entry.decode().partition(" ")
+            starts.append((float(when), int(units or 1)))
         paused = client.get(f"{name}:paused")
         return sorted(starts), None if paused is None else float(paused)
     finally:
@@ -297,13 +302,8 @@ def test_a_pause_holds_back_every_process_and_spares_holders(
                                 seconds=seconds))
     for worker in workers:
         finish(worker)
-    client = redis.Redis(port=redis_server.port)
-    starts = sorted((float(t), 1)
-                    for t in client.lrange(f"{name}:starts", 0, -1))
-    paused = float(client.get(f"{name}:paused"))
-    peak, running = client.get(f"{name}:peak"), client.get(f"{name}:running")
-    client.close()
-    assert len(starts) == 48 and (int(peak), int(running)) == (4, 0)
+    starts, paused = recorded_starts(redis_server, name)
+    assert len(starts) == 48 and census(redis_server, name) == (4, 0)
     assert_nothing_started_during(starts, paused, seconds)
 
 

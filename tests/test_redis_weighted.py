@@ -12,7 +12,8 @@ import pytest
 from taskbound import LimiterStatistics
 
 from helpers import unique_name
-from test_redis import clients, nothing_left, two_processes, until, waiting
+from test_redis import (_equals, clients, nothing_left, two_processes, until,
+                        waiting)
 
 
 class TokenGauge:
@@ -113,10 +114,6 @@ def test_a_big_request_at_the_head_holds_back_smaller_ones_behind_it(
                        ([], LimiterStatistics(4, 2, 2))]
     assert served == ["a1", "b3"]       # once the big one fits, both do
     assert stats == LimiterStatistics(4, 0, 0)
-
-
-async def _equals(value, count) -> bool:
-    return await value == count
 
 
 def test_bad_weights_are_refused_with_nothing_taken(impl, run, redis_server):

@@ -273,38 +273,36 @@ class PushingBackServer:
 
 
 def push_back_clients(taskbound) -> dict:
-    async def pause_on_429(server, calls):
-        api = taskbound.Limiter(50)
+    """Two clients of 50 calls at once that retry a refused call: one
+    pauses the limiter they share until Retry-After, one has each call
+    sleep it under a Semaphore."""
+    def client(make_api, on_429):
+        async def calls_to(server, calls):
+            api = make_api()
 
-        async def call():
-            while True:
-                async with api:
-                    retry_after = await server.call()
-                if retry_after is None:
-                    return
-                api.pause(retry_after)
+            async def call():
+                while True:
+                    async with api:
+                        retry_after = await server.call()
+                    if retry_after is None:
+                        return
+                    await on_429(api, retry_after)
 
-        async with taskbound.BoundedTaskGroup() as tg:
-            for _ in range(calls):
-                await tg.spawn(call())
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(calls):
+                    tg.create_task(call())
+        return calls_to
 
-    async def each_retries(server, calls):
-        api = asyncio.Semaphore(50)
+    async def pause(api, retry_after):
+        api.pause(retry_after)
 
-        async def call():
-            while True:
-                async with api:
-                    retry_after = await server.call()
-                if retry_after is None:
-                    return
-                await asyncio.sleep(retry_after)
+    async def sleep(api, retry_after):
+        await asyncio.sleep(retry_after)
 
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(calls):
-                tg.create_task(call())
-
-    return {"Limiter.pause(retry_after)": pause_on_429,
-            "Semaphore, each task sleeps Retry-After": each_retries}
+    return {"Limiter.pause(retry_after)":
+            client(lambda: taskbound.Limiter(50), pause),
+            "Semaphore, each task sleeps Retry-After":
+            client(lambda: asyncio.Semaphore(50), sleep)}
 
 
 def measure_push_back(taskbound, calls: int, new_loop, loop_kind) -> dict:
