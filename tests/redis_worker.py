@@ -82,6 +82,11 @@ async def budget(client, name, options):
     limiter = RedisRateLimiter(client, name, options["rate"],
                                burst=options["burst"])
     draw = random.Random(options["seed"])
+    # Every worker begins at once: an interpreter still starting up would
+    # record its first starts late, bunched with the others'.
+    await client.incr(f"{name}:ready")
+    while int(await client.get(f"{name}:ready")) < options["workers"]:
+        await asyncio.sleep(0.005)
 
     async def spend(n):
         await limiter.acquire(n)

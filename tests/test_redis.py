@@ -59,9 +59,10 @@ async def until(predicate, timeout: float = 5.0) -> None:
 
 
 def nothing_left(limiter) -> bool:
-    """Nothing of this limiter's bookkeeping is left over (closed, idle)."""
+    """Nothing of this limiter's bookkeeping is left over (closed, idle),
+    its notification task included."""
     parts = ["_line", "_waiter_of", "_unsent", "_held", "_returns", "_left",
-             "_timers"]
+             "_timers", "_listener"]
     return limiter._worker is None and not any(
         getattr(limiter, part, None) for part in parts)
 

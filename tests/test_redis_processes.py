@@ -217,10 +217,12 @@ def test_four_processes_never_exceed_a_weighted_cap(impl, run, redis_server):
 
 
 # A worker records a start when its task resumes after acquire(), which a
-# busy process (starting its tasks, on a debug interpreter, on a shared
-# machine) does later than the start Redis reserved, bunching it with the
-# next ones: measured up to ~40 ms on the debug build.
-PROCESS_LATENESS = 0.05
+# busy process (its other tasks' round trips, a debug or sanitizer build, a
+# shared machine) does later than the start Redis reserved, bunching it with
+# the next ones: measured up to ~40 ms on the debug build and ~60 ms under
+# ASan. The bound still fails a limiter that lets each process spend the
+# budget (4x the rate here).
+PROCESS_LATENESS = 0.1
 
 
 def recorded_starts(server, name) -> list:
@@ -256,7 +258,7 @@ def test_a_weighted_budget_holds_in_every_window_across_four_processes(
     rate, burst = 100, 10
     workers = [start_worker(impl, run, redis_server, "budget", name,
                             rate=rate, burst=burst, most=5, starts=25,
-                            seed=seed)
+                            seed=seed, workers=4)
                for seed in range(4)]
     for worker in workers:
         finish(worker)
@@ -277,7 +279,7 @@ def test_a_rate_pause_reaches_the_starts_every_process_reserved(
     rate, burst, seconds = 100, 5, 0.5
     workers = [start_worker(impl, run, redis_server, "budget", name,
                             rate=rate, burst=burst, most=3, starts=20,
-                            seed=seed)
+                            seed=seed, workers=4)
                for seed in range(4)]
     workers.append(start_worker(impl, run, redis_server, "pause", name,
                                 rate=rate, burst=burst, after=10,

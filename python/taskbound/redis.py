@@ -503,20 +503,26 @@ class _Remote:
         task. Tasks still waiting fail with RuntimeError; tokens still held
         lapse after the lease. The limiter may be used again afterwards."""
         worker = self._worker
-        if worker is None:
-            return
-        self._closing = True
-        try:
-            closed = RuntimeError(f"{self!r} was closed while this task "
-                                  "waited")
-            self._fail_line(list(self._line), closed)
-            self._wake.set()
-            # It stops after the exchange under way, or the next one if
-            # something is still to be sent (unless Redis is unreachable:
-            # then what it had to give back lapses by itself).
-            await asyncio.shield(worker)
-        finally:
-            self._closing = False
+        if worker is not None:
+            self._closing = True
+            try:
+                closed = RuntimeError(f"{self!r} was closed while this task "
+                                      "waited")
+                self._fail_line(list(self._line), closed)
+                self._wake.set()
+                # It stops after the exchange under way, or the next one if
+                # something is still to be sent (unless Redis is
+                # unreachable: then what it had to give back lapses by
+                # itself).
+                await asyncio.shield(worker)
+            finally:
+                self._closing = False
+        # The subscription ends before the caller closes the client it
+        # uses (ended afterwards, it could not finish).
+        listener = self._listener
+        self._stop_listener()
+        if listener is not None:
+            await asyncio.gather(listener, return_exceptions=True)
 
 
 class _RedisLimiter(_Remote):
@@ -787,6 +793,7 @@ class _RedisRateLimiter(RateParameters, _Remote):
         self._shifted = 0.0         # the largest shifted heard of, in ms
         self._paused_until = -math.inf  # as last heard, in loop time
         self._fallback = 1.0        # how long the listener waits at a time
+        self._idle_timer = None     # stops the listener after idling 1 s
 
     def __repr__(self) -> str:
         return (f"<RedisRateLimiter {self._name!r} rate={self._rate} "
@@ -871,6 +878,9 @@ class _RedisRateLimiter(RateParameters, _Remote):
             # A pause another process asks for must reach the starts
             # reserved here.
             self._start_listener(self._keys[2])
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
         return 0.0
 
     def _shift(self, shifted: float) -> None:
@@ -901,6 +911,14 @@ class _RedisRateLimiter(RateParameters, _Remote):
         self._stop_listener_if_idle()
 
     def _stop_listener_if_idle(self) -> None:
+        # After a second without reserved starts, rather than at once:
+        # a steady stream of starts keeps one subscription.
+        if self._timers or self._listener is None or self._idle_timer:
+            return
+        self._idle_timer = self._loop.call_later(1.0, self._idle_stop)
+
+    def _idle_stop(self) -> None:
+        self._idle_timer = None
         if not self._timers:
             self._stop_listener()
 
