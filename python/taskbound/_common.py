@@ -144,6 +144,16 @@ def check_weight(source, n: object) -> int:
     return n
 
 
+def check_within_total(source, n: int, total: int | float) -> None:
+    """A Limiter's rule for n, wherever its tokens live: more than a finite
+    total can never be granted (a total of 0 is a closed limiter, not a
+    small one: everyone waits)."""
+    if n > total > 0:
+        raise ValueError(
+            f"n={n} is more than total_tokens={total} of {source!r}: it "
+            "could never be granted")
+
+
 def check_tokens_per_key(value: object) -> int | float:
     """Return a valid ``tokens_per_key`` (an int >= 1 or math.inf)."""
     if isinstance(value, float) and value == math.inf:
@@ -269,8 +279,9 @@ TIMER_LATENESS = 0.005
 
 class RateParameters:
     """A rate limiter's rate, per and burst, checked once, with their
-    accessors and statistics: what the reference RateLimiter and
-    RedisRateLimiter share (the C RateLimiter keeps its own in C)."""
+    accessors, statistics and the burst's rule for n: what the reference
+    RateLimiter and RedisRateLimiter share (the C RateLimiter keeps its own
+    in C)."""
 
     def _set_rate_parameters(self, rate, per, burst) -> None:
         self._rate = check_positive("rate", rate)
@@ -280,6 +291,12 @@ class RateParameters:
     @property
     def rate(self) -> float:
         return self._rate
+
+    def _check_weight(self, n: int) -> None:
+        if n > self._burst:
+            raise ValueError(
+                f"n={n} is more than burst={self._burst} of {self!r}: a start "
+                "of that many units could never be made")
 
     @property
     def per(self) -> float:

@@ -48,6 +48,7 @@ from ._common import (
     check_pause,
     check_positive,
     check_weight,
+    check_within_total,
 )
 
 __all__ = ["RedisLimiter", "RedisRateLimiter"]
@@ -601,11 +602,8 @@ class _RedisLimiter(_Remote):
     # -- the protocol a claim uses --
 
     def _check_weight(self, n: int) -> None:
-        # As Limiter's rule, against the total last read from Redis.
-        if n > self._total > 0:
-            raise ValueError(
-                f"n={n} is more than total_tokens={self._total} of {self!r}: "
-                "it could never be granted")
+        # Against the total last read from Redis.
+        check_within_total(self, n, self._total)
 
     def _new_ticket(self, n: int) -> str:
         ticket = f"{self._id}:{next(self._numbers)}:{n}"
@@ -812,12 +810,6 @@ class _RedisRateLimiter(RateParameters, _Remote):
     def release(self, n: int = 1) -> None:
         """A rate limiter has nothing to give back."""
         check_weight(self, n)
-
-    def _check_weight(self, n: int) -> None:
-        if n > self._burst:
-            raise ValueError(
-                f"n={n} is more than burst={self._burst} of {self!r}: a start "
-                "of that many units could never be made")
 
     # -- the protocol a claim uses --
 

@@ -31,6 +31,7 @@ from .._common import (
     check_tokens,
     check_total_tokens,
     check_weight,
+    check_within_total,
     write_unraisable,
 )
 
@@ -336,11 +337,7 @@ class Limiter(_TokenSource):
                 f"{self._borrowed} borrowed")
 
     def _check_weight(self, n: int) -> None:
-        # A total of 0 is a closed limiter, not a small one: everyone waits.
-        if n > self._total > 0:
-            raise ValueError(
-                f"n={n} is more than total_tokens={self._total} of {self!r}: "
-                "it could never be granted")
+        check_within_total(self, n, self._total)
 
     def _give_back(self, n: int = 1) -> None:
         """Tokens come back (from a claim, or from release())."""
@@ -487,12 +484,6 @@ class RateLimiter(RateParameters, _TokenSource):
     def release(self, n: int = 1) -> None:
         """A rate limiter has nothing to give back."""
         check_tokens(n)
-
-    def _check_weight(self, n: int) -> None:
-        if n > self._burst:
-            raise ValueError(
-                f"n={n} is more than burst={self._burst} of {self!r}: a start "
-                "of that many units could never be made")
 
     def _give_back(self, n: int = 1) -> None:
         pass
