@@ -631,30 +631,32 @@ class _RedisLimiter(_Remote):
         self._give_back(n)
 
     def _give_back(self, n: int = 1) -> None:
-        leases = self._leases_making(n)
-        for lease in leases:
-            self._held.remove(lease)
+        # Newest first, by place: the newest lease is the usual one, and
+        # found at the end of the list it goes without a scan.
+        for i in self._places_making(n):
+            lease = self._held.pop(i)
             self._returns.append((lease, self._loop.time() + self._lease))
         self._held_tokens -= n
         if not self._held and not self._line:
             self._renew_at = math.inf
         self._kick()
 
-    def _leases_making(self, n: int) -> list:
-        """The leases held that give back n tokens: the newest of exactly n,
-        else the newest whose tokens add up to n. A lease is given back
-        whole (Redis cannot split one), so anything else is refused with
-        nothing given back."""
-        for lease in reversed(self._held):
-            if _tokens_of(lease) == n:
-                return [lease]
-        leases, left = [], n
-        for lease in reversed(self._held):
-            if _tokens_of(lease) <= left:
-                leases.append(lease)
-                left -= _tokens_of(lease)
+    def _places_making(self, n: int) -> list:
+        """The places in _held, highest first, of the leases that give back
+        n tokens: the newest of exactly n, else the newest whose tokens add
+        up to n. A lease is given back whole (Redis cannot split one), so
+        anything else is refused with nothing given back."""
+        newest_first = range(len(self._held) - 1, -1, -1)
+        for i in newest_first:
+            if _tokens_of(self._held[i]) == n:
+                return [i]
+        places, left = [], n
+        for i in newest_first:
+            if _tokens_of(self._held[i]) <= left:
+                places.append(i)
+                left -= _tokens_of(self._held[i])
         if left == 0:
-            return leases
+            return places
         if not self._held:
             raise RuntimeError(
                 f"release() called on {self!r}, which holds no tokens")
