@@ -76,18 +76,22 @@ def test_a_later_pause_extends_it_and_an_earlier_one_does_not_shorten_it(
         limiter.pause(1.0)
         ends = [limiter.statistics().paused_until - t0]
         await asyncio.sleep(0.5)
+        # On a real clock the sleep may end late: the extension counts
+        # from when the second pause was asked for, not from 0.5.
+        woke = loop.time() - t0
         limiter.pause(0.1)              # ends before: no change
         ends.append(limiter.statistics().paused_until - t0)
-        limiter.pause(1.0)              # ends after: extended to 1.5
+        limiter.pause(1.0)              # ends after: extended to woke + 1
         ends.append(limiter.statistics().paused_until - t0)
         await limiter.acquire()
         started = loop.time() - t0
         limiter.release()
-        return ends, started, limiter.statistics().paused_until
+        return woke, ends, started, limiter.statistics().paused_until
 
-    ends, started, after = timed_run(main())
-    assert ends == pytest.approx([1.0, 1.0, 1.5], abs=0.02)
-    assert_schedule(timed_run, [started], [1.5])
+    woke, ends, started, after = timed_run(main())
+    assert woke < 0.9                   # else the first pause had ended
+    assert ends == pytest.approx([1.0, 1.0, woke + 1.0], abs=1e-3)
+    assert_schedule(timed_run, [started], [woke + 1.0])
     assert after is None
 
 
@@ -119,16 +123,18 @@ def test_a_rate_limiter_resumes_its_spacing_after_a_pause(impl, timed_run):
         for _ in range(2):
             await limiter.acquire()
             starts.append(loop.time() - t0)
-        limiter.pause(0.5)              # at 0.1
+        asked = loop.time() - t0        # 0.1, later on a real clock
+        limiter.pause(0.5)
         paused = limiter.statistics().paused_until - t0
         for _ in range(3):
             await limiter.acquire()
             starts.append(loop.time() - t0)
-        return starts, paused
+        return starts, asked, paused
 
-    starts, paused = timed_run(main())
-    assert paused == pytest.approx(0.6, abs=0.02)
-    assert_schedule(timed_run, starts, [0, 0.1, 0.6, 0.7, 0.8])
+    starts, asked, paused = timed_run(main())
+    assert paused == pytest.approx(asked + 0.5, abs=1e-3)
+    assert_schedule(timed_run, starts,
+                    [0, 0.1, asked + 0.5, asked + 0.6, asked + 0.7])
 
 
 def test_a_pause_waits_for_the_waiters_of_a_rate_limiter_too(impl, timed_run):
