@@ -17,7 +17,7 @@ import itertools
 import math
 import time
 import types
-from asyncio import current_task, get_running_loop
+from asyncio import CancelledError, current_task, get_running_loop
 
 from .. import _deadlock
 from .._common import (
@@ -42,6 +42,10 @@ __all__ = ["ExternalSource", "Limiter", "RateLimiter"]
 # hold one token while waiting for the other's.
 _ranks = itertools.count()
 
+# What a plain release() knows of how its hold ended: nothing, so the
+# releasing task's state decides.
+_UNKNOWN = object()
+
 
 class _TokenSource:
     """What Limiter and RateLimiter share: a FIFO line of waiter futures, the
@@ -56,6 +60,9 @@ class _TokenSource:
         self._initialized = False
         # Until when (the loop's time) pause() holds every token back.
         self._paused_until = -math.inf
+        # The hold times of its tokens, for an AdaptiveLimiter; None: not
+        # sampled.
+        self._sampler = None
         return self
 
     def __init__(self) -> None:
@@ -102,11 +109,28 @@ class _TokenSource:
     async def __aenter__(self) -> None:
         await self.acquire()
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
+    async def __aexit__(self, typ, exc, tb) -> None:
+        self._release_after(1, exc)
+
+    def _release_after(self, n: int, error) -> None:
+        """release(n) at the end of an ``async with`` that raised ``error``
+        (None: it did not), which a sampled hold counts by."""
+        self.release(n)
 
     def _check_weight(self, n: int) -> None:
         """Raises if this kind of source can never grant n at once."""
+
+    # -- hold samples (an AdaptiveLimiter's feedback) --
+
+    def _sample_holds(self, on_window, is_overload, size: int) -> None:
+        """From now on every hold of its tokens that ends is a sample, and
+        every ``size`` of them go to ``on_window`` (see _HoldSampler)."""
+        self._sampler = _HoldSampler(on_window, is_overload, size)
+
+    def _mark_overload(self, task) -> None:
+        """The next hold of ``task`` that ends counts as a drop."""
+        if self._sampler is not None and task is not None:
+            self._sampler.marked.add(task)
 
     def _pause_changed(self) -> None:
         """A pause began or was extended."""
@@ -244,6 +268,96 @@ class _TokenSource:
         return None
 
 
+class _HoldSampler:
+    """The hold times of a source's tokens, a window at a time: the
+    feedback of an AdaptiveLimiter (HoldSampler in C).
+
+    A hold ends when its tokens come back: a group's child's or a stream's
+    item's when it ends, an acquire()'s at release() or at the end of an
+    ``async with``. Its time from grant to give-back is a sample of latency;
+    it is a drop when its holder failed with an error ``is_overload`` says
+    is one, or marked it (_mark_overload); it is no sample at all when it
+    was cancelled. Every ``size`` samples, ``on_window(samples, drops,
+    mean, least, in_flight)`` gets the window: the mean and the least time
+    of the holds that were not drops (0.0 when all were), and the most
+    tokens held at once while it lasted; it returns the next window's size.
+    """
+
+    __slots__ = ("on_window", "is_overload", "size", "samples", "drops",
+                 "total_time", "least_time", "in_flight", "marked", "grants")
+
+    def __init__(self, on_window, is_overload, size: int) -> None:
+        self.on_window = on_window
+        self.is_overload = is_overload
+        self.size = size
+        self.marked: set = set()    # tasks whose next sample is a drop
+        # When each task's acquire()s were granted, for its release()s.
+        self.grants: dict = {}
+        self._new_window()
+
+    def _new_window(self) -> None:
+        self.samples = self.drops = self.in_flight = 0
+        self.total_time = 0.0
+        self.least_time = math.inf
+
+    def note_grant(self, task, now: float) -> None:
+        self.grants.setdefault(task, []).append(now)
+
+    def grant_of(self, task) -> float | None:
+        """When the latest acquire() of ``task`` not yet released was
+        granted (forgotten now), or None."""
+        times = self.grants.get(task)
+        if not times:
+            return None
+        granted = times.pop()
+        if not times:
+            del self.grants[task]
+        return granted
+
+    def forget(self) -> None:
+        """Nothing is held: no hold is under way to sample."""
+        self.grants.clear()
+        self.marked.clear()
+
+    def record(self, task, held_for: float, error, in_flight: int) -> None:
+        if task in self.marked:
+            self.marked.discard(task)
+            drop = True
+        elif error is None:
+            drop = False
+        elif isinstance(error, CancelledError):
+            return
+        else:
+            try:
+                drop = bool(self.is_overload(error))
+            except Exception as exc:
+                write_unraisable(exc)
+                drop = False
+        self.samples += 1
+        if drop:
+            self.drops += 1
+        else:
+            self.total_time += held_for
+            self.least_time = min(self.least_time, held_for)
+        self.in_flight = max(self.in_flight, in_flight)
+        if self.samples >= self.size:
+            self._end_window()
+
+    def _end_window(self) -> None:
+        kept = self.samples - self.drops
+        mean = self.total_time / kept if kept else 0.0
+        least = self.least_time if kept else 0.0
+        window = (self.samples, self.drops, mean, least, self.in_flight)
+        self._new_window()
+        try:
+            size = self.on_window(*window)
+        except Exception as exc:
+            write_unraisable(exc)
+            return
+        if type(size) is int and size >= 1:
+            self.size = size
+
+
 class Holding:
     """What ``limiter.hold(n)`` returns: n tokens for an ``async with``."""
 
@@ -259,8 +373,8 @@ class Holding:
     async def __aenter__(self) -> None:
         await self._source.acquire(self._n)
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._source.release(self._n)
+    async def __aexit__(self, typ, exc, tb) -> None:
+        self._source._release_after(self._n, exc)
 
 
 class Limiter(_TokenSource):
@@ -310,6 +424,9 @@ class Limiter(_TokenSource):
         return self._borrowed >= self._total or bool(self._waiters)
 
     def release(self, n: int = 1) -> None:
+        self._release_after(n, _UNKNOWN)
+
+    def _release_after(self, n: int, error) -> None:
         # (n may be more than the total, lowered since they were taken)
         n = check_tokens(n)
         self._check_borrowed(n)
@@ -328,7 +445,20 @@ class Limiter(_TokenSource):
         self._unattributed -= anyone
         if own + anyone < n:
             self._lost_track = True
+        if self._sampler is not None:
+            self._sample_release(task, error)
         self._give_back(n)
+
+    def _sample_release(self, task, error) -> None:
+        granted = self._sampler.grant_of(task)
+        if granted is None:
+            return      # taken by another task, or before sampling began
+        if error is _UNKNOWN:
+            # A release() mid-cancellation ends a cancelled hold.
+            cancelling = task is not None and task.cancelling()
+            error = CancelledError() if cancelling else None
+        self._sampler.record(task, self._loop.time() - granted, error,
+                             self._borrowed)
 
     def _check_borrowed(self, n: int) -> None:
         if self._borrowed < n:
@@ -348,6 +478,8 @@ class Limiter(_TokenSource):
             self._holders.clear()
             self._unattributed = 0
             self._lost_track = False
+            if self._sampler is not None:
+                self._sampler.forget()
         self._wake()
 
     def _tokens_held(self) -> int:
@@ -359,6 +491,8 @@ class Limiter(_TokenSource):
             self._unattributed += n
         else:
             self._holders[task] = self._holders.get(task, 0) + n
+        if self._sampler is not None:
+            self._sampler.note_grant(task, self._loop.time())
 
     def _deadlock_state(self):
         if self._total == math.inf or self._lost_track or self._unattributed:
@@ -681,7 +815,8 @@ class _Claim:
     sources has no n (they take one token at a time).
     """
 
-    __slots__ = ("limiters", "costs", "held", "waiter", "abort_error")
+    __slots__ = ("limiters", "costs", "held", "waiter", "abort_error",
+                 "granted_at")
 
     def __init__(self, limiters, costs=None) -> None:
         self.limiters = limiters
@@ -689,6 +824,9 @@ class _Claim:
         self.held = 0
         self.waiter = None
         self.abort_error = None
+        # When its holder began to use the tokens, if a source samples
+        # hold times (see _HoldSampler); else None.
+        self.granted_at = None
 
     def cost(self, i: int) -> int:
         return 1 if self.costs is None else self.costs[i]
@@ -711,7 +849,16 @@ class _Claim:
         except BaseException:
             self._release_unraisable()
             raise
+        self.note_start(loop)
         return True
+
+    def note_start(self, loop) -> None:
+        """Its holder begins to use its tokens now (a stream's worker may
+        hold them while it pulls the item)."""
+        for limiter in self.limiters:
+            if limiter._sampler is not None:
+                self.granted_at = loop.time()
+                return
 
     def resume(self, loop) -> bool:
         """The waiter is done: count its token and go on; True when all held."""
@@ -759,17 +906,39 @@ class _Claim:
 
     def release(self) -> None:
         """Gives back every token held, last taken first. Keeps going after
-        an error, and raises the first one (the others are unraisable)."""
+        an error, and raises the first one (the others are unraisable).
+        No hold time is sampled: the tokens were not used to the end."""
+        self.granted_at = None
+        self.release_after(None, None)
+
+    def release_after(self, task, error) -> None:
+        """release(), once the holder's work ended (``error``: how it
+        failed, or None), for ``task``: a source that samples hold times
+        counts this one (see _HoldSampler)."""
         held, self.held = self.held, 0
+        granted, self.granted_at = self.granted_at, None
         errors = _FirstError()
         for i in reversed(range(held)):
             n = self.cost(i)
             with errors:
+                sampler = self.limiters[i]._sampler
+                if sampler is not None and granted is not None:
+                    limiter = self.limiters[i]
+                    sampler.record(task, limiter._loop.time() - granted,
+                                   error, limiter._tokens_held())
                 if n == 1:
                     self.limiters[i]._give_back()
                 else:
                     self.limiters[i]._give_back(n)
         errors.raise_it()
+
+    def release_after_unraisable(self, task, error) -> None:
+        """release_after(), where the holder's own outcome stands: a
+        failure giving the tokens back is reported as unraisable."""
+        try:
+            self.release_after(task, error)
+        except BaseException as exc:
+            write_unraisable(exc)
 
     # For an error already under way, which stays the one raised:
     def _release_unraisable(self) -> None:

@@ -646,7 +646,9 @@ class BoundedTaskGroup:
         # now. The child's own outcome stands: a failure giving its tokens
         # back is reported as unraisable.
         if not failed or is_base_error(error):
-            child._claim._release_unraisable()
+            claim = child._claim
+            claim.release_after_unraisable(
+                None if claim.granted_at is None else current_task(), error)
         task = child._task
         if task is None:
             return  # still inside create_task(): _start() settles it
@@ -677,7 +679,9 @@ class BoundedTaskGroup:
         try:
             self._after_child(child, task)
         finally:
-            child._claim.release()
+            error = (None if task.cancelled() or not task.done()
+                     else task.exception())
+            child._claim.release_after(task, error)
 
     def _after_child(self, child, task) -> None:
         self._children.pop(child, None)

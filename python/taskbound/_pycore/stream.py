@@ -337,6 +337,7 @@ class Stream:
                 await future
                 continue
             claim = await self._take_tokens()
+            outcome = None
             try:
                 pulled = await self._pull()
                 if pulled is None:
@@ -348,11 +349,11 @@ class Stream:
                     except BaseException:
                         close_coroutine(item)
                         raise
-                outcome = await self._run(item)
+                outcome = await self._run_holding(claim, item)
             finally:
                 # The item's outcome stands: a failure giving its tokens
                 # back is reported as unraisable.
-                claim._release_unraisable()
+                claim.release_after_unraisable(*self._hold_ended(outcome))
             self._deliver(index, outcome)
 
     async def _work_on_items_claimed_each(self) -> None:
@@ -389,10 +390,11 @@ class Stream:
                 self._room.append(future)
                 await future
                 continue
+            outcome = None
             try:
-                outcome = await self._run(item)
+                outcome = await self._run_holding(claim, item)
             finally:
-                claim._release_unraisable()
+                claim.release_after_unraisable(*self._hold_ended(outcome))
             self._deliver(index, outcome)
 
     def _may_pull(self) -> bool:
@@ -489,6 +491,18 @@ class Stream:
         index = self._pulled
         self._pulled += 1
         return index, item
+
+    async def _run_holding(self, claim, item) -> _Outcome:
+        claim.note_start(self._loop)
+        return await self._run(item)
+
+    @staticmethod
+    def _hold_ended(outcome):
+        """How the hold of an item's tokens ended, for release_after(): an
+        item that did not run to an outcome is no sample."""
+        if outcome is None:
+            return None, CancelledError()
+        return asyncio.current_task(), outcome.error
 
     async def _run(self, item) -> _Outcome:
         context = self._context.copy()
