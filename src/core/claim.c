@@ -19,6 +19,7 @@ claim_init(Claim *claim, PyObject *limiters)
     claim->held = 0;
     claim->waiter = NULL;
     claim->abort_error = NULL;
+    claim->granted_at = Py_NAN;
 }
 
 int
@@ -80,7 +81,24 @@ claim_try_take(Claim *claim, PyObject *loop)
         }
         claim->held++;
     }
+    claim_note_start(claim, loop);
     return 1;
+}
+
+void
+claim_note_start(Claim *claim, PyObject *loop)
+{
+    for (Py_ssize_t i = 0; i < CLAIM_SIZE(claim); i++) {
+        TokenSource *limiter = LIMITER_AT(claim, i);
+        if (limiter->sampler != NULL) {
+            if (source_time(limiter, loop, &claim->granted_at) < 0) {
+                /* (no sample, then: the hold itself is fine) */
+                PyErr_WriteUnraisable((PyObject *)limiter);
+                claim->granted_at = Py_NAN;
+            }
+            return;
+        }
+    }
 }
 
 int
@@ -197,7 +215,53 @@ claim_abandon(Claim *claim)
 int
 claim_release(Claim *claim)
 {
+    claim->granted_at = Py_NAN;
+    return claim_release_after(claim, NULL, NULL);
+}
+
+/* The samples of a hold that ended, before its tokens go back. */
+static void
+sample_holds(Claim *claim, PyObject *task, PyObject *error)
+{
+    double granted = claim->granted_at;
+    claim->granted_at = Py_NAN;
+    if (isnan(granted)) {
+        return;
+    }
+    PyObject *current = NULL;
+    for (Py_ssize_t i = claim->held - 1; i >= 0; i--) {
+        TokenSource *limiter = LIMITER_AT(claim, i);
+        double now;
+        if (limiter->sampler == NULL || limiter->loop == NULL) {
+            continue;
+        }
+        if (task == NULL && current == NULL) {
+            current = current_task_of(limiter->state, limiter->loop);
+            if (current == NULL) {
+                PyErr_WriteUnraisable((PyObject *)limiter);
+                current = Py_NewRef(Py_None);
+            }
+        }
+        if (source_time(limiter, limiter->loop, &now) < 0) {
+            PyErr_WriteUnraisable((PyObject *)limiter);
+            continue;
+        }
+        Py_ssize_t held = limiter->ops->held(limiter);
+        if (held < 0) {
+            PyErr_WriteUnraisable((PyObject *)limiter);
+            continue;
+        }
+        sampler_record(limiter, task != NULL ? task : current,
+                       now - granted, error, held);
+    }
+    Py_XDECREF(current);
+}
+
+int
+claim_release_after(Claim *claim, PyObject *task, PyObject *error)
+{
     ASSERT_NO_ERROR();
+    sample_holds(claim, task, error);
     Py_ssize_t held = claim->held;
     claim->held = 0;
     int status = 0;

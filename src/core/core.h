@@ -9,6 +9,7 @@
  *   ratelimiter.c    RateLimiter (starts per period, GCRA)
  *   externalsource.c ExternalSource (tokens kept outside the process)
  *   holders.c        HolderTable: the tokens each task took of a Limiter
+ *   sampler.c        HoldSampler: hold times, for an AdaptiveLimiter
  *   claim.c          Claim: one token of each of several sources
  *   claimwait.c      ClaimWait, the awaitable of acquire()
  *   deadlock.c       the hooks into taskbound._deadlock
@@ -111,6 +112,43 @@ typedef struct {
     int (*pause_changed)(TokenSource *self);
 } TokenSourceOps;
 
+/* ---- HoldSampler (sampler.c) ---- */
+
+typedef struct {
+    PyObject *on_window;     /* (samples, drops, mean, least, in_flight)
+                                -> the next window's size */
+    PyObject *is_overload;   /* (error) -> whether it is a drop */
+    PyObject *marked;        /* set of tasks whose next sample is a drop,
+                                or NULL */
+    PyObject *grants;        /* {task: [grant time, ...]} of acquire(),
+                                or NULL */
+    Py_ssize_t size;         /* samples per window */
+    Py_ssize_t samples, drops, in_flight;   /* the window so far */
+    double total_time, least_time;          /* of its holds not dropped */
+} HoldSampler;
+
+HoldSampler *sampler_new(PyObject *on_window, PyObject *is_overload,
+                         Py_ssize_t size);
+void sampler_free(HoldSampler *s);
+int sampler_traverse(HoldSampler *s, visitproc visit, void *arg);
+void sampler_clear(HoldSampler *s);
+/* The next hold of `task` that ends is a drop. */
+int sampler_mark(HoldSampler *s, PyObject *task);
+/* Nothing is held: marks and grant times are stale. */
+void sampler_forget(HoldSampler *s);
+int sampler_note_grant(HoldSampler *s, PyObject *task, double now);
+/* A hold of `source`'s tokens ended, `held_for` seconds long, its holder
+ * `task` (NULL: unknown) failing with `error` (NULL: it did not), while
+ * `in_flight` tokens were held (this one's too). Never fails: what goes
+ * wrong is reported as unraisable. */
+void sampler_record(TokenSource *source, PyObject *task, double held_for,
+                    PyObject *error, Py_ssize_t in_flight);
+/* release(n) of an acquire()'s tokens by the current task, ending with
+ * `error` if `known`, else as the task's state says (cancelling: no
+ * sample). Before the tokens go back; never fails. */
+void sampler_on_release(TokenSource *source, Py_ssize_t n, int known,
+                        PyObject *error);
+
 struct TokenSource {
     PyObject_HEAD
     const TokenSourceOps *ops;
@@ -125,6 +163,7 @@ struct TokenSource {
     PyObject *weakreflist;
     PyObject *bound_aenter;  /* its __aenter__ and __aexit__, once bound */
     PyObject *bound_aexit;
+    HoldSampler *sampler;    /* its hold times are sampled, or NULL */
 };
 
 /* Every use of a source's operations goes through these, which hold them
@@ -288,6 +327,8 @@ typedef struct {
     Py_ssize_t held;         /* limiters[:held] have given their tokens */
     PyObject *waiter;        /* future queued at limiters[held], or NULL */
     PyObject *abort_error;   /* raised by claim_resume once set */
+    double granted_at;       /* when its holder began to use the tokens,
+                                if a source samples hold times; else NAN */
 } Claim;
 
 void claim_init(Claim *claim, PyObject *limiters);
@@ -332,7 +373,16 @@ int claim_wait_for_next(ModuleState *state, Claim *claim, PyObject *loop,
                         PyObject *task, int status, PyObject **waiter);
 int claim_abort(Claim *claim, PyObject *error);
 int claim_abandon(Claim *claim);
+/* Gives back every token held, last taken first, as no sample (the tokens
+ * were not used to the end). */
 int claim_release(Claim *claim);
+/* Its holder begins to use the tokens now (a stream's worker may hold
+ * them while it pulls the item): the start of a sampled hold. */
+void claim_note_start(Claim *claim, PyObject *loop);
+/* claim_release() once the holder's work ended (`error`: how it failed,
+ * or NULL), for `task` (NULL: the current task of the sources' loop): a
+ * source that samples hold times counts this one. */
+int claim_release_after(Claim *claim, PyObject *task, PyObject *error);
 int claim_traverse(Claim *claim, visitproc visit, void *arg);
 void claim_clear(Claim *claim);
 

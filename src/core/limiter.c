@@ -177,6 +177,9 @@ limiter_give_back(TokenSource *base, Py_ssize_t n)
         holders_clear(&self->holders);
         self->unattributed = 0;
         self->lost_track = 0;
+        if (base->sampler != NULL) {
+            sampler_forget(base->sampler);
+        }
     }
     return limiter_wake(self);
 }
@@ -232,6 +235,12 @@ limiter_note_holder(TokenSource *base, PyObject *task, Py_ssize_t n)
     }
     else if (holders_add(&self->holders, task, n) < 0) {
         lose_track(self);
+    }
+    double now;
+    if (base->sampler != NULL && task != NULL
+            && (source_time(base, base->loop, &now) < 0
+                || sampler_note_grant(base->sampler, task, now) < 0)) {
+        PyErr_WriteUnraisable((PyObject *)self);  /* (no sample, then) */
     }
 }
 

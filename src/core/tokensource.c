@@ -321,6 +321,10 @@ source_traverse(TokenSource *self, visitproc visit, void *arg)
     Py_VISIT(self->loop);
     Py_VISIT(self->bound_aenter);
     Py_VISIT(self->bound_aexit);
+    int err = sampler_traverse(self->sampler, visit, arg);
+    if (err) {
+        return err;
+    }
     for (Py_ssize_t i = 0; i < self->waiters.len; i++) {
         Py_VISIT(queue_at(&self->waiters, i));
     }
@@ -333,6 +337,7 @@ source_clear(TokenSource *self)
     Py_CLEAR(self->loop);
     Py_CLEAR(self->bound_aenter);
     Py_CLEAR(self->bound_aexit);
+    sampler_clear(self->sampler);
     queue_clear(&self->waiters);
 }
 
@@ -345,6 +350,8 @@ source_dealloc(TokenSource *self, inquiry clear)
         PyObject_ClearWeakRefs((PyObject *)self);
     }
     (void)clear((PyObject *)self);
+    sampler_free(self->sampler);
+    self->sampler = NULL;
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -509,17 +516,33 @@ source_release(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                                 &n) < 0) {
         return NULL;
     }
+    if (self->sampler != NULL) {
+        sampler_on_release(self, n, 0, NULL);
+    }
     if (op_release(self, n) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
 }
 
+/* release(n) at the end of an `async with`, whose error (args[1]) a
+ * sampled hold counts by. */
+static int
+release_after_block(TokenSource *self, Py_ssize_t n, PyObject *const *args,
+                    Py_ssize_t nargs)
+{
+    if (self->sampler != NULL) {
+        PyObject *error = nargs >= 2 && args[1] != Py_None ? args[1] : NULL;
+        sampler_on_release(self, n, 1, error);
+    }
+    return op_release(self, n);
+}
+
 static PyObject *
 source_aexit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     TokenSource *self = (TokenSource *)op;
-    if (op_release(self, 1) < 0) {
+    if (release_after_block(self, 1, args, nargs) < 0) {
         return NULL;
     }
     return Py_NewRef(self->state->ready);
@@ -567,7 +590,7 @@ static PyObject *
 holding_aexit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     HoldingObject *self = Holding_CAST(op);
-    if (op_release(self->source, self->n) < 0) {
+    if (release_after_block(self->source, self->n, args, nargs) < 0) {
         return NULL;
     }
     return Py_NewRef(self->source->state->ready);
@@ -653,7 +676,65 @@ source_check_weight_method(PyObject *op, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* _sample_holds(on_window, is_overload, size): from now on, every hold
+ * of its tokens that ends is a sample (core/sampler.c); once only. */
+static PyObject *
+source_sample_holds(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    TokenSource *self = (TokenSource *)op;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_sample_holds() takes on_window, is_overload, size");
+        return NULL;
+    }
+    if (self->sampler != NULL || self->ops->held == NULL) {
+        PyErr_Format(PyExc_RuntimeError, "%R cannot sample its holds%s",
+                     self, self->sampler != NULL ? " twice" : "");
+        return NULL;
+    }
+    Py_ssize_t size = PyLong_AsSsize_t(args[2]);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size < 1 || !PyCallable_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_ValueError,
+                        "_sample_holds() takes two callables and a size >= 1");
+        return NULL;
+    }
+    self->sampler = sampler_new(args[0], args[1], size);
+    if (self->sampler == NULL) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+source_mark_overload(PyObject *op, PyObject *task)
+{
+    TokenSource *self = (TokenSource *)op;
+    if (self->sampler != NULL && task != Py_None
+            && sampler_mark(self->sampler, task) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* (samples, drops) of the window under way, for statistics(). */
+static PyObject *
+source_window_so_far(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    HoldSampler *s = ((TokenSource *)op)->sampler;
+    return s == NULL ? Py_BuildValue("(ii)", 0, 0)
+                     : Py_BuildValue("(nn)", s->samples, s->drops);
+}
+
 static PyMethodDef source_methods[] = {
+    {"_window_so_far", source_window_so_far, METH_NOARGS,
+     "(samples, drops) of the window of hold samples under way."},
+    {"_sample_holds", (PyCFunction)(void (*)(void))source_sample_holds,
+     METH_FASTCALL, "Sample the hold times of its tokens (AdaptiveLimiter)."},
+    {"_mark_overload", source_mark_overload, METH_O,
+     "The next hold of this task that ends counts as a drop."},
     {"acquire", (PyCFunction)(void (*)(void))source_acquire,
      METH_FASTCALL | METH_KEYWORDS,
      "acquire(n=1)\n--\n\nWait for n tokens (FIFO: a request that does "

@@ -289,6 +289,30 @@ done:
     return status;
 }
 
+/* A finished child's tokens come back; a sampled hold ends with the
+ * task's error (a cancelled task's hold is no sample). */
+static int
+release_after_task(GroupObject *group, Claim *claim, PyObject *task)
+{
+    ModuleState *st = group->state;
+    if (isnan(claim->granted_at) || claim->held == 0) {
+        return claim_release(claim);
+    }
+    int cancelled = call_method_bool(task, st->str_cancelled);
+    PyObject *error = cancelled != 0 ? NULL
+                                     : call_method0(task, st->str_exception);
+    if (cancelled != 0 || error == NULL) {
+        if (PyErr_Occurred()) {
+            PyErr_WriteUnraisable((PyObject *)group);
+        }
+        return claim_release(claim);
+    }
+    int status = claim_release_after(claim, task,
+                                     error == Py_None ? NULL : error);
+    Py_DECREF(error);
+    return status;
+}
+
 int
 group_on_child_done(GroupObject *group, ChildObject *child, PyObject *task)
 {
@@ -296,7 +320,7 @@ group_on_child_done(GroupObject *group, ChildObject *child, PyObject *task)
     /* A failed child's tokens come back only now, after the group has
      * failed its own waiting spawns. */
     PyObject *exc = PyErr_GetRaisedException();
-    if (claim_release(&child->claim) < 0) {
+    if (release_after_task(group, &child->claim, task) < 0) {
         if (exc == NULL) {
             exc = PyErr_GetRaisedException();
         }
@@ -389,7 +413,7 @@ group_child_finished(GroupObject *group, ChildObject *child, PyObject *error)
      * may stop the loop before that callback runs, so theirs come back
      * now. */
     if ((!child->failed || is_interrupt(error))
-            && claim_release(&child->claim) < 0) {
+            && claim_release_after(&child->claim, NULL, error) < 0) {
         PyErr_WriteUnraisable((PyObject *)child);
     }
     PyObject *task = child->task;

@@ -223,7 +223,9 @@ finish_item(WorkerObject *self, PyObject *value, PyObject *error, int given)
     Py_CLEAR(self->run_iter);
     Py_CLEAR(self->context);
     Py_CLEAR(self->given);
-    release_tokens(self);
+    if (claim_release_after(&self->claim, self->task, error) < 0) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
     self->state = W_START;
     return stream_deliver(self->stream, self->index, value, error, given);
 }
@@ -607,6 +609,7 @@ go_start_item(WorkerObject *self, PyObject **result)
             && stream_add_worker(s) < 0) {
         return GO_FAIL;
     }
+    claim_note_start(&self->claim, s->loop);
     self->context = PyContext_Copy(s->context);
     if (self->context == NULL || PyContext_Enter(self->context) < 0) {
         return GO_FAIL;

@@ -125,7 +125,15 @@ class _TokenSource:
     def _sample_holds(self, on_window, is_overload, size: int) -> None:
         """From now on every hold of its tokens that ends is a sample, and
         every ``size`` of them go to ``on_window`` (see _HoldSampler)."""
+        if self._sampler is not None:
+            raise RuntimeError(f"{self!r} cannot sample its holds twice")
         self._sampler = _HoldSampler(on_window, is_overload, size)
+
+    def _window_so_far(self) -> tuple:
+        """(samples, drops) of the window of hold samples under way."""
+        sampler = self._sampler
+        return (0, 0) if sampler is None else (sampler.samples,
+                                               sampler.drops)
 
     def _mark_overload(self, task) -> None:
         """The next hold of ``task`` that ends counts as a drop."""
