@@ -7,7 +7,10 @@ The C core (``taskbound._taskbound``) is used unless the environment sets
 
 import os as _os
 
+from ._adaptive import AIMD, Algorithm, Gradient2, Window
+from ._adaptive import adaptive_type as _adaptive_type
 from ._common import (
+    AdaptiveLimiterStatistics,
     DeadlockError,
     GroupStatistics,
     KeyedLimiterStatistics,
@@ -32,6 +35,7 @@ RateLimiter = _core.RateLimiter
 _ExternalSource = _core.ExternalSource   # (the base of taskbound.redis)
 
 KeyedLimiter = _keyed_type(Limiter)
+AdaptiveLimiter = _adaptive_type(Limiter)
 
 _helpers = _Helpers.of(_core)
 gather = _helpers.gather
@@ -42,7 +46,8 @@ __version__ = "0.2.0.dev0"
 
 # What users meet in tracebacks and reprs is named where they import it
 # from (the C core's public types are named so in C).
-for _public in (DeadlockError, GroupStatistics, KeyedLimiterStatistics,
+for _public in (AIMD, AdaptiveLimiterStatistics, Algorithm, Gradient2,
+                Window, DeadlockError, GroupStatistics, KeyedLimiterStatistics,
                 LimiterStatistics, LimiterUnavailable, RateLimiterStatistics,
                 WouldBlock):
     _public.__module__ = __name__
@@ -52,8 +57,13 @@ if implementation == "python":
 del _public
 
 __all__ = [
+    "AIMD",
+    "AdaptiveLimiter",
+    "AdaptiveLimiterStatistics",
+    "Algorithm",
     "BoundedTaskGroup",
     "DeadlockError",
+    "Gradient2",
     "GroupStatistics",
     "KeyedLimiter",
     "KeyedLimiterStatistics",
@@ -62,6 +72,7 @@ __all__ = [
     "LimiterUnavailable",
     "RateLimiter",
     "RateLimiterStatistics",
+    "Window",
     "WouldBlock",
     "amap",
     "as_completed",

@@ -31,6 +31,18 @@ class LimiterStatistics(NamedTuple):
     paused_until: float | None = None
 
 
+class AdaptiveLimiterStatistics(NamedTuple):
+    total_tokens: int
+    borrowed_tokens: int
+    waiting: int
+    paused_until: float | None
+    limit: float                # the algorithm's estimate (total: floor)
+    latency: float | None       # the last window's mean hold time
+    long_latency: float | None  # the algorithm's long-term one, if any
+    samples: int                # holds sampled (drops among them)
+    drops: int
+
+
 class KeyedLimiterStatistics(NamedTuple):
     tokens_per_key: int | float
     keys: int               # keys in use (holders, waiters or a pause)
