@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import math
 import os
-import selectors
 import sys
 import warnings
 
 import pytest
 
 from helpers import MODULES, collecting_what_it_leaves
+from taskbound._virtualclock import VirtualClockLoop
 
 PURE = os.environ.get("TASKBOUND_PURE_PYTHON", "") not in ("", "0")
 IMPLEMENTATIONS = ["python"] if PURE else ["c", "python"]
@@ -24,6 +23,7 @@ HAS_EAGER = sys.version_info >= (3, 12)
 
 
 REDIS_CLASSES: dict = {}
+ADAPTIVE_CLASSES: dict = {}
 
 
 class Impl:
@@ -43,6 +43,10 @@ class Impl:
         self.amap = helpers.amap
         from taskbound._keyed import keyed_type
         self.KeyedLimiter = keyed_type(self.LimiterType)
+        from taskbound._adaptive import adaptive_type
+        if name not in ADAPTIVE_CLASSES:
+            ADAPTIVE_CLASSES[name] = adaptive_type(self.LimiterType)
+        self.AdaptiveLimiterType = ADAPTIVE_CLASSES[name]
 
     @property
     def redis(self):
@@ -54,6 +58,11 @@ class Impl:
 
     def Limiter(self, total_tokens):
         limiter = self.LimiterType(total_tokens)
+        self.limiters.append(limiter)
+        return limiter
+
+    def AdaptiveLimiter(self, initial, **options):
+        limiter = self.AdaptiveLimiterType(initial, **options)
         self.limiters.append(limiter)
         return limiter
 
@@ -76,39 +85,6 @@ def impl(request):
     leaked = [lim for lim in impl.limiters
               if getattr(lim, "borrowed_tokens", 0) != 0]
     assert not leaked, f"tokens still borrowed at the end: {leaked}"
-
-
-class VirtualClockSelector(selectors.DefaultSelector):
-    """Instead of sleeping until the next timer, jumps the clock to it; with
-    a `tick`, to the next multiple of it at or after it, as epoll rounds a
-    wait up to the millisecond, so timers fire late as on a real loop."""
-
-    def __init__(self, tick: float = 0.0) -> None:
-        super().__init__()
-        self.now = 0.0
-        self.tick = tick
-
-    def select(self, timeout=None):
-        if timeout is None:
-            return super().select(None)
-        events = super().select(0)
-        if not events and timeout > 0:
-            if self.tick:
-                timeout = math.ceil(timeout / self.tick) * self.tick
-            self.now += timeout
-        return events
-
-
-class VirtualClockLoop(asyncio.SelectorEventLoop):
-    """asyncio's loop on a clock that only moves when the loop would wait:
-    timings in tests become exact."""
-
-    def __init__(self, tick: float = 0.0) -> None:
-        self._virtual = VirtualClockSelector(tick)
-        super().__init__(selector=self._virtual)
-
-    def time(self) -> float:
-        return self._virtual.now
 
 
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:
