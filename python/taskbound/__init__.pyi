@@ -13,10 +13,11 @@ from collections.abc import (
     Sequence,
 )
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar, overload
+from typing import Any, Literal, NamedTuple, Self, TypeVar, overload
 
 from ._common import DeadlockError as DeadlockError
 from ._common import GroupStatistics as GroupStatistics
+from ._common import AdaptiveLimiterStatistics as AdaptiveLimiterStatistics
 from ._common import KeyedLimiterStatistics as KeyedLimiterStatistics
 from ._common import LimiterStatistics as LimiterStatistics
 from ._common import LimiterUnavailable as LimiterUnavailable
@@ -68,6 +69,58 @@ class Limiter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+class Window(NamedTuple):
+    samples: int
+    drops: int
+    mean_latency: float
+    min_latency: float
+    in_flight: int
+
+class Algorithm:
+    long_latency: float | None
+    def update(self, limit: float, window: Window) -> float: ...
+    def reset(self) -> None: ...
+
+class AIMD(Algorithm):
+    increase: float
+    backoff: float
+    timeout: float
+    def __init__(self, *, increase: float = 1.0, backoff: float = 0.9,
+                 timeout: float = ...) -> None: ...
+
+class Gradient2(Algorithm):
+    tolerance: float
+    smoothing: float
+    long_window: int
+    queue_size: float
+    backoff: float
+    drop_budget: float
+    def __init__(self, *, tolerance: float = 1.05, smoothing: float = 0.2,
+                 long_window: int = 600, queue_size: float = 4.0,
+                 backoff: float = 0.9, drop_budget: float = 0.01) -> None: ...
+
+class AdaptiveLimiter(Limiter):
+    """A Limiter whose total moves with its holders' latency and errors."""
+    def __init__(
+        self, initial: int, *, min_tokens: int = 1, max_tokens: int = 1000,
+        algorithm: Algorithm | None = None,
+        overload: type[BaseException] | tuple[type[BaseException], ...]
+        | Callable[[BaseException], bool] = ...,
+        on_change: Callable[[int, int], object] | None = None,
+    ) -> None: ...
+    @property
+    def total_tokens(self) -> int: ...
+    @total_tokens.setter
+    def total_tokens(self, value: int) -> None: ...
+    @property
+    def algorithm(self) -> Algorithm: ...
+    @property
+    def min_tokens(self) -> int: ...
+    @property
+    def max_tokens(self) -> int: ...
+    def mark_overload(self) -> None: ...
+    def statistics(self) -> AdaptiveLimiterStatistics: ...  # type: ignore[override]
 
 class KeyedLimiter:
     """One Limiter per key, made on first use, forgotten when idle."""

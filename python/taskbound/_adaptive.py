@@ -22,6 +22,10 @@ from ._common import AdaptiveLimiterStatistics
 # limit's worth): fewer make each update noise.
 MIN_WINDOW = 10
 
+# Windows over which Gradient2's long-term latency is a plain mean, before
+# it becomes an exponential one.
+WARM_UP = 10
+
 # Holders that end with these are drops, unless overload= says otherwise.
 DEFAULT_OVERLOAD = (TimeoutError, ConnectionError)
 
@@ -103,12 +107,17 @@ class Gradient2(Algorithm):
     average (a queue forming) brings the limit down; at no more than that,
     it grows by the allowance. The long-term average follows over
     ``long_window`` windows, and drops faster when latency falls back. A
-    window with a drop multiplies the limit by ``backoff`` (Netflix's
-    ignores drops; an error budget needs them)."""
+    window with drops multiplies the limit by ``backoff`` once the share of
+    drops over the last windows is past ``drop_budget`` (Netflix's ignores
+    drops; an error budget needs them, and a few slow requests timing out
+    by themselves must not halve it). The default tolerance is 1.05, not
+    Netflix's 1.5, which lets a queue of half the capacity form in front
+    of the server: the bench's simulation showed p99 1.5 times the best
+    fixed limit's with it."""
 
-    def __init__(self, *, tolerance: float = 1.5, smoothing: float = 0.2,
-                 long_window: int = 60, queue_size: float = 4.0,
-                 backoff: float = 0.9) -> None:
+    def __init__(self, *, tolerance: float = 1.05, smoothing: float = 0.2,
+                 long_window: int = 600, queue_size: float = 4.0,
+                 backoff: float = 0.9, drop_budget: float = 0.01) -> None:
         self.tolerance = _check_ratio("tolerance", tolerance, 1.0, math.inf,
                                       low_open=False)
         self.smoothing = _check_ratio("smoothing", smoothing, 0.0, 1.0)
@@ -120,6 +129,8 @@ class Gradient2(Algorithm):
         self.queue_size = _check_ratio("queue_size", queue_size, 0.0,
                                        math.inf, low_open=False)
         self.backoff = _check_ratio("backoff", backoff, 0.0, 1.0)
+        self.drop_budget = _check_ratio("drop_budget", drop_budget, 0.0, 1.0,
+                                        low_open=False)
         self.reset()
 
     def __repr__(self) -> str:
@@ -129,19 +140,30 @@ class Gradient2(Algorithm):
 
     def reset(self) -> None:
         self.long_latency = None
+        self.drop_rate = 0.0
         self._windows = 0
 
     def update(self, limit: float, window: Window) -> float:
-        if window.drops:
+        # Drops over the last windows, a share of samples: a few (slow
+        # requests timing out by themselves) are within the budget; a
+        # burst of them (503s) is over it at once.
+        share = window.drops / window.samples if window.samples else 0.0
+        self.drop_rate += (share - self.drop_rate) * 0.1
+        if window.drops and self.drop_rate > self.drop_budget:
             return limit * self.backoff
         short = window.mean_latency
         if short <= 0.0:
             return limit
-        # The long-term average: a plain mean over the first windows, then
-        # exponential over long_window of them.
-        self._windows = min(self._windows + 1, self.long_window)
+        # The long-term average: a plain mean over the first WARM_UP
+        # windows, then exponential over long_window of them.
+        self._windows += 1
         long = self.long_latency
-        long = short if long is None else long + (short - long) / self._windows
+        if long is None:
+            long = short
+        elif self._windows <= WARM_UP:
+            long += (short - long) / self._windows
+        else:
+            long += (short - long) * 2.0 / (self.long_window + 1)
         if long / short > 2.0:
             long *= 0.95        # latency is back down: follow it sooner
         self.long_latency = long
@@ -256,7 +278,10 @@ class AdaptiveLimiter:
     def mark_overload(self) -> None:
         """The current task's hold ends as a drop, however it ends (for a
         task that handled the server's push-back itself)."""
-        task = current_task()
+        try:
+            task = current_task()
+        except RuntimeError:            # no loop running
+            task = None
         if task is None:
             raise RuntimeError("mark_overload() is called from a task that "
                                "holds a token")
