@@ -28,7 +28,7 @@ def test_bench_runs_and_reports_every_contender(loop, tmp_path):
          "--limiter-entries", "500", "--rate-seconds", str(RATE_SECONDS),
          "--http-requests", "300", "--crawl-urls", "500",
          "--llm-requests", "30", "--downloads", "50", "--api-calls", "100",
-         "--json", str(out)],
+         "--adaptive-seconds", "2", "--json", str(out)],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     for name in ("task floor", "worker floor",
@@ -41,7 +41,8 @@ def test_bench_runs_and_reports_every_contender(loop, tmp_path):
                  "achieved/rate", "HTTP fan-out", "peak RSS MiB",
                  "amap(item_limiter=per_host[...])",
                  "TaskGroup + Semaphore + per-host Semaphore",
-                 "most tokens", "peak on disk", "Limiter.pause(retry_after)"):
+                 "most tokens", "peak on disk", "Limiter.pause(retry_after)",
+                 "AdaptiveLimiter, Gradient2()", "targets, AdaptiveLimiter"):
         assert name in done.stdout
     figures = json.loads(out.read_text())
     rows = figures["workloads"]["trivial"]["rows"]
@@ -52,7 +53,7 @@ def test_bench_runs_and_reports_every_contender(loop, tmp_path):
     assert spawn[0]["peak_live_tasks"] <= 101
     assert set(figures["workloads"]) == {
         "trivial", "short wait", "streaming", "limiter", "rate limiter",
-        "redis", "http", "crawl", "llm", "disk", "push-back"}
+        "redis", "http", "crawl", "llm", "disk", "push-back", "adaptive"}
     # The limits rows keep their budgets (the figures themselves are for
     # bench/README.md).
     llm = figures["workloads"]["llm"]
@@ -94,6 +95,26 @@ def test_bench_runs_and_reports_every_contender(loop, tmp_path):
     assert all(r["requests_per_second"] > 0
                and r["peak_rss_kib"] >= r["rss_growth_kib"] >= 0
                for r in http_rows.values())
+
+
+def test_bench_adaptive_section_alone(tmp_path):
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "taskbound", "bench", "adaptive",
+         "--adaptive-seconds", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    assert set(figures["workloads"]) == {"adaptive"}
+    adaptive = figures["workloads"]["adaptive"]
+    assert set(adaptive["scenarios"]) == {
+        "steady", "capacity halves", "capacity doubles",
+        "latency noise high"}
+    for runs in adaptive["scenarios"].values():
+        assert {"fixed 40", "best fixed", "AdaptiveLimiter, Gradient2()"
+                } <= set(runs)
+        assert all(run["goodput"] > 0 for run in runs.values())
+    assert all(len(checks) == 14 for checks in adaptive["targets"].values())
 
 
 def test_bench_usage_error():

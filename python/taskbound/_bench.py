@@ -457,6 +457,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="each short-wait item sleeps this long")
     parser.add_argument("--stream-items", type=int, default=1_000_000,
                         help="items of the streaming run (0 to skip it)")
+    parser.add_argument("section", nargs="?", choices=["all", "adaptive"],
+                        default="all",
+                        help="'adaptive': only the AdaptiveLimiter "
+                             "simulation (default: everything)")
+    parser.add_argument("--adaptive-seconds", type=float, default=40.0,
+                        help="virtual seconds per run of the adaptive "
+                             "simulation (0 skips it)")
+    parser.add_argument("--adaptive-plot", metavar="FILE",
+                        help="write the adaptive limits over time as a PNG "
+                             "(needs matplotlib)")
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"],
@@ -542,6 +552,42 @@ def limits(args: argparse.Namespace, report: dict) -> None:
                 for name, (refused, seconds) in figures.items()]}
 
 
+def write_json(args: argparse.Namespace, report: dict) -> None:
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"\nraw figures written to {args.json}")
+
+
+def adaptive(args: argparse.Namespace, report: dict) -> None:
+    """The AdaptiveLimiter rows (_benchadaptive), on the active
+    implementation, on a virtual clock."""
+    import taskbound
+    from . import _benchadaptive as ba
+    if args.adaptive_seconds <= 0:
+        return
+    ba.DURATION = args.adaptive_seconds
+    ba.CHANGE_AT = args.adaptive_seconds / 2
+    figures = ba.measure(taskbound, progress)
+    ba.table(figures)
+    report["workloads"]["adaptive"] = {
+        "seconds": args.adaptive_seconds, "scenarios": {
+            scenario: {name: {"goodput": run.goodput, "p50": run.p50,
+                              "p99": run.p99, "errors": run.errors,
+                              "requests": run.requests,
+                              "reconverge_round_trips": run.reconverge}
+                       for name, run in runs.items()}
+            for scenario, runs in figures.items()},
+        "targets": {name: [{"what": what, "goal": goal, "figure": figure,
+                            "passed": passed}
+                           for what, goal, figure, passed
+                           in ba.targets(figures, name)]
+                    for name in ba.adaptive_contenders(taskbound)}}
+    if args.adaptive_plot:
+        ba.plot(args.adaptive_plot, figures)
+        print(f"\nthe adaptive limits over time drawn in {args.adaptive_plot}")
+
+
 def run(args: argparse.Namespace) -> int:
 
     from . import implementation
@@ -559,6 +605,10 @@ def run(args: argparse.Namespace) -> int:
     report: dict = {"python": platform.python_version(), "loop": args.loop,
                     "cores": os.cpu_count(), "limit": args.limit,
                     "rounds": args.rounds, "workloads": {}}
+    if args.section == "adaptive":
+        adaptive(args, report)
+        write_json(args, report)
+        return 0
     workloads = [("trivial", args.items, 0.0,
                   f"{args.items:,} items of `await asyncio.sleep(0)`"),
                  ("short wait", args.wait_items, args.wait_ms / 1000,
@@ -628,10 +678,8 @@ def run(args: argparse.Namespace) -> int:
                 "requests": args.http_requests,
                 "sleep": args.http_sleep_ms / 1000, "rows": rows}
     limits(args, report)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"\nraw figures written to {args.json}")
+    adaptive(args, report)
+    write_json(args, report)
     if args.plot:
         keep = {"task floor", "worker floor", BASELINE,
                 "BoundedTaskGroup.spawn [C]", "amap [C]", "as_completed [C]"}

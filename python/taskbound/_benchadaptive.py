@@ -1,0 +1,338 @@
+"""The bench's adaptive rows: an AdaptiveLimiter against fixed limits, on a
+simulated server, on a virtual clock (so a run is exact, repeatable, and
+takes only the time its Python takes).
+
+The server serves `capacity` requests at once, each for a service time
+drawn from a seeded log-normal distribution, queues up to QUEUE_ROUNDS x
+capacity more in front (FIFO), and answers 503 beyond that (after a
+network round trip of a tenth of the mean service time). The
+client gives up on a request after TIMEOUT_ROUNDS mean service times; the
+server does not know, and still spends the time on it when it comes to it
+(so a queue that grows past the timeout costs goodput, not only latency).
+The client has an endless backlog and runs it through a BoundedTaskGroup
+whose limiter is the contender: a fixed Limiter(n), or an AdaptiveLimiter,
+which sees each request's time as its hold and timeouts and 503s as drops.
+
+Scenarios: steady; capacity halves mid-run; capacity doubles mid-run;
+steady with high service-time noise. Each reports goodput (answers in time
+per second), p50/p99 latency of those answers, the overload errors as a
+share of requests, and, after a change, the round trips the limit took to
+come within 10% of the new capacity and stay there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import random
+from typing import NamedTuple
+
+CAPACITY = 40           # concurrent requests, before any change
+SERVICE = 0.05          # mean seconds per request
+QUEUE_ROUNDS = 4        # the server's queue holds this many capacities
+TIMEOUT_ROUNDS = 10     # the client gives up after this many mean services
+DURATION = 40.0         # seconds of virtual time per run
+CHANGE_AT = 20.0        # when a change of capacity happens
+SEED = 20261204
+
+
+class Scenario(NamedTuple):
+    name: str
+    capacity_after: float   # times CAPACITY, from CHANGE_AT on
+    sigma: float            # of the log-normal service time
+
+
+SCENARIOS = (
+    Scenario("steady", 1.0, 0.3),
+    Scenario("capacity halves", 0.5, 0.3),
+    Scenario("capacity doubles", 2.0, 0.3),
+    Scenario("latency noise high", 1.0, 1.0),
+)
+
+
+class Server:
+    """The simulated server: no task per request, only loop timers."""
+
+    def __init__(self, loop, capacity: int, sigma: float, seed: int,
+                 mean: float = SERVICE) -> None:
+        self.loop = loop
+        self.capacity = capacity
+        self.queue_size = QUEUE_ROUNDS * capacity
+        self.refusal = mean / 10
+        self.queue: collections.deque = collections.deque()
+        self.busy = 0
+        self.rng = random.Random(seed)
+        # A log-normal with that mean: mu = ln(mean) - sigma^2 / 2.
+        self.mu = math.log(mean) - sigma * sigma / 2
+        self.sigma = sigma
+
+    def set_capacity(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._dispatch()
+
+    def submit(self):
+        """A future for the answer: None, or ConnectionError (a 503, which
+        takes a network round trip to come back, as a real one does)."""
+        answer = self.loop.create_future()
+        if len(self.queue) >= self.queue_size and self.busy >= self.capacity:
+            self.loop.call_later(self.refusal, self._refuse, answer)
+        else:
+            self.queue.append(answer)
+            self._dispatch()
+        return answer
+
+    @staticmethod
+    def _refuse(answer) -> None:
+        if not answer.done():
+            answer.set_exception(ConnectionError("503 Service Unavailable"))
+
+    def _dispatch(self) -> None:
+        while self.busy < self.capacity and self.queue:
+            answer = self.queue.popleft()
+            self.busy += 1
+            service = self.rng.lognormvariate(self.mu, self.sigma)
+            self.loop.call_later(service, self._done, answer)
+
+    def _done(self, answer) -> None:
+        self.busy -= 1
+        if not answer.done():       # (else the client gave up on it)
+            answer.set_result(None)
+        self._dispatch()
+
+
+class Run(NamedTuple):
+    goodput: float          # answers in time per second
+    p50: float              # seconds, of the answers in time
+    p99: float
+    errors: float           # timeouts and 503s, a share of requests
+    requests: int
+    reconverge: float | None    # round trips, after the change
+    trace: list             # (time, limit) every 0.25 s
+
+
+def percentile(values: list, q: float) -> float:
+    if not values:
+        return math.nan
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def reconvergence(trace: list, target: float, after: float) -> float | None:
+    """Round trips from `after` until the limit is within 10% of `target`
+    and stays so to the end; None if it never settles."""
+    settled = None
+    for when, limit in trace:
+        if when < after:
+            continue
+        if abs(limit - target) <= 0.1 * target:
+            if settled is None:
+                settled = when
+        else:
+            settled = None
+    return None if settled is None else (settled - after) / SERVICE
+
+
+async def run_client(module, limiter, scenario: Scenario, *,
+                     limit_of=None) -> Run:
+    loop = asyncio.get_running_loop()
+    server = Server(loop, CAPACITY, scenario.sigma, SEED)
+    latencies: list = []
+    errors = requests = 0
+    trace: list = []
+    timeout = TIMEOUT_ROUNDS * SERVICE
+
+    async def request() -> None:
+        nonlocal errors
+        started = loop.time()
+        try:
+            answer = server.submit()
+            async with asyncio.timeout(timeout):
+                await answer
+        except (ConnectionError, TimeoutError):
+            errors += 1
+            raise
+        latencies.append(loop.time() - started)
+
+    async def one() -> None:
+        try:
+            await request()
+        except (ConnectionError, TimeoutError):
+            if limit_of is not None:
+                limiter.mark_overload()
+
+    def change() -> None:
+        server.set_capacity(round(CAPACITY * scenario.capacity_after))
+
+    def sample() -> None:
+        trace.append((loop.time(), limit_of() if limit_of else None))
+        if loop.time() < DURATION:
+            loop.call_later(0.25, sample)
+
+    if scenario.capacity_after != 1.0:
+        loop.call_at(loop.time() + CHANGE_AT, change)
+    start = loop.time()
+    sample()
+    async with module.BoundedTaskGroup(limiter=limiter) as tg:
+        while loop.time() - start < DURATION:
+            await tg.spawn(one())
+            requests += 1
+    elapsed = loop.time() - start
+    reconverge = None
+    if limit_of is not None and scenario.capacity_after != 1.0:
+        reconverge = reconvergence(
+            trace, CAPACITY * scenario.capacity_after, start + CHANGE_AT)
+    return Run(len(latencies) / elapsed, percentile(latencies, 0.5),
+               percentile(latencies, 0.99), errors / max(1, requests),
+               requests, reconverge, trace)
+
+
+def simulate(module, contender, scenario: Scenario) -> Run:
+    """One contender (an int: a fixed Limiter; else a factory of an
+    AdaptiveLimiter) through one scenario, on a virtual clock."""
+    from ._virtualclock import VirtualClockLoop
+    loop = VirtualClockLoop()
+    try:
+        if isinstance(contender, int):
+            limiter = module.Limiter(contender)
+            main = run_client(module, limiter, scenario)
+        else:
+            limiter = contender()
+            main = run_client(module, limiter, scenario,
+                              limit_of=lambda: limiter.total_tokens)
+        return loop.run_until_complete(main)
+    finally:
+        loop.close()
+
+
+# ---- the bench's rows ----
+
+FIXED = (CAPACITY // 4, CAPACITY // 2, CAPACITY, 2 * CAPACITY,
+         4 * CAPACITY)
+INITIAL = 10            # where an adaptive limiter starts
+
+
+def adaptive_contenders(module) -> dict:
+    """The AdaptiveLimiter contenders, each a factory (a limiter per run)."""
+    from ._adaptive import AIMD, Gradient2
+    return {
+        "AdaptiveLimiter, Gradient2()": lambda: module.AdaptiveLimiter(
+            INITIAL, algorithm=Gradient2()),
+        # AIMD reacts to latency only past a threshold of its user's:
+        # here 1.5 x the server's mean service time.
+        f"AdaptiveLimiter, AIMD(timeout={1.5 * SERVICE:g})":
+            lambda: module.AdaptiveLimiter(
+                INITIAL, algorithm=AIMD(timeout=1.5 * SERVICE)),
+    }
+
+
+def best_fixed(runs: dict) -> str:
+    """The fixed limit with the most goodput; among those within 1% of it,
+    the one with the lowest p99."""
+    fixed = {name: run for name, run in runs.items()
+             if name.startswith("fixed")}
+    top = max(run.goodput for run in fixed.values())
+    near = [name for name, run in fixed.items() if run.goodput >= 0.99 * top]
+    return min(near, key=lambda name: fixed[name].p99)
+
+
+def measure(module, progress) -> dict:
+    """{scenario name: {contender name: Run}}, the best fixed limit's run
+    also under "best fixed"."""
+    figures: dict = {}
+    contenders = {f"fixed {n}": n for n in FIXED}
+    contenders.update(adaptive_contenders(module))
+    for scenario in SCENARIOS:
+        runs: dict = {}
+        for name, contender in contenders.items():
+            progress(f"adaptive: {scenario.name}, {name}")
+            runs[name] = simulate(module, contender, scenario)
+        runs["best fixed"] = runs[best_fixed(runs)]
+        figures[scenario.name] = runs
+    return figures
+
+
+def targets(figures: dict, name: str) -> list:
+    """(what, goal, figure, passed) of one adaptive contender."""
+    checks = []
+    totals = {}
+    for scenario, runs in figures.items():
+        run, best = runs[name], runs["best fixed"]
+        checks.append((f"{scenario}: goodput / best fixed's", ">= 0.90",
+                       run.goodput / best.goodput,
+                       run.goodput >= 0.9 * best.goodput))
+        checks.append((f"{scenario}: p99 / best fixed's", "<= 1.50",
+                       run.p99 / best.p99, run.p99 <= 1.5 * best.p99))
+        checks.append((f"{scenario}: overload errors", "<= 1%",
+                       run.errors, run.errors <= 0.01))
+        for contender, other in runs.items():
+            if contender != "best fixed":
+                totals[contender] = totals.get(contender, 0) + other.goodput
+    single = max(total for contender, total in totals.items()
+                 if contender.startswith("fixed"))
+    checks.append(("all scenarios: goodput / any single fixed limit's",
+                   "> 1.00", totals[name] / single, totals[name] > single))
+    halved = figures["capacity halves"][name].reconverge
+    checks.append(("after capacity halves: round trips to within 10% of "
+                   "the new capacity", "<= 20",
+                   math.inf if halved is None else halved,
+                   halved is not None and halved <= 20))
+    return checks
+
+
+def table(figures: dict) -> None:
+    print(f"\nadaptive concurrency, simulated server on a virtual clock: "
+          f"capacity {CAPACITY} (halving or doubling at {CHANGE_AT:g} s), "
+          f"log-normal service of mean {SERVICE * 1000:g} ms, a queue of "
+          f"{QUEUE_ROUNDS} x capacity then 503s, client timeout "
+          f"{TIMEOUT_ROUNDS * SERVICE * 1000:g} ms, {DURATION:g} s per run")
+    for scenario, runs in figures.items():
+        print(f"\n  {scenario} (best fixed: {best_fixed(runs)})")
+        print(f"  {'contender':38} {'goodput/s':>9} {'p50 ms':>7} "
+              f"{'p99 ms':>7} {'errors':>7} {'re-conv.':>8}")
+        for name, run in runs.items():
+            if name == "best fixed":
+                continue
+            again = "" if run.reconverge is None else f"{run.reconverge:.0f}"
+            if run.reconverge is None and run.trace[0][1] is not None \
+                    and scenario.startswith("capacity"):
+                again = "never"
+            print(f"  {name:38} {run.goodput:9.1f} {run.p50 * 1000:7.1f} "
+                  f"{run.p99 * 1000:7.1f} {run.errors:7.2%} {again:>8}")
+    for name in next(iter(figures.values())):
+        if not name.startswith("AdaptiveLimiter"):
+            continue
+        print(f"\n  targets, {name}:")
+        for what, goal, figure, passed in targets(figures, name):
+            shown = f"{figure:.2%}" if goal.endswith("%") else f"{figure:.2f}"
+            print(f"    {what:66} {goal:>7} {shown:>7} "
+                  f"{'PASS' if passed else 'FAIL'}")
+
+
+def plot(path: str, figures: dict) -> None:
+    """The limit over time of each adaptive contender, per scenario."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(len(figures), 1, figsize=(9, 3 * len(figures)),
+                                sharex=True)
+    for axis, (scenario, runs) in zip(axes, figures.items()):
+        for name, run in runs.items():
+            if run.trace and run.trace[0][1] is not None:
+                axis.plot([t for t, _ in run.trace],
+                          [limit for _, limit in run.trace], label=name)
+        after = dict(SCENARIOS_BY_NAME)[scenario].capacity_after
+        axis.step([0, CHANGE_AT, DURATION],
+                  [CAPACITY, CAPACITY * after, CAPACITY * after],
+                  where="post", color="black", linestyle=":",
+                  label="capacity")
+        axis.set_title(scenario)
+        axis.set_ylabel("limit")
+        axis.grid(True, alpha=0.3)
+    axes[0].legend(fontsize="small")
+    axes[-1].set_xlabel("seconds (virtual)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+SCENARIOS_BY_NAME = [(s.name, s) for s in SCENARIOS]
