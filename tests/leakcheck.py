@@ -138,9 +138,40 @@ def scenarios(module, helpers, shared):
             async with shared.hold(2):
                 pass
 
+    from taskbound._adaptive import AIMD, adaptive_type
+    adaptive_limiter = adaptive_type(module.Limiter)(
+        2, max_tokens=6, algorithm=AIMD(), overload=Boom)
+
+    async def held_by_hand(mark):
+        async with adaptive_limiter:
+            if mark:
+                adaptive_limiter.mark_overload()
+            await asyncio.sleep(0)
+
+    async def adaptive(i):
+        # Samples from children (one a drop), an async with (marked or
+        # not), a cancelled hold and stream items; windows end now and
+        # then, moving the total.
+        try:
+            async with Group(limiter=adaptive_limiter) as tg:
+                await tg.spawn(ok(i))
+                if i % 3 == 0:
+                    await tg.spawn(fail(i))
+        except* Boom:
+            pass
+        await held_by_hand(i % 2 == 0)
+        cancelled = asyncio.create_task(held_by_hand(False))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        async for _ in helpers.amap(fail if i % 4 == 0 else ok, range(3),
+                                    limiter=adaptive_limiter,
+                                    return_exceptions=True):
+            pass
+
     return {f.__name__: f for f in (spawn_success, spawn_error, spawn_cancel,
                                     create_task_abort, stream_break,
-                                    per_item, weighted)}
+                                    per_item, weighted, adaptive)}
 
 
 def census():

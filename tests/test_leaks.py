@@ -16,7 +16,8 @@ import pytest
 
 CYCLES = int(os.environ.get("TASKBOUND_LEAK_CYCLES", "5000"))
 SCENARIOS = ["spawn_success", "spawn_error", "spawn_cancel",
-             "create_task_abort", "stream_break", "per_item", "weighted"]
+             "create_task_abort", "stream_break", "per_item", "weighted",
+             "adaptive"]
 # What the census itself leaves behind (its own Counter, weak references
 # asyncio makes once): a constant, far below CYCLES.
 MAX_GROWTH_PER_TYPE = 100
