@@ -570,8 +570,11 @@ def adaptive(args: argparse.Namespace, report: dict) -> None:
     ba.CHANGE_AT = args.adaptive_seconds / 2
     figures = ba.measure(taskbound, progress)
     ba.table(figures)
+    cost = ba.measure_sample_cost(taskbound, args.rounds, new_loop, args.loop)
+    ba.cost_table(cost)
     report["workloads"]["adaptive"] = {
-        "seconds": args.adaptive_seconds, "scenarios": {
+        "seconds": args.adaptive_seconds,
+        "seconds_per_item": cost, "scenarios": {
             scenario: {name: {"goodput": run.goodput, "p50": run.p50,
                               "p99": run.p99, "errors": run.errors,
                               "requests": run.requests,

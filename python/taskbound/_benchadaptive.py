@@ -336,3 +336,55 @@ def plot(path: str, figures: dict) -> None:
 
 
 SCENARIOS_BY_NAME = [(s.name, s) for s in SCENARIOS]
+
+
+# ---- the cost of the samples ----
+
+COST_ITEMS = 100_000
+
+
+def measure_sample_cost(module, rounds: int, new_loop, loop_kind: str
+                        ) -> dict:
+    """Seconds per item of amap(limit=100) over trivial items, with a
+    Limiter(100) and with AdaptiveLimiters held at 100 (min = max), so
+    that the difference is the sampling: the best of `rounds`, side by
+    side in each round."""
+    from ._adaptive import AIMD, Gradient2
+
+    async def ok(_):
+        return None
+
+    async def run(limiter) -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async for _ in module.amap(ok, range(COST_ITEMS), limit=100,
+                                   limiter=limiter):
+            pass
+        return (loop.time() - started) / COST_ITEMS
+
+    makers = {
+        "Limiter(100)": lambda: module.Limiter(100),
+        "AdaptiveLimiter, Gradient2()": lambda: module.AdaptiveLimiter(
+            100, min_tokens=100, max_tokens=100, algorithm=Gradient2()),
+        "AdaptiveLimiter, AIMD()": lambda: module.AdaptiveLimiter(
+            100, min_tokens=100, max_tokens=100, algorithm=AIMD()),
+    }
+    best: dict = {}
+    for _ in range(rounds):
+        for name, make in makers.items():
+            loop = new_loop(loop_kind)
+            try:
+                seconds = loop.run_until_complete(run(make()))
+            finally:
+                loop.close()
+            best[name] = min(best.get(name, math.inf), seconds)
+    return best
+
+
+def cost_table(best: dict) -> None:
+    base = best["Limiter(100)"]
+    print(f"\n  the cost of sampling: amap(limit=100) over {COST_ITEMS:,} "
+          "trivial items, the limiter at 100 tokens throughout")
+    for name, seconds in best.items():
+        print(f"  {name:38} {seconds * 1e9:6.0f} ns/item "
+              f"{seconds / base:6.2f}x  (+{(seconds - base) * 1e9:.0f} ns)")
