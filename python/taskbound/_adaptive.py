@@ -16,7 +16,7 @@ import math
 from asyncio import current_task
 from typing import Callable, NamedTuple
 
-from ._common import AdaptiveLimiterStatistics
+from ._common import AdaptiveLimiterStatistics, _check_count
 
 # A window is at least this many samples (else one round trip's, the
 # limit's worth): fewer make each update noise.
@@ -121,11 +121,7 @@ class Gradient2(Algorithm):
         self.tolerance = _check_ratio("tolerance", tolerance, 1.0, math.inf,
                                       low_open=False)
         self.smoothing = _check_ratio("smoothing", smoothing, 0.0, 1.0)
-        if isinstance(long_window, bool) or not isinstance(long_window, int):
-            raise TypeError("long_window must be an int")
-        if long_window < 1:
-            raise ValueError(f"long_window must be >= 1, not {long_window}")
-        self.long_window = long_window
+        self.long_window = _check_count("long_window", "an int", long_window)
         self.queue_size = _check_ratio("queue_size", queue_size, 0.0,
                                        math.inf, low_open=False)
         self.backoff = _check_ratio("backoff", backoff, 0.0, 1.0)
@@ -174,14 +170,6 @@ class Gradient2(Algorithm):
         return limit * (1.0 - self.smoothing) + target * self.smoothing
 
 
-def _count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, not {value}")
-    return value
-
-
 def _overload_test(overload) -> Callable[[BaseException], bool]:
     if isinstance(overload, type) and issubclass(overload, BaseException):
         overload = (overload,)
@@ -216,9 +204,9 @@ class AdaptiveLimiter:
                  overload=DEFAULT_OVERLOAD,
                  on_change: Callable[[int, int], object] | None = None
                  ) -> None:
-        min_tokens = _count("min_tokens", min_tokens)
-        max_tokens = _count("max_tokens", max_tokens)
-        initial = _count("initial", initial)
+        min_tokens = _check_count("min_tokens", "an int", min_tokens)
+        max_tokens = _check_count("max_tokens", "an int", max_tokens)
+        initial = _check_count("initial", "an int", initial)
         if not min_tokens <= initial <= max_tokens:
             raise ValueError(f"initial must be within [min_tokens, "
                              f"max_tokens] = [{min_tokens}, {max_tokens}], "
@@ -255,7 +243,7 @@ class AdaptiveLimiter:
     @total_tokens.setter
     def total_tokens(self, value: int) -> None:
         """Sets the limit by hand; the algorithm goes on from there."""
-        value = _count("total_tokens", value)
+        value = _check_count("total_tokens", "an int", value)
         if not self._min <= value <= self._max:
             raise ValueError(f"total_tokens must be within [min_tokens, "
                              f"max_tokens] = [{self._min}, {self._max}], "

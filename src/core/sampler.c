@@ -255,7 +255,8 @@ sampler_on_release(TokenSource *source, Py_ssize_t n, int known,
     HoldSampler *s = source->sampler;
     ModuleState *st = source->state;
     assert(s != NULL);
-    Py_ssize_t held = source->ops->held == NULL ? 0 : source->ops->held(source);
+    /* (only a source that counts what it lends samples: _sample_holds) */
+    Py_ssize_t held = source->ops->held(source);
     if (held < n || source->loop == NULL) {
         if (held < 0) {
             PyErr_WriteUnraisable((PyObject *)source);
