@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from taskbound._benchadaptive import PEERS
 from taskbound._benchlimiter import BINDING_RATE
 from taskbound._common import TIMER_LATENESS
 
@@ -28,7 +29,8 @@ def test_bench_runs_and_reports_every_contender(loop, tmp_path):
          "--limiter-entries", "500", "--rate-seconds", str(RATE_SECONDS),
          "--http-requests", "300", "--crawl-urls", "500",
          "--llm-requests", "30", "--downloads", "50", "--api-calls", "100",
-         "--adaptive-seconds", "2", "--json", str(out)],
+         "--adaptive-seconds", "2", "--adaptive-http-seconds", "0.3",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     for name in ("task floor", "worker floor",
@@ -101,20 +103,34 @@ def test_bench_adaptive_section_alone(tmp_path):
     out = tmp_path / "figures.json"
     done = subprocess.run(
         [sys.executable, "-m", "taskbound", "bench", "adaptive",
-         "--adaptive-seconds", "2", "--json", str(out)],
+         "--adaptive-seconds", "2", "--adaptive-http-seconds", "0.5",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert "skipped" not in done.stdout
     figures = json.loads(out.read_text())
     assert set(figures["workloads"]) == {"adaptive"}
     adaptive = figures["workloads"]["adaptive"]
     assert set(adaptive["scenarios"]) == {
         "steady", "capacity halves", "capacity doubles",
         "latency noise high"}
+    peers = set(PEERS)
     for runs in adaptive["scenarios"].values():
         assert {"fixed 40", "best fixed", "AdaptiveLimiter, Gradient2()"
-                } <= set(runs)
+                } | peers <= set(runs)
+        # Every contender got answers, the peers through their own APIs.
         assert all(run["goodput"] > 0 for run in runs.values())
-    assert all(len(checks) == 14 for checks in adaptive["targets"].values())
+    # Per adaptive contender: 3 per scenario, all scenarios against the
+    # fixed limits, one per peer, the re-convergence.
+    assert all(len(checks) == 4 * 3 + 1 + len(peers) + 1
+               for checks in adaptive["targets"].values())
+    # The real-time rows, against the local aiohttp server.
+    http = adaptive["http"]
+    assert {"fixed 20", "AdaptiveLimiter, Gradient2()"} <= set(http)
+    assert all(run["goodput"] > 0 and run["requests"] > 0
+               for run in http.values())
+    assert http["fixed 20"]["limit_at_end"] is None
+    assert 1 <= http["AdaptiveLimiter, Gradient2()"]["limit_at_end"] <= 1000
 
 
 def test_bench_usage_error():

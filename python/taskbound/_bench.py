@@ -464,6 +464,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adaptive-seconds", type=float, default=40.0,
                         help="virtual seconds per run of the adaptive "
                              "simulation (0 skips it)")
+    parser.add_argument("--adaptive-http-seconds", type=float, default=3.0,
+                        help="real seconds per contender of the adaptive "
+                        "rows against a local aiohttp server (0: none)")
     parser.add_argument("--adaptive-plot", metavar="FILE",
                         help="write the adaptive limits over time as a PNG "
                              "(needs matplotlib)")
@@ -568,6 +571,8 @@ def adaptive(args: argparse.Namespace, report: dict) -> None:
         return
     ba.DURATION = args.adaptive_seconds
     ba.CHANGE_AT = args.adaptive_seconds / 2
+    for name in ba.peer_contenders()[1]:
+        print(f"skipped: {name} is not installed ({install_hint('bench')})")
     figures = ba.measure(taskbound, progress)
     ba.table(figures)
     cost = ba.measure_sample_cost(taskbound, args.rounds, new_loop, args.loop)
@@ -586,6 +591,21 @@ def adaptive(args: argparse.Namespace, report: dict) -> None:
                            for what, goal, figure, passed
                            in ba.targets(figures, name)]
                     for name in ba.adaptive_contenders(taskbound)}}
+    if args.adaptive_http_seconds > 0:
+        from . import _benchadaptivehttp as bah
+        runs = bah.measure(taskbound, args.adaptive_http_seconds, new_loop,
+                           args.loop, progress)
+        if isinstance(runs, str):
+            print(f"\nskipped: the adaptive HTTP rows ({runs})")
+        else:
+            bah.table(runs, args.adaptive_http_seconds)
+            report["workloads"]["adaptive"]["http"] = {
+                name: {"goodput": run.goodput, "p50": run.p50,
+                       "p99": run.p99, "errors": run.errors,
+                       "requests": run.requests,
+                       "limit_at_end": run.trace[-1][1] if run.trace
+                       else None}
+                for name, run in runs.items()}
     if args.adaptive_plot:
         ba.plot(args.adaptive_plot, figures)
         print(f"\nthe adaptive limits over time drawn in {args.adaptive_plot}")

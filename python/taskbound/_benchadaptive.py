@@ -5,13 +5,19 @@ takes only the time its Python takes).
 The server serves `capacity` requests at once, each for a service time
 drawn from a seeded log-normal distribution, queues up to QUEUE_ROUNDS x
 capacity more in front (FIFO), and answers 503 beyond that (after a
-network round trip of a tenth of the mean service time). The
-client gives up on a request after TIMEOUT_ROUNDS mean service times; the
-server does not know, and still spends the time on it when it comes to it
-(so a queue that grows past the timeout costs goodput, not only latency).
+network round trip of a tenth of the mean service time). Waiting requests
+are not free to it: each service time is stretched by CONTENTION times
+the queue's length over the capacity (the connections, memory and context
+switches a backlog costs a real server: the retrograde part of Gunther's
+Universal Scalability Law), so a limit above the capacity costs goodput,
+not only latency. The client gives up on a request after TIMEOUT_ROUNDS
+mean service times; the server does not know, and still spends the time
+on it when it comes to it.
 The client has an endless backlog and runs it through a BoundedTaskGroup
 whose limiter is the contender: a fixed Limiter(n), or an AdaptiveLimiter,
-which sees each request's time as its hold and timeouts and 503s as drops.
+which sees each request's time as its hold and timeouts and 503s as drops;
+or a Python peer from the index drives the same requests through its own
+API (a driver each, below).
 
 Scenarios: steady; capacity halves mid-run; capacity doubles mid-run;
 steady with high service-time noise. Each reports goodput (answers in time
@@ -32,6 +38,7 @@ CAPACITY = 40           # concurrent requests, before any change
 SERVICE = 0.05          # mean seconds per request
 QUEUE_ROUNDS = 4        # the server's queue holds this many capacities
 TIMEOUT_ROUNDS = 10     # the client gives up after this many mean services
+CONTENTION = 0.1        # service stretch per capacity's worth of queue
 DURATION = 40.0         # seconds of virtual time per run
 CHANGE_AT = 20.0        # when a change of capacity happens
 SEED = 20261204
@@ -92,6 +99,7 @@ class Server:
             answer = self.queue.popleft()
             self.busy += 1
             service = self.rng.lognormvariate(self.mu, self.sigma)
+            service *= 1.0 + CONTENTION * len(self.queue) / self.capacity
             self.loop.call_later(service, self._done, answer)
 
     def _done(self, answer) -> None:
@@ -109,6 +117,11 @@ class Run(NamedTuple):
     requests: int
     reconverge: float | None    # round trips, after the change
     trace: list             # (time, limit) every 0.25 s
+
+
+def traced(run: Run) -> bool:
+    """Whether the contender's limit moves (and so was traced)."""
+    return any(limit is not None for _, limit in run.trace)
 
 
 def percentile(values: list, q: float) -> float:
@@ -133,76 +146,249 @@ def reconvergence(trace: list, target: float, after: float) -> float | None:
     return None if settled is None else (settled - after) / SERVICE
 
 
-async def run_client(module, limiter, scenario: Scenario, *,
-                     limit_of=None) -> Run:
-    loop = asyncio.get_running_loop()
-    server = Server(loop, CAPACITY, scenario.sigma, SEED)
-    latencies: list = []
-    errors = requests = 0
-    trace: list = []
-    timeout = TIMEOUT_ROUNDS * SERVICE
+class Client:
+    """One run's client side: the server, the requests and what they got.
+    A driver (one per contender) decides when a request starts."""
 
-    async def request() -> None:
-        nonlocal errors
-        started = loop.time()
+    def __init__(self, loop, scenario: Scenario) -> None:
+        self.loop = loop
+        self.scenario = scenario
+        self.server = Server(loop, CAPACITY, scenario.sigma, SEED)
+        self.latencies: list = []
+        self.errors = self.requests = 0
+        self.limit_of = None        # the driver's current limit, if any
+        self.start = loop.time()
+
+    def running(self) -> bool:
+        return self.loop.time() - self.start < DURATION
+
+    async def request(self) -> bool:
+        """One request; True if answered in time, False on a 503 or a
+        timeout."""
+        self.requests += 1
+        started = self.loop.time()
         try:
-            answer = server.submit()
-            async with asyncio.timeout(timeout):
+            answer = self.server.submit()
+            async with asyncio.timeout(TIMEOUT_ROUNDS * SERVICE):
                 await answer
         except (ConnectionError, TimeoutError):
-            errors += 1
-            raise
-        latencies.append(loop.time() - started)
+            self.errors += 1
+            return False
+        self.latencies.append(self.loop.time() - started)
+        return True
 
-    async def one() -> None:
-        try:
-            await request()
-        except (ConnectionError, TimeoutError):
-            if limit_of is not None:
-                limiter.mark_overload()
+
+async def run_client(module, drive, scenario: Scenario) -> Run:
+    loop = asyncio.get_running_loop()
+    client = Client(loop, scenario)
+    trace: list = []
 
     def change() -> None:
-        server.set_capacity(round(CAPACITY * scenario.capacity_after))
+        client.server.set_capacity(round(CAPACITY * scenario.capacity_after))
 
     def sample() -> None:
+        limit_of = client.limit_of
         trace.append((loop.time(), limit_of() if limit_of else None))
-        if loop.time() < DURATION:
+        if loop.time() < client.start + DURATION:
             loop.call_later(0.25, sample)
 
     if scenario.capacity_after != 1.0:
-        loop.call_at(loop.time() + CHANGE_AT, change)
-    start = loop.time()
-    sample()
-    async with module.BoundedTaskGroup(limiter=limiter) as tg:
-        while loop.time() - start < DURATION:
-            await tg.spawn(one())
-            requests += 1
-    elapsed = loop.time() - start
+        loop.call_at(client.start + CHANGE_AT, change)
+    loop.call_soon(sample)      # once the driver has set its limit_of
+    await drive(module, client)
+    elapsed = loop.time() - client.start
     reconverge = None
-    if limit_of is not None and scenario.capacity_after != 1.0:
+    if client.limit_of is not None and scenario.capacity_after != 1.0:
         reconverge = reconvergence(
-            trace, CAPACITY * scenario.capacity_after, start + CHANGE_AT)
-    return Run(len(latencies) / elapsed, percentile(latencies, 0.5),
-               percentile(latencies, 0.99), errors / max(1, requests),
-               requests, reconverge, trace)
+            trace, CAPACITY * scenario.capacity_after,
+            client.start + CHANGE_AT)
+    return Run(len(client.latencies) / elapsed,
+               percentile(client.latencies, 0.5),
+               percentile(client.latencies, 0.99),
+               client.errors / max(1, client.requests), client.requests,
+               reconverge, trace)
 
 
-def simulate(module, contender, scenario: Scenario) -> Run:
-    """One contender (an int: a fixed Limiter; else a factory of an
-    AdaptiveLimiter) through one scenario, on a virtual clock."""
+def simulate(module, drive, scenario: Scenario) -> Run:
+    """One contender (a driver) through one scenario, on a virtual
+    clock."""
     from ._virtualclock import VirtualClockLoop
     loop = VirtualClockLoop()
     try:
-        if isinstance(contender, int):
-            limiter = module.Limiter(contender)
-            main = run_client(module, limiter, scenario)
-        else:
-            limiter = contender()
-            main = run_client(module, limiter, scenario,
-                              limit_of=lambda: limiter.total_tokens)
-        return loop.run_until_complete(main)
+        return loop.run_until_complete(run_client(module, drive, scenario))
     finally:
         loop.close()
+
+
+# ---- the drivers: taskbound's ----
+
+def fixed(limit: int):
+    """A BoundedTaskGroup on a fixed Limiter(limit)."""
+    async def drive(module, client: Client) -> None:
+        await _group_backlog(module, client, module.Limiter(limit))
+    return drive
+
+
+def adaptive(make):
+    """A BoundedTaskGroup on the AdaptiveLimiter make() returns: a 503 or
+    a timeout is mark_overload()."""
+    async def drive(module, client: Client) -> None:
+        limiter = make(module)
+        client.limit_of = lambda: limiter.total_tokens
+        await _group_backlog(module, client, limiter, limiter.mark_overload)
+    return drive
+
+
+async def _group_backlog(module, client: Client, limiter,
+                         on_overload=None) -> None:
+    async def one() -> None:
+        if not await client.request() and on_overload is not None:
+            on_overload()
+
+    async with module.BoundedTaskGroup(limiter=limiter) as tg:
+        while client.running():
+            await tg.spawn(one())
+
+
+# ---- the drivers: the Python peers, each through its own API ----
+
+class _VirtualTime:
+    """Stands for the `time` module in a peer that reads the wall clock,
+    so that its intervals pass on the virtual one."""
+
+    def __init__(self, loop) -> None:
+        self.time = self.perf_counter = self.monotonic = loop.time
+
+
+def aimd_limiter_peer(module, client: Client):
+    """aimd-limiter's AIMDAsyncLimiter: a rate (permits per second), not a
+    concurrency, with slow start; each request holds a Permit and marks it
+    a success or a failure. It starts at the rate of INITIAL requests in
+    flight and may grow to that of 4 x capacity (max_rate is required)."""
+    from aimd_limiter import AIMDAsyncLimiter
+
+    async def drive() -> None:
+        limiter = AIMDAsyncLimiter(max_rate=4 * CAPACITY / SERVICE,
+                                   initial_rate=INITIAL / SERVICE)
+        # Little's law: the concurrency that rate keeps in flight, at no
+        # queue, for the trace.
+        client.limit_of = lambda: limiter.current_rate * SERVICE
+
+        async def one(permit) -> None:
+            if await client.request():
+                await permit.mark_success()
+            else:
+                await permit.mark_failure()
+
+        async with asyncio.TaskGroup() as tg:
+            while client.running():
+                permit = await limiter.acquire()
+                tg.create_task(one(permit))
+    return drive()
+
+
+def ace_peer(module, client: Client):
+    """ace-concurrency's ACEAsyncioManager: an ACESemaphore whose limit an
+    AIMD control loop moves every 2 s (5 s apart at least), from the
+    client's own CPU, memory, queue and loop-lag signals, not from the
+    requests. Its signals are given as an idle client's (the simulation's
+    CPU is no client's), and its clock is the virtual one."""
+    import logging
+
+    import ace.core.control
+    from ace import AIMDConfig, SignalCollector, SystemSignals
+    from ace.core.logger import ACELogger
+    from ace.integrations.asyncio_integration import ACEAsyncioManager
+
+    class IdleClient(SignalCollector):
+        def __init__(self) -> None:
+            pass
+
+        async def collect_all_async(self) -> SystemSignals:
+            return SystemSignals(cpu_percent=10.0, memory_percent=30.0)
+
+    async def drive() -> None:
+        saved = ace.core.control.time
+        ace.core.control.time = _VirtualTime(client.loop)
+        try:
+            manager = ACEAsyncioManager(
+                AIMDConfig(min_limit=1, max_limit=1000,
+                           initial_limit=INITIAL),
+                logger=ACELogger(log_level=logging.CRITICAL + 1),
+                signal_collector=IdleClient())
+            client.limit_of = lambda: manager.get_stats()["limit"]
+
+            async def one(slot) -> None:
+                async with slot:
+                    await client.request()
+
+            async with manager, asyncio.TaskGroup() as tg:
+                while client.running():
+                    # submit()'s own two steps, the wait for a slot first,
+                    # so that the backlog is not a task per request.
+                    slot = await manager.semaphore.acquire()
+                    tg.create_task(one(slot))
+        finally:
+            ace.core.control.time = saved
+    return drive()
+
+
+def adaptive_concurrency_peer(module, client: Client):
+    """adaptive-concurrency's Controller (the decision logic of its
+    arun_adaptive, which takes a finite list of batches): an observation
+    per request, a batch of one item, and as many requests in flight as
+    its setting's workers, re-read on every completion as arun_adaptive
+    does. It probes workers one up at a time, keeps a probe that buys
+    throughput and cuts on latency over its history."""
+    from adaptive_concurrency import AdaptiveConfig, Controller, Observation
+
+    async def drive() -> None:
+        controller = Controller(AdaptiveConfig(
+            batch_size=1, workers=INITIAL, max_workers=1000))
+        client.limit_of = lambda: controller.setting.workers
+        in_flight = 0
+        freed = client.loop.create_future()
+
+        async def one() -> None:
+            nonlocal in_flight
+            setting = controller.setting
+            started = client.loop.time()
+            ok = await client.request()
+            controller.observe(Observation(
+                setting, 1, client.loop.time() - started, ok, False))
+            in_flight -= 1
+            if not freed.done():
+                freed.set_result(None)
+
+        async with asyncio.TaskGroup() as tg:
+            while client.running():
+                if in_flight >= controller.setting.workers:
+                    await freed
+                    freed = client.loop.create_future()
+                    continue
+                in_flight += 1
+                tg.create_task(one())
+    return drive()
+
+
+PEERS = {
+    "aimd-limiter (rate, AIMD)": ("aimd_limiter", aimd_limiter_peer),
+    "ace-concurrency (client signals)": ("ace", ace_peer),
+    "adaptive-concurrency (probing)": ("adaptive_concurrency",
+                                       adaptive_concurrency_peer),
+}
+
+
+def peer_contenders() -> tuple:
+    """({name: driver} of the peers installed, [names missing])."""
+    import importlib.util
+    found, missing = {}, []
+    for name, (module_name, peer) in PEERS.items():
+        if importlib.util.find_spec(module_name) is None:
+            missing.append(name)
+        else:
+            found[name] = peer
+    return found, missing
 
 
 # ---- the bench's rows ----
@@ -210,19 +396,23 @@ def simulate(module, contender, scenario: Scenario) -> Run:
 FIXED = (CAPACITY // 4, CAPACITY // 2, CAPACITY, 2 * CAPACITY,
          4 * CAPACITY)
 INITIAL = 10            # where an adaptive limiter starts
+# Error rates this close count as equal (against a peer's): the noise
+# scenario's slowest requests time out at any limit.
+ERRORS_EQUAL = 0.001
 
 
 def adaptive_contenders(module) -> dict:
-    """The AdaptiveLimiter contenders, each a factory (a limiter per run)."""
+    """The AdaptiveLimiter contenders' drivers, by name."""
     from ._adaptive import AIMD, Gradient2
     return {
-        "AdaptiveLimiter, Gradient2()": lambda: module.AdaptiveLimiter(
-            INITIAL, algorithm=Gradient2()),
+        "AdaptiveLimiter, Gradient2()": adaptive(
+            lambda module: module.AdaptiveLimiter(
+                INITIAL, algorithm=Gradient2())),
         # AIMD reacts to latency only past a threshold of its user's:
         # here 1.5 x the server's mean service time.
-        f"AdaptiveLimiter, AIMD(timeout={1.5 * SERVICE:g})":
-            lambda: module.AdaptiveLimiter(
-                INITIAL, algorithm=AIMD(timeout=1.5 * SERVICE)),
+        f"AdaptiveLimiter, AIMD(timeout={1.5 * SERVICE:g})": adaptive(
+            lambda module: module.AdaptiveLimiter(
+                INITIAL, algorithm=AIMD(timeout=1.5 * SERVICE))),
     }
 
 
@@ -240,8 +430,9 @@ def measure(module, progress) -> dict:
     """{scenario name: {contender name: Run}}, the best fixed limit's run
     also under "best fixed"."""
     figures: dict = {}
-    contenders = {f"fixed {n}": n for n in FIXED}
+    contenders = {f"fixed {n}": fixed(n) for n in FIXED}
     contenders.update(adaptive_contenders(module))
+    contenders.update(peer_contenders()[0])
     for scenario in SCENARIOS:
         runs: dict = {}
         for name, contender in contenders.items():
@@ -272,6 +463,15 @@ def targets(figures: dict, name: str) -> list:
                  if contender.startswith("fixed"))
     checks.append(("all scenarios: goodput / any single fixed limit's",
                    "> 1.00", totals[name] / single, totals[name] > single))
+    for peer in PEERS:
+        if peer not in totals:
+            continue
+        fewer_errors = all(
+            runs[name].errors <= runs[peer].errors + ERRORS_EQUAL
+            for runs in figures.values())
+        checks.append((f"ahead of {peer}: goodput / its, all scenarios",
+                       "> 1.00", totals[name] / totals[peer],
+                       totals[name] > totals[peer] and fewer_errors))
     halved = figures["capacity halves"][name].reconverge
     checks.append(("after capacity halves: round trips to within 10% of "
                    "the new capacity", "<= 20",
@@ -294,7 +494,7 @@ def table(figures: dict) -> None:
             if name == "best fixed":
                 continue
             again = "" if run.reconverge is None else f"{run.reconverge:.0f}"
-            if run.reconverge is None and run.trace[0][1] is not None \
+            if run.reconverge is None and traced(run) \
                     and scenario.startswith("capacity"):
                 again = "never"
             print(f"  {name:38} {run.goodput:9.1f} {run.p50 * 1000:7.1f} "
@@ -305,7 +505,7 @@ def table(figures: dict) -> None:
         print(f"\n  targets, {name}:")
         for what, goal, figure, passed in targets(figures, name):
             shown = f"{figure:.2%}" if goal.endswith("%") else f"{figure:.2f}"
-            print(f"    {what:66} {goal:>7} {shown:>7} "
+            print(f"    {what:72} {goal:>7} {shown:>7} "
                   f"{'PASS' if passed else 'FAIL'}")
 
 
@@ -318,10 +518,10 @@ def plot(path: str, figures: dict) -> None:
                                 sharex=True)
     for axis, (scenario, runs) in zip(axes, figures.items()):
         for name, run in runs.items():
-            if run.trace and run.trace[0][1] is not None:
+            if traced(run):
                 axis.plot([t for t, _ in run.trace],
                           [limit for _, limit in run.trace], label=name)
-        after = dict(SCENARIOS_BY_NAME)[scenario].capacity_after
+        after = SCENARIOS_BY_NAME[scenario].capacity_after
         axis.step([0, CHANGE_AT, DURATION],
                   [CAPACITY, CAPACITY * after, CAPACITY * after],
                   where="post", color="black", linestyle=":",
@@ -335,7 +535,7 @@ def plot(path: str, figures: dict) -> None:
     figure.savefig(path, dpi=100)
 
 
-SCENARIOS_BY_NAME = [(s.name, s) for s in SCENARIOS]
+SCENARIOS_BY_NAME = {s.name: s for s in SCENARIOS}
 
 
 # ---- the cost of the samples ----
