@@ -14,12 +14,10 @@ a real clock.
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import sys
 
 from ._benchadaptive import CONTENTION, QUEUE_ROUNDS, Run, percentile
-from ._benchhttp import _environment, missing
+from ._benchhttp import Server, missing, run_fast, serve_until_stdin_closes
 
 CAPACITY = 20           # requests the handler serves at once
 SERVICE = 0.02          # seconds each takes, unloaded
@@ -51,46 +49,7 @@ async def _serve() -> None:
             admitted.release()
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_get("/", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock, backlog=1024).start()
-    print(sock.getsockname()[1], flush=True)
-    loop = asyncio.get_running_loop()
-    closed = loop.create_future()
-    # The parent closing our stdin is the signal to stop.
-    loop.add_reader(sys.stdin.fileno(), lambda: closed.done()
-                    or closed.set_result(None))
-    await closed
-    await runner.cleanup()
-
-
-class Server:
-    """The server process, on a free loopback port."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "taskbound._benchadaptivehttp", "serve"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env=_environment())
-        line = self.process.stdout.readline()
-        if not line.strip().isdigit():
-            self.close()
-            raise RuntimeError("the bench's adaptive HTTP server did not "
-                               "start")
-        self.url = f"http://127.0.0.1:{int(line)}/"
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process.stdout.close()
+    await serve_until_stdin_closes(handle)
 
 
 # -- the client --
@@ -160,7 +119,7 @@ def measure(module, seconds: float, new_loop, loop_kind: str,
     why = missing()
     if why:
         return why
-    server = Server()
+    server = Server(module="taskbound._benchadaptivehttp")
     runs: dict = {}
     try:
         for name, (make, adaptive) in contenders(module).items():
@@ -191,13 +150,7 @@ def table(runs: dict, seconds: float) -> None:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["serve"]:
-        # The server on the faster loop, so that it is not the bound.
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(_serve())
-        else:
-            uvloop.run(_serve())
+        run_fast(_serve())
         return 0
     print(__doc__, file=sys.stderr)
     return 2

@@ -72,6 +72,13 @@ async def _serve(sleep: float) -> None:
         await asyncio.sleep(sleep)
         return web.Response(text="ok")
 
+    await serve_until_stdin_closes(handle)
+
+
+async def serve_until_stdin_closes(handle) -> None:
+    """Serves GET / with `handle` on a free loopback port, prints the port,
+    and stops when the parent closes our stdin."""
+    from aiohttp import web
     app = web.Application()
     app.router.add_get("/", handle)
     runner = web.AppRunner(app, access_log=None)
@@ -82,26 +89,38 @@ async def _serve(sleep: float) -> None:
     print(sock.getsockname()[1], flush=True)
     loop = asyncio.get_running_loop()
     closed = loop.create_future()
-    # The parent closing our stdin is the signal to stop.
     loop.add_reader(sys.stdin.fileno(), lambda: closed.done()
                     or closed.set_result(None))
     await closed
     await runner.cleanup()
 
 
-class Server:
-    """The server process, on a free loopback port."""
+def run_fast(main) -> None:
+    """A server's loop: uvloop where it is installed, so that the client
+    is what is measured."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
-    def __init__(self, sleep: float) -> None:
+
+class Server:
+    """A server process (`python -m MODULE serve ARGS...`), on the free
+    loopback port it prints."""
+
+    def __init__(self, *args: str, module: str = "taskbound._benchhttp"
+                 ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "taskbound._benchhttp", "serve",
-             str(sleep)],
+            [sys.executable, "-m", module, "serve", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env=_environment())
         line = self.process.stdout.readline()
         if not line.strip().isdigit():
             self.close()
-            raise RuntimeError("the bench's HTTP server did not start")
+            raise RuntimeError(f"the bench's HTTP server ({module}) did "
+                               "not start")
         self.url = f"http://127.0.0.1:{int(line)}/"
 
     def close(self) -> None:
@@ -163,7 +182,7 @@ def measure(requests: int, limit: int, sleep: float, rounds: int,
         return why
     chosen = [name for name in CONTENDERS if name in available]
     samples: dict = {name: [] for name in chosen}
-    server = Server(sleep)
+    server = Server(str(sleep))
 
     def run(name: str, count: int) -> dict:
         done = subprocess.run(
@@ -215,14 +234,7 @@ def table(title: str, rows: list[dict]) -> None:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["serve"]:
-        # The server on the faster loop, so that the client is what is
-        # measured.
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(_serve(float(argv[1])))
-        else:
-            uvloop.run(_serve(float(argv[1])))
+        run_fast(_serve(float(argv[1])))
         return 0
     if argv[:1] == ["run"]:
         name, url, requests, limit, loop_kind = argv[1:6]
