@@ -8,7 +8,9 @@ minus the same with N=0, over N, is the count per item. WORKLOAD is one of
 task_floor, spawn, create_task, amap, gather, as_completed (limit 100,
 items of `await asyncio.sleep(0)`), limiter, semaphore, switch_floor (100
 tasks share 10 tokens, `async with` around a sleep(0), N entries),
-limiter_alone, semaphore_alone (one task, N entries).
+limiter_alone, semaphore_alone (one task, N entries), amap_limiter,
+amap_adaptive (amap(limit=100) with a Limiter(100), or an AdaptiveLimiter
+held at 100 tokens: the difference is the cost of the hold samples).
 """
 
 from __future__ import annotations
@@ -51,6 +53,23 @@ WORKLOADS = {
     "limiter_alone": lambda: _benchlimiter._alone(taskbound.Limiter, N),
     "semaphore_alone": lambda: _benchlimiter._alone(asyncio.Semaphore, N),
 }
+
+
+def amap_with(make):
+    """amap(limit=100) over N trivial items, with make() as its limiter."""
+    async def ok(_):
+        return None
+
+    async def run():
+        async for _ in taskbound.amap(ok, range(N), limit=LIMIT,
+                                      limiter=make()):
+            pass
+    return run
+
+
+WORKLOADS["amap_limiter"] = amap_with(lambda: taskbound.Limiter(LIMIT))
+WORKLOADS["amap_adaptive"] = amap_with(lambda: taskbound.AdaptiveLimiter(
+    LIMIT, min_tokens=LIMIT, max_tokens=LIMIT))
 
 
 def main() -> int:

@@ -154,9 +154,11 @@ import_python(ModuleState *st)
     }
     st->base_create_future = PyObject_GetAttrString(base_loop,
                                                     "create_future");
+    st->base_time = PyObject_GetAttrString(base_loop, "time");
     Py_DECREF(base_loop);
     st->kwnames_loop = Py_BuildValue("(s)", "loop");
-    if (st->base_create_future == NULL || st->kwnames_loop == NULL) {
+    if (st->base_create_future == NULL || st->base_time == NULL
+            || st->kwnames_loop == NULL) {
         return -1;
     }
     IMPORT(would_block, "taskbound._common", "WouldBlock");
@@ -284,7 +286,7 @@ module_exec(PyObject *module)
     X(cancelled_error) X(coroutine_abc) X(isfuture)                        \
     X(future_type) X(future_set_result) X(future_set_exception)            \
     X(future_done) X(future_result) X(future_blocking)                     \
-    X(invalid_state_error) X(base_create_future) X(kwnames_loop)           \
+    X(invalid_state_error) X(base_create_future) X(base_time) X(kwnames_loop)           \
     X(would_block) X(deadlock_error) X(on_block) X(on_exit_wait)           \
     X(limiter_statistics) X(rate_limiter_statistics) X(check_positive)     \
     X(check_burst) X(check_total_tokens) X(str_asyncio_future_blocking)    \

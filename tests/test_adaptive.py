@@ -106,6 +106,37 @@ def test_hold_times_are_the_samples(impl, timed_run):
         assert 0.199 <= stats.latency < 0.26     # (uvloop: milliseconds)
 
 
+def test_hold_times_on_a_real_clock_are_the_loops(impl, run):
+    """On a loop's real clock (on asyncio's loop the C core reads it
+    without calling loop.time()), each hold's sample spans what its
+    holder measured with loop.time() inside it, and not much more."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        limiter = impl.AdaptiveLimiter(4, algorithm=AIMD())
+        inside = []
+
+        async def work(seconds):
+            started = loop.time()
+            await asyncio.sleep(seconds)
+            inside.append(loop.time() - started)
+
+        async with impl.BoundedTaskGroup(limiter=limiter) as tg:
+            for i in range(9):
+                await tg.spawn(work(0.02 * (1 + i % 3)))
+        async with limiter:
+            started = loop.time()
+            await asyncio.sleep(0.03)
+            inside.append(loop.time() - started)
+        return limiter.statistics(), inside
+
+    stats, inside = run(main())
+    # One window (MIN_WINDOW samples), the async with's last.
+    assert stats.samples == 10
+    mean = sum(inside) / len(inside)
+    # uvloop's clock counts milliseconds: a read may be one behind.
+    assert mean - 0.002 <= stats.latency <= mean + 0.02
+
+
 def test_cancelled_holds_are_no_samples(impl, run):
     async def main():
         limiter = impl.AdaptiveLimiter(5, algorithm=AIMD())

@@ -54,9 +54,21 @@ claim_init_for_task(ModuleState *st, Claim *claim, PyObject *limiters,
 }
 
 /* Returns 1 when every token is held, 0 when a waiter was queued, -1 on
- * error (with nothing held). */
+ * error (with nothing held); the hold's sample starts now. */
 int
 claim_try_take(Claim *claim, PyObject *loop)
+{
+    int got = claim_take_tokens(claim, loop);
+    if (got == 1) {
+        claim_note_start(claim, loop);
+    }
+    return got;
+}
+
+/* claim_try_take for a holder that notes its start itself, later (a
+ * stream's worker, when its item starts): no read of the clock here. */
+int
+claim_take_tokens(Claim *claim, PyObject *loop)
 {
     ASSERT_NO_ERROR();
     Py_ssize_t n = CLAIM_SIZE(claim);
@@ -81,7 +93,6 @@ claim_try_take(Claim *claim, PyObject *loop)
         }
         claim->held++;
     }
-    claim_note_start(claim, loop);
     return 1;
 }
 
@@ -91,7 +102,7 @@ claim_note_start(Claim *claim, PyObject *loop)
     for (Py_ssize_t i = 0; i < CLAIM_SIZE(claim); i++) {
         TokenSource *limiter = LIMITER_AT(claim, i);
         if (limiter->sampler != NULL) {
-            if (source_time(limiter, loop, &claim->granted_at) < 0) {
+            if (sample_time(limiter, loop, &claim->granted_at) < 0) {
                 /* (no sample, then: the hold itself is fine) */
                 PyErr_WriteUnraisable((PyObject *)limiter);
                 claim->granted_at = Py_NAN;
@@ -242,7 +253,7 @@ sample_holds(Claim *claim, PyObject *task, PyObject *error)
                 current = Py_NewRef(Py_None);
             }
         }
-        if (source_time(limiter, limiter->loop, &now) < 0) {
+        if (sample_time(limiter, limiter->loop, &now) < 0) {
             PyErr_WriteUnraisable((PyObject *)limiter);
             continue;
         }

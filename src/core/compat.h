@@ -39,6 +39,23 @@ PyErr_SetRaisedException(PyObject *exc)
 #endif
 
 #if PY_VERSION_HEX < 0x030D0000
+/* The 3.13 API for the monotonic clock (time.monotonic()'s), on 3.11 and
+ * 3.12, where it is the same clock under its older name. */
+typedef _PyTime_t PyTime_t;
+
+static inline int
+PyTime_Monotonic(PyTime_t *result)
+{
+    *result = _PyTime_GetMonotonicClock();
+    return 0;
+}
+
+static inline double
+PyTime_AsSecondsDouble(PyTime_t t)
+{
+    return _PyTime_AsSecondsDouble(t);
+}
+
 static inline int
 PyObject_GetOptionalAttr(PyObject *obj, PyObject *name, PyObject **result)
 {

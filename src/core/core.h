@@ -158,6 +158,8 @@ struct TokenSource {
     double paused_until;     /* no token granted before (loop time), or
                                 -INFINITY */
     char plain_futures;      /* its create_future() is asyncio's own */
+    char monotonic_clock;    /* its time() is asyncio's own, which reads
+                                time.monotonic() */
     unsigned long long rank;
     char initialized;        /* its __init__ has run (a subclass may skip) */
     PyObject *weakreflist;
@@ -232,6 +234,7 @@ int source_init(TokenSource *self, PyTypeObject *type,
 int source_bind(TokenSource *self, PyObject *loop);
 /* loop.time() */
 int source_time(TokenSource *self, PyObject *loop, double *now);
+int sample_time(TokenSource *self, PyObject *loop, double *now);
 /* Whether a pause holds its tokens back now (1, 0, -1); one that is over
  * is forgotten. */
 int source_paused(TokenSource *self);
@@ -363,6 +366,7 @@ claim_cost_at(Claim *claim, Py_ssize_t i)
 }
 
 int claim_try_take(Claim *claim, PyObject *loop);
+int claim_take_tokens(Claim *claim, PyObject *loop);
 int claim_resume(Claim *claim, PyObject *loop);
 /* For an awaitable taking a claim for `task` (the current task, or NULL
  * to look it up if need be): carries on from `status` (what

@@ -238,7 +238,7 @@ limiter_note_holder(TokenSource *base, PyObject *task, Py_ssize_t n)
     }
     double now;
     if (base->sampler != NULL && task != NULL
-            && (source_time(base, base->loop, &now) < 0
+            && (sample_time(base, base->loop, &now) < 0
                 || sampler_note_grant(base->sampler, task, now) < 0)) {
         PyErr_WriteUnraisable((PyObject *)self);  /* (no sample, then) */
     }

@@ -289,7 +289,7 @@ sampler_on_release(TokenSource *source, Py_ssize_t n, int known,
             error = NULL;
         }
     }
-    if (source_time(source, source->loop, &now) == 0) {
+    if (sample_time(source, source->loop, &now) == 0) {
         sampler_record(source, task, now - granted, error, held);
     }
     Py_XDECREF(cancel);

@@ -63,6 +63,7 @@ struct ModuleState {
     PyObject *future_blocking;      /* its _asyncio_future_blocking slot */
     PyObject *invalid_state_error;  /* asyncio.InvalidStateError */
     PyObject *base_create_future;   /* BaseEventLoop.create_future */
+    PyObject *base_time;            /* BaseEventLoop.time */
     PyObject *kwnames_loop;         /* ("loop",) */
     PyObject *would_block;          /* taskbound.WouldBlock */
     PyObject *deadlock_error;       /* taskbound.DeadlockError */

@@ -33,6 +33,23 @@ source_time(TokenSource *self, PyObject *loop, double *now)
     return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* The time of a hold's grant or end, for its sample: loop.time(), read
+ * from the clock itself where that is asyncio's own time() (a Python call
+ * less at each end of every sampled hold). */
+int
+sample_time(TokenSource *self, PyObject *loop, double *now)
+{
+    PyTime_t t;
+    if (loop != self->loop || !self->monotonic_clock) {
+        return source_time(self, loop, now);
+    }
+    if (PyTime_Monotonic(&t) < 0) {
+        return -1;
+    }
+    *now = PyTime_AsSecondsDouble(t);
+    return 0;
+}
+
 /* The time on a loop it leaves: a closed loop's clock stands still, and
  * asyncio's and uvloop's both count on the monotonic clock. */
 static int
@@ -133,6 +150,31 @@ makes_plain_futures(ModuleState *st, PyObject *loop)
     return plain;
 }
 
+/* Whether loop.time() is BaseEventLoop's, which returns time.monotonic().
+ * (uvloop's is its own clock, in milliseconds.) */
+static int
+reads_monotonic_clock(ModuleState *st, PyObject *loop)
+{
+    PyObject *method = PyObject_GetAttr(loop, st->str_time);
+    if (method == NULL) {
+        PyErr_Clear();      /* a read of the time will say what is wrong */
+        return 0;
+    }
+    int monotonic = PyMethod_Check(method)
+                    && PyMethod_GET_FUNCTION(method) == st->base_time
+                    && PyMethod_GET_SELF(method) == loop;
+    Py_DECREF(method);
+    return monotonic;
+}
+
+/* What a source learns of a loop when it binds to it. */
+static void
+learn_loop(TokenSource *self, PyObject *loop)
+{
+    self->plain_futures = makes_plain_futures(self->state, loop);
+    self->monotonic_clock = reads_monotonic_clock(self->state, loop);
+}
+
 /* A source serves one loop at a time, and moves to another one only when
  * nothing of it is in use where it is: no task waiting, no token held. So
  * a module-level limiter serves one asyncio.run() after another, and a
@@ -182,7 +224,7 @@ source_move(TokenSource *self, PyObject *loop)
     }
     queue_clear(&self->waiters);    /* none of them can be served */
     Py_SETREF(self->loop, Py_NewRef(loop));
-    self->plain_futures = makes_plain_futures(st, loop);
+    learn_loop(self, loop);
     return 0;
 }
 
@@ -200,7 +242,7 @@ source_bind(TokenSource *self, PyObject *loop)
     }
     if (self->loop == NULL) {
         self->loop = Py_NewRef(loop);
-        self->plain_futures = makes_plain_futures(self->state, loop);
+        learn_loop(self, loop);
         return 0;
     }
     return source_move(self, loop);

@@ -326,7 +326,7 @@ go_to_next_item(WorkerObject *self, PyObject **result)
     if (s->limit > 0 && stream_buffered(s) >= s->limit) {
         return wait_for_room(self, result);
     }
-    int got = claim_try_take(&self->claim, s->loop);
+    int got = claim_take_tokens(&self->claim, s->loop);
     if (got < 0) {
         /* A limiter that cannot be taken fails the stream, which stops. */
         PyObject *error = PyErr_GetRaisedException();
@@ -582,7 +582,7 @@ go_claim_item(WorkerObject *self)
     }
     claim_clear(&self->claim);
     self->claim = claim;
-    int got = claim_try_take(&self->claim, s->loop);
+    int got = claim_take_tokens(&self->claim, s->loop);
     if (got == 1) {
         return GO_START_ITEM;
     }

@@ -840,6 +840,16 @@ class _Claim:
         return 1 if self.costs is None else self.costs[i]
 
     def try_take(self, loop) -> bool:
+        """Takes what it can; True when every token is held, and the
+        hold's sample starts now."""
+        if not self.take_tokens(loop):
+            return False
+        self.note_start(loop)
+        return True
+
+    def take_tokens(self, loop) -> bool:
+        """try_take for a holder that notes its start itself, later (a
+        stream's worker, when its item starts)."""
         limiters = self.limiters
         try:
             while self.held < len(limiters):
@@ -857,7 +867,6 @@ class _Claim:
         except BaseException:
             self._release_unraisable()
             raise
-        self.note_start(loop)
         return True
 
     def note_start(self, loop) -> None:

@@ -423,7 +423,7 @@ class Stream:
             self._deliver(index, _Outcome(error=exc))
             return None
         try:
-            held = claim.try_take(self._loop)
+            held = claim.take_tokens(self._loop)
         except BaseException as exc:   # a limiter's failure: the stream's
             close_coroutine(item)
             self._fail(exc)
@@ -457,7 +457,7 @@ class Stream:
 
     async def _take_tokens(self) -> _Claim:
         claim = _Claim(self._limiters)
-        if claim.try_take(self._loop):
+        if claim.take_tokens(self._loop):
             return claim
         try:
             while True:
