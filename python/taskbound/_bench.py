@@ -621,17 +621,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"taskbound bench: CPython {platform.python_version()}, loop "
           f"{args.loop}, {os.cpu_count()} cores, limit {args.limit}, "
           f"{args.rounds} rounds, taskbound.implementation={implementation}")
-    for name in missing:
-        print(f"skipped: {name} is not installed "
-              f"({install_hint('bench')})")
-
     report: dict = {"python": platform.python_version(), "loop": args.loop,
                     "cores": os.cpu_count(), "limit": args.limit,
                     "rounds": args.rounds, "workloads": {}}
     if args.section == "adaptive":
+        # Its own peers only: the fan-out peers take no part in it.
         adaptive(args, report)
         write_json(args, report)
         return 0
+    for name in missing:
+        print(f"skipped: {name} is not installed "
+              f"({install_hint('bench')})")
     workloads = [("trivial", args.items, 0.0,
                   f"{args.items:,} items of `await asyncio.sleep(0)`"),
                  ("short wait", args.wait_items, args.wait_ms / 1000,
