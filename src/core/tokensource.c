@@ -132,47 +132,37 @@ source_pause_end(TokenSource *self)
                   : Py_NewRef(Py_None);
 }
 
-/* Whether loop.create_future() is BaseEventLoop's, which only makes an
- * asyncio.Future(loop=loop): the waiters are then made so directly, without
- * a Python call per wait. (uvloop's is its own, in C already.) */
+/* Whether loop.<name> is `base`, BaseEventLoop's own function, bound to
+ * loop: then the core may do what it does without a Python call. A loop
+ * without the method is not asyncio's; its use will say what is wrong. */
 static int
-makes_plain_futures(ModuleState *st, PyObject *loop)
+is_base_method(PyObject *loop, PyObject *name, PyObject *base)
 {
-    PyObject *method = PyObject_GetAttr(loop, st->str_create_future);
+    PyObject *method = PyObject_GetAttr(loop, name);
     if (method == NULL) {
-        PyErr_Clear();      /* the wait will say what is wrong */
+        PyErr_Clear();
         return 0;
     }
-    int plain = PyMethod_Check(method)
-                && PyMethod_GET_FUNCTION(method) == st->base_create_future
-                && PyMethod_GET_SELF(method) == loop;
+    int own = PyMethod_Check(method)
+              && PyMethod_GET_FUNCTION(method) == base
+              && PyMethod_GET_SELF(method) == loop;
     Py_DECREF(method);
-    return plain;
-}
-
-/* Whether loop.time() is BaseEventLoop's, which returns time.monotonic().
- * (uvloop's is its own clock, in milliseconds.) */
-static int
-reads_monotonic_clock(ModuleState *st, PyObject *loop)
-{
-    PyObject *method = PyObject_GetAttr(loop, st->str_time);
-    if (method == NULL) {
-        PyErr_Clear();      /* a read of the time will say what is wrong */
-        return 0;
-    }
-    int monotonic = PyMethod_Check(method)
-                    && PyMethod_GET_FUNCTION(method) == st->base_time
-                    && PyMethod_GET_SELF(method) == loop;
-    Py_DECREF(method);
-    return monotonic;
+    return own;
 }
 
 /* What a source learns of a loop when it binds to it. */
 static void
 learn_loop(TokenSource *self, PyObject *loop)
 {
-    self->plain_futures = makes_plain_futures(self->state, loop);
-    self->monotonic_clock = reads_monotonic_clock(self->state, loop);
+    ModuleState *st = self->state;
+    /* BaseEventLoop.create_future() only makes an asyncio.Future(loop=loop):
+     * the waiters are then made so directly, without a Python call per
+     * wait. (uvloop's is its own, in C already.) */
+    self->plain_futures = is_base_method(loop, st->str_create_future,
+                                         st->base_create_future);
+    /* BaseEventLoop.time() returns time.monotonic(), which hold samples
+     * then read in C. (uvloop's is its own clock, in milliseconds.) */
+    self->monotonic_clock = is_base_method(loop, st->str_time, st->base_time);
 }
 
 /* A source serves one loop at a time, and moves to another one only when
