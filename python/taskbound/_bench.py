@@ -614,10 +614,6 @@ def adaptive(args: argparse.Namespace, report: dict) -> None:
 def run(args: argparse.Namespace) -> int:
 
     from . import implementation
-    found, missing = contenders()
-    floors_and_baseline = {"task floor", "worker floor", BASELINE}
-    chosen = [c for c in found
-              if args.only in c.name or c.name in floors_and_baseline]
     print(f"taskbound bench: CPython {platform.python_version()}, loop "
           f"{args.loop}, {os.cpu_count()} cores, limit {args.limit}, "
           f"{args.rounds} rounds, taskbound.implementation={implementation}")
@@ -625,10 +621,14 @@ def run(args: argparse.Namespace) -> int:
                     "cores": os.cpu_count(), "limit": args.limit,
                     "rounds": args.rounds, "workloads": {}}
     if args.section == "adaptive":
-        # Its own peers only: the fan-out peers take no part in it.
+        # Its own peers only: the fan-out contenders take no part in it.
         adaptive(args, report)
         write_json(args, report)
         return 0
+    found, missing = contenders()
+    floors_and_baseline = {"task floor", "worker floor", BASELINE}
+    chosen = [c for c in found
+              if args.only in c.name or c.name in floors_and_baseline]
     for name in missing:
         print(f"skipped: {name} is not installed "
               f"({install_hint('bench')})")
