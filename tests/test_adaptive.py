@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from taskbound import AIMD, Algorithm, Gradient2, Window
+from taskbound import AIMD, Algorithm, Gradient2, Probe, Window
 from taskbound._benchadaptive import Server
 
 
@@ -29,8 +29,9 @@ def run_backlog(impl, limiter, server, requests: int):
     return main()
 
 
-@pytest.mark.parametrize("algorithm", [AIMD(timeout=0.015), Gradient2()],
-                         ids=["aimd", "gradient2"])
+@pytest.mark.parametrize("algorithm", [AIMD(timeout=0.015), Gradient2(),
+                                       Probe()],
+                         ids=["aimd", "gradient2", "probe"])
 def test_the_limit_settles_near_the_servers_capacity(impl, timed_run,
                                                      algorithm):
     totals = []
@@ -304,7 +305,10 @@ def test_bad_arguments(impl, kwargs, error):
         increase=-1), lambda: Gradient2(tolerance=0.9),
     lambda: Gradient2(long_window=0), lambda: Gradient2(smoothing=0),
     lambda: Gradient2(queue_size=math.nan), lambda: Gradient2(
-        drop_budget=2)])
+        drop_budget=2), lambda: Probe(gain=0), lambda: Probe(gain=0.5),
+    lambda: Probe(climb=1.0), lambda: Probe(precision=math.nan),
+    lambda: Probe(backoff=1.0), lambda: Probe(drop_budget=-0.1),
+    lambda: Probe(gain="0.1")])
 def test_bad_algorithm_parameters(make):
     with pytest.raises((ValueError, TypeError)):
         make()
@@ -362,3 +366,139 @@ def test_an_algorithm_of_ones_own(impl, run):
         return limiter.total_tokens
 
     assert run(main()) == 4
+
+
+def test_probe_follows_a_capacity_that_halves(impl, timed_run):
+    # Gradient2 and AIMD settle 40-60% above a capacity that halved (the
+    # bench's targets); Probe comes to it within 20 round trips and stays.
+    changes = []
+    limiter = impl.AdaptiveLimiter(
+        16, max_tokens=100, algorithm=Probe(),
+        on_change=lambda old, new: changes.append(
+            (asyncio.get_running_loop().time(), new)))
+    halved_at = None
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = Server(loop, 16, 0.0, seed=1, mean=0.01)
+
+        def halve():
+            nonlocal halved_at
+            halved_at = loop.time()
+            server.set_capacity(8)
+        loop.call_later(0.5, halve)
+        await run_backlog(impl, limiter, server, 2400)
+
+    timed_run(main())
+    before = [total for when, total in changes if when < halved_at]
+    after = [(when - halved_at, total) for when, total in changes
+             if when >= halved_at]
+    assert 14 <= before[-1] <= 20, changes
+    assert any(total <= 9 for when, total in after if when <= 0.2), after
+    late = [total for when, total in after if when > 0.3]
+    assert late and all(7 <= total <= 9 for total in late), after
+
+
+def test_probe_takes_a_slower_server_for_a_slower_server(impl, timed_run):
+    # Service that becomes twice as slow for good at the same capacity
+    # raises latency as a queue would; the cut it makes must not stay.
+    changes = []
+    limiter = impl.AdaptiveLimiter(
+        8, max_tokens=100, algorithm=Probe(),
+        on_change=lambda old, new: changes.append(
+            (asyncio.get_running_loop().time(), new)))
+    slowed_at = None
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = Server(loop, 8, 0.0, seed=1, mean=0.01)
+
+        def slow_down():
+            nonlocal slowed_at
+            slowed_at = loop.time()
+            server.mu += math.log(2.0)
+        loop.call_later(0.5, slow_down)
+        await run_backlog(impl, limiter, server, 1800)
+
+    timed_run(main())
+    late = [total for when, total in changes if when > slowed_at + 1.5]
+    assert late and all(7 <= total <= 10 for total in late), changes
+
+
+def probe_round(probe, limit, mean, windows=3, drops=0):
+    """Feeds Probe a round of windows at `limit`, their means spread by 1%
+    around `mean`; returns the limit it asks for after them."""
+    for i in range(windows):
+        spread = (-0.01, 0.01, 0.0)[i % 3]
+        new = probe.update(limit, window(
+            samples=20, drops=drops, mean=mean * (1 + spread),
+            in_flight=int(limit)))
+        if new != limit:
+            return new
+    return limit
+
+
+def skip_moved(probe, limit):
+    # A move ignores the holds granted before it: up to the old limit's.
+    assert probe.update(limit, window(samples=30, in_flight=int(limit))) \
+        == limit
+
+
+def test_probe_arithmetic():
+    probe = Probe()
+    # Climbs by 1.5 a round while L / R keeps up with the limit.
+    assert probe_round(probe, 10, 0.1) == pytest.approx(15)
+    skip_moved(probe, 15)
+    assert probe_round(probe, 15, 0.1) == pytest.approx(22.5)
+    skip_moved(probe, 22.5)
+    # 1.5 x the limit, 1.5 x the latency: no more delivered, so back to
+    # where the latency says the knee is.
+    assert probe_round(probe, 22.5, 0.15) == pytest.approx(15)
+    skip_moved(probe, 15)
+    assert probe.long_latency == pytest.approx(0.1)
+    # At the base, no queue: a probe 5% above it...
+    assert probe_round(probe, 15, 0.1) == pytest.approx(15.75)
+    skip_moved(probe, 15.75)
+    # ...whose latency rises as much: the base stays...
+    assert probe_round(probe, 15.75, 0.105) == pytest.approx(15)
+    skip_moved(probe, 15)
+    # ...and the next one goes 5% below it.
+    assert probe_round(probe, 15, 0.1) == pytest.approx(14.25)
+    skip_moved(probe, 14.25)
+    assert probe_round(probe, 14.25, 0.1) == pytest.approx(15)
+    skip_moved(probe, 15)
+    # Two windows at twice the latency the base predicts: a capacity that
+    # halved, cut to at once.
+    assert probe_round(probe, 15, 0.2, windows=2) == pytest.approx(7.5)
+    # Drops past the budget of the last 2000 samples back off.
+    assert probe.update(10, window(samples=400, drops=200)) == pytest.approx(9)
+
+
+def test_probe_cuts_where_the_load_is_under_the_limit(impl, timed_run):
+    # 12 callers under a limit of about 16 when the capacity falls to 6:
+    # the limit is not the bound, but 12 in flight queue at the server.
+    limiter = impl.AdaptiveLimiter(4, max_tokens=100, algorithm=Probe())
+    settled = None
+
+    async def main():
+        nonlocal settled
+        server = Server(asyncio.get_running_loop(), 16, 0.0, seed=1,
+                        mean=0.01)
+        await run_backlog(impl, limiter, server, 800)
+        settled = limiter.total_tokens
+        server.set_capacity(6)
+
+        async def caller():
+            for _ in range(100):
+                async with limiter:
+                    try:
+                        await asyncio.wait_for(server.submit(), 0.2)
+                    except (ConnectionError, TimeoutError):
+                        limiter.mark_overload()
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(12):
+                tg.create_task(caller())
+
+    timed_run(main())
+    assert 14 <= settled <= 20
+    assert 5 <= limiter.total_tokens <= 8

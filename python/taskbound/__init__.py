@@ -7,7 +7,7 @@ The C core (``taskbound._taskbound``) is used unless the environment sets
 
 import os as _os
 
-from ._adaptive import AIMD, Algorithm, Gradient2, Window
+from ._adaptive import AIMD, Algorithm, Gradient2, Probe, Window
 from ._adaptive import adaptive_type as _adaptive_type
 from ._common import (
     AdaptiveLimiterStatistics,
@@ -47,7 +47,7 @@ __version__ = "0.2.0.dev0"
 # What users meet in tracebacks and reprs is named where they import it
 # from (the C core's public types are named so in C).
 for _public in (AIMD, AdaptiveLimiterStatistics, Algorithm, Gradient2,
-                Window, DeadlockError, GroupStatistics, KeyedLimiterStatistics,
+                Probe, Window, DeadlockError, GroupStatistics, KeyedLimiterStatistics,
                 LimiterStatistics, LimiterUnavailable, RateLimiterStatistics,
                 WouldBlock):
     _public.__module__ = __name__
@@ -70,6 +70,7 @@ __all__ = [
     "Limiter",
     "LimiterStatistics",
     "LimiterUnavailable",
+    "Probe",
     "RateLimiter",
     "RateLimiterStatistics",
     "Window",

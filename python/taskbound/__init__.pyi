@@ -100,6 +100,16 @@ class Gradient2(Algorithm):
                  long_window: int = 600, queue_size: float = 4.0,
                  backoff: float = 0.9, drop_budget: float = 0.01) -> None: ...
 
+class Probe(Algorithm):
+    gain: float
+    climb: float
+    precision: float
+    backoff: float
+    drop_budget: float
+    def __init__(self, *, gain: float = 0.05, climb: float = 1.5,
+                 precision: float = 0.02, backoff: float = 0.9,
+                 drop_budget: float = 0.01) -> None: ...
+
 class AdaptiveLimiter(Limiter):
     """A Limiter whose total moves with its holders' latency and errors."""
     def __init__(

@@ -403,8 +403,11 @@ ERRORS_EQUAL = 0.001
 
 def adaptive_contenders(module) -> dict:
     """The AdaptiveLimiter contenders' drivers, by name."""
-    from ._adaptive import AIMD, Gradient2
+    from ._adaptive import AIMD, Gradient2, Probe
     return {
+        "AdaptiveLimiter, Probe()": adaptive(
+            lambda module: module.AdaptiveLimiter(
+                INITIAL, algorithm=Probe())),
         "AdaptiveLimiter, Gradient2()": adaptive(
             lambda module: module.AdaptiveLimiter(
                 INITIAL, algorithm=Gradient2())),
@@ -549,7 +552,7 @@ def measure_sample_cost(module, rounds: int, new_loop, loop_kind: str
     Limiter(100) and with AdaptiveLimiters held at 100 (min = max), so
     that the difference is the sampling: the best of `rounds`, side by
     side in each round."""
-    from ._adaptive import AIMD, Gradient2
+    from ._adaptive import AIMD, Gradient2, Probe
 
     async def ok(_):
         return None
@@ -568,6 +571,8 @@ def measure_sample_cost(module, rounds: int, new_loop, loop_kind: str
             100, min_tokens=100, max_tokens=100, algorithm=Gradient2()),
         "AdaptiveLimiter, AIMD()": lambda: module.AdaptiveLimiter(
             100, min_tokens=100, max_tokens=100, algorithm=AIMD()),
+        "AdaptiveLimiter, Probe()": lambda: module.AdaptiveLimiter(
+            100, min_tokens=100, max_tokens=100, algorithm=Probe()),
     }
     best: dict = {}
     for _ in range(rounds):

@@ -101,10 +101,12 @@ async def _run(module, url: str, limiter, adaptive: bool,
 
 def contenders(module) -> dict:
     """{name: (make a limiter, adaptive?)}."""
-    from ._adaptive import AIMD, Gradient2
+    from ._adaptive import AIMD, Gradient2, Probe
     rows = {f"fixed {n}": (lambda n=n: module.Limiter(n), False)
             for n in (CAPACITY // 4, CAPACITY // 2, CAPACITY, 2 * CAPACITY,
                       4 * CAPACITY)}
+    rows["AdaptiveLimiter, Probe()"] = (
+        lambda: module.AdaptiveLimiter(INITIAL, algorithm=Probe()), True)
     rows["AdaptiveLimiter, Gradient2()"] = (
         lambda: module.AdaptiveLimiter(INITIAL, algorithm=Gradient2()), True)
     rows[f"AdaptiveLimiter, AIMD(timeout={1.5 * SERVICE:g})"] = (
