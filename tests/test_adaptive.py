@@ -368,28 +368,38 @@ def test_an_algorithm_of_ones_own(impl, run):
     assert run(main()) == 4
 
 
-def test_probe_follows_a_capacity_that_halves(impl, timed_run):
-    # Gradient2 and AIMD settle 40-60% above a capacity that halved (the
-    # bench's targets); Probe comes to it within 20 round trips and stays.
+def run_with_a_change(impl, timed_run, capacity: int, change,
+                      requests: int):
+    """A Probe-driven backlog against the simulated server (10 ms a
+    request) whose `change(server)` comes at 0.5 s; returns the limiter,
+    when the change came and each (time, new total) of the limiter."""
     changes = []
     limiter = impl.AdaptiveLimiter(
-        16, max_tokens=100, algorithm=Probe(),
+        capacity, max_tokens=100, algorithm=Probe(),
         on_change=lambda old, new: changes.append(
             (asyncio.get_running_loop().time(), new)))
-    halved_at = None
+    changed_at = None
 
     async def main():
         loop = asyncio.get_running_loop()
-        server = Server(loop, 16, 0.0, seed=1, mean=0.01)
+        server = Server(loop, capacity, 0.0, seed=1, mean=0.01)
 
-        def halve():
-            nonlocal halved_at
-            halved_at = loop.time()
-            server.set_capacity(8)
-        loop.call_later(0.5, halve)
-        await run_backlog(impl, limiter, server, 2400)
+        def at_half_a_second():
+            nonlocal changed_at
+            changed_at = loop.time()
+            change(server)
+        loop.call_later(0.5, at_half_a_second)
+        await run_backlog(impl, limiter, server, requests)
 
     timed_run(main())
+    return limiter, changed_at, changes
+
+
+def test_probe_follows_a_capacity_that_halves(impl, timed_run):
+    # Gradient2 and AIMD settle 40-60% above a capacity that halved (the
+    # bench's targets); Probe comes to it within 20 round trips and stays.
+    _, halved_at, changes = run_with_a_change(
+        impl, timed_run, 16, lambda server: server.set_capacity(8), 2400)
     before = [total for when, total in changes if when < halved_at]
     after = [(when - halved_at, total) for when, total in changes
              if when >= halved_at]
@@ -402,25 +412,10 @@ def test_probe_follows_a_capacity_that_halves(impl, timed_run):
 def test_probe_takes_a_slower_server_for_a_slower_server(impl, timed_run):
     # Service that becomes twice as slow for good at the same capacity
     # raises latency as a queue would; the cut it makes must not stay.
-    changes = []
-    limiter = impl.AdaptiveLimiter(
-        8, max_tokens=100, algorithm=Probe(),
-        on_change=lambda old, new: changes.append(
-            (asyncio.get_running_loop().time(), new)))
-    slowed_at = None
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        server = Server(loop, 8, 0.0, seed=1, mean=0.01)
-
-        def slow_down():
-            nonlocal slowed_at
-            slowed_at = loop.time()
-            server.mu += math.log(2.0)
-        loop.call_later(0.5, slow_down)
-        await run_backlog(impl, limiter, server, 1800)
-
-    timed_run(main())
+    def slow_down(server):
+        server.mu += math.log(2.0)
+    limiter, slowed_at, changes = run_with_a_change(
+        impl, timed_run, 8, slow_down, 1800)
     # Back at the capacity (a probe's step may pass it for a while on a
     # real clock's jitter), not at the cut's 4-5.
     late = sorted(total for when, total in changes if when > slowed_at + 1.5)

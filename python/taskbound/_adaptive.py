@@ -190,7 +190,6 @@ class Gradient2(Algorithm):
         return limit * (1.0 - self.smoothing) + target * self.smoothing
 
 
-
 class Probe(Algorithm):
     """Probes the limit and keeps the one past which the server delivers no
     more: by Little's law a saturated client gets L / R requests a second
