@@ -29,7 +29,8 @@ WARM_UP = 10
 # Probe's fixed parts: the most a probe's gain grows to; the queue (a share
 # of the no-load latency) it allows; the z-score of a significant change;
 # how far over the prediction two windows must be for a fast cut, and in
-# noise deviations; the share of a probe's step that must show as a rise;
+# noise deviations; the share of a probe's step that must show as a rise,
+# and of a climb's as more L / R;
 # samples over which drops are averaged and the no-load latency pooled;
 # a round's fewest windows and most samples.
 PROBE_MAX_GAIN = 0.4
@@ -39,6 +40,7 @@ PROBE_FAST = 0.3
 PROBE_FAST_Z = 4.0
 PROBE_HOT_WINDOWS = 2
 PROBE_RISE = 0.25
+PROBE_CLIMB_SHOW = 0.35
 PROBE_DROP_HORIZON = 2000
 PROBE_POOL = 2000
 PROBE_MIN_WINDOWS = 3
@@ -359,8 +361,11 @@ class Probe(Algorithm):
             self._climbed = (limit, latency, self._n)
             return self._go("climb", limit, limit * self.climb)
         last_limit, last_latency, last_n = climbed
-        # Half the growth in the limit has to show in L / R.
-        wanted = 1.0 + 0.5 * (limit / last_limit - 1.0)
+        # Over a third of the growth in the limit has to show in L / R: half
+        # was within two errors of a round's mean when latency is noisy,
+        # and a climb that stops at a third of the capacity takes minutes
+        # of probes to get back.
+        wanted = 1.0 + PROBE_CLIMB_SHOW * (limit / last_limit - 1.0)
         if limit / latency >= last_limit / last_latency * wanted:
             self._pool(last_latency, last_n)    # it was below the knee
             self._climbed = (limit, latency, self._n)
