@@ -479,8 +479,9 @@ def test_probe_arithmetic():
     assert probe_round(probe, 15, 0.2, windows=2) == pytest.approx(7.5)
     # Drops past the budget of the last 2000 samples back off.
     assert probe.update(10, window(samples=400, drops=200)) == pytest.approx(9)
-    # A climb goes on while L / R grows by a third of the limit's growth
-    # (here 20% of 50%, not half), and stops under it.
+    # A climb goes on while L / R grows by over 0.35 of the limit's growth
+    # (here 20% for the limit's 50%, which half would stop), and stops
+    # under it (15% here).
     for latency, stops in ((0.125, False), (0.13, True)):
         probe = Probe()
         assert probe_round(probe, 10, 0.1) == pytest.approx(15)
